@@ -1,0 +1,1 @@
+"""bert_jax: BERT in JAX/Flax."""

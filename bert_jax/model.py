@@ -1,0 +1,453 @@
+"""BERT (Devlin et al. 2018) as functional Flax linen modules.
+
+Design choices, and why:
+- One frozen `BertConfig` holds every hyper-parameter, so an eval variant is
+  `config.replace(...)` and a config can be hashed into a jit cache.
+- Parameters are float32 and carry logical axis names (`vocab`, `embed`,
+  `heads`, `kv`, `mlp`, `layers`); activations get logical constraints. Sharding
+  is then configuration only (see `bert_jax/sharding.py`).
+- Compute dtype is `config.dtype` (bfloat16 on accelerators); softmax and
+  LayerNorm statistics stay in float32 and logits are returned in float32.
+- Post-LN residual blocks, exact (erf) GELU and LayerNorm eps 1e-12, as BERT.
+- The parameter tree mirrors the Hugging Face module names closely enough that
+  `bert_jax/convert.py` is a table of renames, but q/k/v kernels are stored per
+  head ([embed, heads, kv]) so that head-sharding is a logical rule.
+- The MLM head gathers the masked positions before the vocabulary projection:
+  with 20 predictions in a 128-token row that is 6x less decoder work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import flax
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+
+from bert_jax import attention as attention_lib
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "small": dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "medium": dict(num_layers=8, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
+}
+
+ACTIVATIONS = {
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu_new": functools.partial(nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
+    "relu": nn.relu,
+}
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """Hyper-parameters of the encoder; defaults are BERT-base uncased."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  hidden_act: str = "gelu"
+  hidden_dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_eps: float = 1e-12
+  initializer_range: float = 0.02
+  pad_token_id: int = 0
+  # Compute dtype of activations and matmuls; parameters stay `param_dtype`.
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  # 'xla' (einsum, everywhere) or 'cudnn' (fused, GPU; falls back with a warning).
+  attention_impl: str = "xla"
+  # Stack the layers with nn.scan: one compiled layer, faster compiles for deep models.
+  scan_layers: bool = False
+  # Rematerialisation of each layer in the backward pass: one of REMAT_POLICIES.
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"hidden_act={self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+    if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f"attention_impl={self.attention_impl!r} is not one of "
+                       f"{attention_lib.IMPLEMENTATIONS}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def compute_dtype(self) -> Any:
+    return jnp.dtype(self.dtype)
+
+  def replace(self, **changes: Any) -> "BertConfig":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def preset(cls, name: str, **overrides: Any) -> "BertConfig":
+    """A named size (tiny, mini, small, medium, base, large) with overrides."""
+    if name not in PRESETS:
+      raise ValueError(f"unknown model size {name!r}; expected one of {sorted(PRESETS)}")
+    return cls(**{**PRESETS[name], **overrides})
+
+  # Hugging Face `config.json` <-> BertConfig.
+  _HF_KEYS = dict(vocab_size="vocab_size", hidden_size="hidden_size",
+                  num_layers="num_hidden_layers", num_heads="num_attention_heads",
+                  intermediate_size="intermediate_size",
+                  max_position_embeddings="max_position_embeddings",
+                  type_vocab_size="type_vocab_size", hidden_act="hidden_act",
+                  hidden_dropout_rate="hidden_dropout_prob",
+                  attention_dropout_rate="attention_probs_dropout_prob",
+                  layer_norm_eps="layer_norm_eps", initializer_range="initializer_range",
+                  pad_token_id="pad_token_id")
+
+  @classmethod
+  def from_hf_dict(cls, hf: dict[str, Any], **overrides: Any) -> "BertConfig":
+    """From a Hugging Face `config.json` or a Google `bert_config.json` dict."""
+    kwargs = {ours: hf[theirs] for ours, theirs in cls._HF_KEYS.items() if theirs in hf}
+    missing = [theirs for theirs in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                     "num_attention_heads", "intermediate_size")
+               if theirs not in hf]
+    if missing:
+      raise ValueError(f"BERT config is missing keys {missing}")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError(f"position_embedding_type={hf['position_embedding_type']!r} is not "
+                       "supported (only 'absolute', as BERT)")
+    return cls(**{**kwargs, **overrides})
+
+  def to_hf_dict(self) -> dict[str, Any]:
+    hf = {theirs: getattr(self, ours) for ours, theirs in self._HF_KEYS.items()}
+    hf.update(architectures=["BertForPreTraining"], model_type="bert",
+              position_embedding_type="absolute", torch_dtype="float32", use_cache=True)
+    return hf
+
+
+def _dense(features, axes, config: BertConfig, name: str, **kwargs) -> nn.Module:
+  """Dense/DenseGeneral with BERT's init and logical axis names on its parameters."""
+  init = nn.initializers.normal(stddev=config.initializer_range)
+  bias_axes = axes[-1:] if isinstance(features, int) else axes[-len(features):]
+  return nn.DenseGeneral(
+      features=features,
+      dtype=config.compute_dtype,
+      param_dtype=jnp.dtype(config.param_dtype),
+      kernel_init=nn.with_logical_partitioning(init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+      name=name, **kwargs)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with float32 statistics whatever the compute dtype."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    features = x.shape[-1]
+    param_dtype = jnp.dtype(cfg.param_dtype)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (features,), param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                      (features,), param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps)
+    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(cfg.compute_dtype)
+
+
+class BertEmbeddings(nn.Module):
+  """Word + learned position + segment (token type) embeddings, LayerNorm, dropout."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids_BxL, token_type_ids_BxL, position_ids_BxL, deterministic):
+    cfg = self.config
+    init = nn.initializers.normal(stddev=cfg.initializer_range)
+    param_dtype = jnp.dtype(cfg.param_dtype)
+
+    def table(name, rows, row_axis):
+      return nn.Embed(rows, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=param_dtype,
+                      embedding_init=nn.with_logical_partitioning(init, (row_axis, "embed")),
+                      name=name)
+
+    word = table("word_embeddings", cfg.vocab_size, "vocab")
+    x_BxLxE = (word(input_ids_BxL)
+               + table("position_embeddings", cfg.max_position_embeddings, None)(position_ids_BxL)
+               + table("token_type_embeddings", cfg.type_vocab_size, None)(token_type_ids_BxL))
+    x_BxLxE = LayerNorm(cfg, name="layer_norm")(x_BxLxE)
+    x_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(x_BxLxE, deterministic=deterministic)
+    return x_BxLxE, word.embedding
+
+
+class BertSelfAttention(nn.Module):
+  """Multi-head self-attention; the kernel is chosen by `config.attention_impl`."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxE, mask_Bx1xLxL, deterministic):
+    cfg = self.config
+    heads = (cfg.num_heads, cfg.head_dim)
+    qkv_axes = ("embed", "heads", "kv")
+    act_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+    q_BxLxHxD = nn.with_logical_constraint(_dense(heads, qkv_axes, cfg, "query")(x_BxLxE), act_axes)
+    k_BxLxHxD = nn.with_logical_constraint(_dense(heads, qkv_axes, cfg, "key")(x_BxLxE), act_axes)
+    v_BxLxHxD = nn.with_logical_constraint(_dense(heads, qkv_axes, cfg, "value")(x_BxLxE), act_axes)
+    use_dropout = not deterministic and cfg.attention_dropout_rate > 0.0
+    ctx_BxLxHxD = attention_lib.dot_product_attention(
+        q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL,
+        implementation=cfg.attention_impl,
+        dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        dropout_rate=cfg.attention_dropout_rate,
+        deterministic=deterministic)
+    ctx_BxLxHxD = nn.with_logical_constraint(ctx_BxLxHxD, act_axes)
+    return _dense(cfg.hidden_size, ("heads", "kv", "embed"), cfg, "output",
+                  axis=(-2, -1))(ctx_BxLxHxD)
+
+
+class BertLayer(nn.Module):
+  """One post-LN transformer block. With `scanned`, speaks nn.scan's (carry, y) protocol."""
+
+  config: BertConfig
+  scanned: bool = False
+  emit_hidden: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxLxE, mask_Bx1xLxL, deterministic):
+    cfg = self.config
+    act_axes = ("activation_batch", "activation_length", "activation_embed")
+    attn_BxLxE = BertSelfAttention(cfg, name="attention")(x_BxLxE, mask_Bx1xLxL, deterministic)
+    attn_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(attn_BxLxE, deterministic=deterministic)
+    x_BxLxE = LayerNorm(cfg, name="attention_layer_norm")(x_BxLxE + attn_BxLxE)
+    h_BxLxM = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "intermediate")(x_BxLxE)
+    h_BxLxM = ACTIVATIONS[cfg.hidden_act](h_BxLxM)
+    h_BxLxM = nn.with_logical_constraint(
+        h_BxLxM, ("activation_batch", "activation_length", "activation_mlp"))
+    h_BxLxE = _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "output")(h_BxLxM)
+    h_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(h_BxLxE, deterministic=deterministic)
+    x_BxLxE = LayerNorm(cfg, name="output_layer_norm")(x_BxLxE + h_BxLxE)
+    x_BxLxE = nn.with_logical_constraint(x_BxLxE, act_axes)
+    if self.scanned:
+      return x_BxLxE, (x_BxLxE if self.emit_hidden else None)
+    return x_BxLxE
+
+
+def _remat_policy(name: str):
+  return {"full": None,
+          "dots": jax.checkpoint_policies.checkpoint_dots,
+          "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+
+
+class BertEncoder(nn.Module):
+  """The layer stack: a Python loop (`layer_{i}`) or one `nn.scan` (`layers`, stacked)."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxE, mask_Bx1xLxL, deterministic, output_hidden_states=False):
+    cfg = self.config
+    layer_cls = BertLayer
+    if cfg.remat_policy != "none":
+      layer_cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers,
+                           policy=_remat_policy(cfg.remat_policy), static_argnums=(3,))
+    if cfg.scan_layers:
+      stack = nn.scan(layer_cls, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x_BxLxE, hidden_NxBxLxE = stack(cfg, scanned=True, emit_hidden=output_hidden_states,
+                                      name="layers")(x_BxLxE, mask_Bx1xLxL, deterministic)
+      hidden = tuple(hidden_NxBxLxE) if output_hidden_states else ()
+      return x_BxLxE, hidden
+    hidden = []
+    for i in range(cfg.num_layers):
+      x_BxLxE = layer_cls(cfg, name=f"layer_{i}")(x_BxLxE, mask_Bx1xLxL, deterministic)
+      hidden.append(x_BxLxE)
+    return x_BxLxE, (tuple(hidden) if output_hidden_states else ())
+
+
+@flax.struct.dataclass
+class BertOutput:
+  sequence_output: jax.Array  # [B, L, E]
+  pooled_output: Optional[jax.Array]  # [B, E], tanh(dense([CLS]))
+  # Embedding output then each layer's output, when asked for: num_layers + 1 of [B, L, E].
+  hidden_states: tuple[jax.Array, ...]
+  word_embeddings: jax.Array  # [V, E], for tied output layers
+
+
+class BertModel(nn.Module):
+  """The bidirectional encoder with its tanh pooler on [CLS]."""
+
+  config: BertConfig
+  add_pooling_layer: bool = True
+
+  @nn.compact
+  def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
+               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True,
+               output_hidden_states: bool = False) -> BertOutput:
+    cfg = self.config
+    batch, length = input_ids_BxL.shape
+    if length > cfg.max_position_embeddings:
+      raise ValueError(f"sequence length {length} exceeds the position table "
+                       f"(max_position_embeddings={cfg.max_position_embeddings})")
+    if token_type_ids_BxL is None:
+      token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
+    if position_ids_BxL is None:
+      position_ids_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    mask_Bx1xLxL = attention_lib.make_attention_mask(attention_mask_BxL, packing_ids_BxL, length)
+    x_BxLxE, word_VxE = BertEmbeddings(cfg, name="embeddings")(
+        input_ids_BxL, token_type_ids_BxL, position_ids_BxL, deterministic)
+    x_BxLxE = nn.with_logical_constraint(
+        x_BxLxE, ("activation_batch", "activation_length", "activation_embed"))
+    embedded = x_BxLxE
+    x_BxLxE, layers = BertEncoder(cfg, name="encoder")(
+        x_BxLxE, mask_Bx1xLxL, deterministic, output_hidden_states)
+    pooled_BxE = None
+    if self.add_pooling_layer:
+      pooled_BxE = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg,
+                                   "pooler")(x_BxLxE[:, 0]))
+    hidden = (embedded,) + layers if output_hidden_states else ()
+    return BertOutput(x_BxLxE, pooled_BxE, hidden, word_VxE)
+
+
+class MaskedLMHead(nn.Module):
+  """dense + GELU + LayerNorm, then the decoder tied to the word embeddings, plus a bias."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxPxE, word_VxE):
+    cfg = self.config
+    h_BxPxE = _dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "transform")(x_BxPxE)
+    h_BxPxE = LayerNorm(cfg, name="layer_norm")(ACTIVATIONS[cfg.hidden_act](h_BxPxE))
+    bias_V = self.param("output_bias",
+                        nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                        (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
+    logits_BxPxV = jnp.einsum("bpe,ve->bpv", h_BxPxE, word_VxE.astype(cfg.compute_dtype))
+    return logits_BxPxV.astype(jnp.float32) + bias_V.astype(jnp.float32)
+
+
+def gather_positions(x_BxLxE: jax.Array, positions_BxP: jax.Array) -> jax.Array:
+  """x[b, positions[b, p]] -> [B, P, E]."""
+  return jnp.take_along_axis(x_BxLxE, positions_BxP[:, :, None].astype(jnp.int32), axis=1)
+
+
+class BertForPreTraining(nn.Module):
+  """Encoder + MLM head (+ NSP head unless `with_nsp=False`, i.e. a masked-LM model).
+
+  Returns a dict: `mlm_logits` [B, P, V] at `masked_positions` (all L positions
+  when none are given), `nsp_logits` [B, 2], `sequence_output`, `pooled_output`.
+  """
+
+  config: BertConfig
+  with_nsp: bool = True
+
+  @nn.compact
+  def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
+               position_ids_BxL=None, packing_ids_BxL=None, masked_positions_BxP=None, *,
+               deterministic: bool = True, output_hidden_states: bool = False):
+    cfg = self.config
+    out = BertModel(cfg, add_pooling_layer=self.with_nsp, name="bert")(
+        input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
+        packing_ids_BxL, deterministic=deterministic, output_hidden_states=output_hidden_states)
+    x_BxPxE = out.sequence_output
+    if masked_positions_BxP is not None:
+      x_BxPxE = gather_positions(x_BxPxE, masked_positions_BxP)
+    result = dict(mlm_logits=MaskedLMHead(cfg, name="mlm")(x_BxPxE, out.word_embeddings),
+                  sequence_output=out.sequence_output, pooled_output=out.pooled_output,
+                  hidden_states=out.hidden_states)
+    if self.with_nsp:
+      result["nsp_logits"] = _dense(2, ("embed", None), cfg, "nsp")(
+          out.pooled_output).astype(jnp.float32)
+    return result
+
+
+class BertForSequenceClassification(nn.Module):
+  """Pooled [CLS] -> dropout -> linear. `num_labels=1` is regression."""
+
+  config: BertConfig
+  num_labels: int = 2
+
+  @nn.compact
+  def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
+               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True):
+    cfg = self.config
+    out = BertModel(cfg, name="bert")(input_ids_BxL, token_type_ids_BxL, attention_mask_BxL,
+                                      position_ids_BxL, packing_ids_BxL,
+                                      deterministic=deterministic)
+    pooled_BxE = nn.Dropout(cfg.hidden_dropout_rate)(out.pooled_output,
+                                                     deterministic=deterministic)
+    return _dense(self.num_labels, ("embed", None), cfg, "classifier")(pooled_BxE).astype(
+        jnp.float32)
+
+
+class BertForTokenClassification(nn.Module):
+  """Per-token linear classifier on the sequence output (NER, tagging)."""
+
+  config: BertConfig
+  num_labels: int = 2
+
+  @nn.compact
+  def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
+               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True):
+    cfg = self.config
+    out = BertModel(cfg, add_pooling_layer=False, name="bert")(
+        input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
+        packing_ids_BxL, deterministic=deterministic)
+    x_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(out.sequence_output,
+                                                  deterministic=deterministic)
+    return _dense(self.num_labels, ("embed", None), cfg, "classifier")(x_BxLxE).astype(
+        jnp.float32)
+
+
+# --- Parameter-tree helpers shared by the converter, checkpoints and trainer. ---
+
+def stack_layers(encoder_params: dict, num_layers: int) -> dict:
+  """{'layer_0': t0, ...} -> {'layers': stacked t}: the unrolled layout to nn.scan's."""
+  layers = [encoder_params[f"layer_{i}"] for i in range(num_layers)]
+  return {"layers": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def unstack_layers(encoder_params: dict, num_layers: int) -> dict:
+  """{'layers': stacked t} -> {'layer_0': t0, ...}: nn.scan's layout to the unrolled one."""
+  stacked = encoder_params["layers"]
+  return {f"layer_{i}": jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+          for i in range(num_layers)}
+
+
+def to_layout(params: dict, config: BertConfig) -> dict:
+  """Put the encoder of a parameter tree into the layout `config.scan_layers` expects.
+
+  Works on full model trees (with a top-level 'bert') and on bare encoder trees.
+  """
+  params = dict(params)
+  if "bert" in params:
+    params["bert"] = to_layout(params["bert"], config)
+    return params
+  encoder = params["encoder"]
+  if config.scan_layers and "layers" not in encoder:
+    params["encoder"] = stack_layers(encoder, config.num_layers)
+  elif not config.scan_layers and "layers" in encoder:
+    params["encoder"] = unstack_layers(encoder, config.num_layers)
+  return params
+
+
+def count_params(params: Any) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
