@@ -1,0 +1,47 @@
+"""User-facing errors and the launcher wrapper that turns them into one stderr line.
+
+Why: a researcher who passes a wrong path should read one sentence naming the
+path, not a 40-frame traceback. Library code raises `UserError` (or the usual
+FileNotFoundError / ValueError / KeyError with a clear message); launchers call
+`run_main(main)`, which prints `error: <message>` and exits 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app
+
+
+class UserError(Exception):
+  """Bad input from a user: the message names the culprit and what was expected."""
+
+
+_USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                PermissionError, ValueError, KeyError, UnicodeDecodeError)
+
+
+def _one_line(exc: BaseException) -> str:
+  message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+  if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+    if exc.filename and exc.strerror:
+      message = f"{exc.strerror}: {exc.filename}"
+  message = " ".join(message.split()) or type(exc).__name__
+  return f"error: {message}"
+
+
+def run_main(main: Callable[[list[str]], object]) -> None:
+  """`absl.app.run(main)` that reports user errors in one line and exits 1."""
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except _USER_ERRORS as exc:
+      print(_one_line(exc), file=sys.stderr, flush=True)
+      sys.exit(1)
+    except KeyboardInterrupt:
+      print("error: interrupted", file=sys.stderr, flush=True)
+      sys.exit(130)
+
+  app.run(wrapped)
