@@ -1,0 +1,153 @@
+"""Orbax checkpoints of a training run: async save, sharded restore, resume.
+
+Why this layout (WORKDIR/checkpoints/<step>/{params,train_state,data_iterator}):
+- `params` is its own item so inference loaders (`convert.from_pretrained`)
+  restore just the weights, without knowing the optimizer.
+- `train_state` holds step, optimizer state and the base rng; restoring it onto
+  abstract arrays that carry shardings puts each shard straight on its device,
+  on whatever mesh the new run has (a checkpoint moves between mesh shapes).
+- `data_iterator` holds each process's input-iterator state as JSON
+  (`process_<i>-of-<n>.json`), so a resumed run sees exactly the batches an
+  uninterrupted one would.
+Orbax writes into a temporary directory and renames it when complete, so a
+checkpoint killed mid-save is never listed, and the previous one is restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Optional
+
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+from bert_jax.errors import UserError
+from bert_jax.model import BertConfig
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "bert_jax_config.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+class IteratorStateHandler(ocp.CheckpointHandler):
+  """Saves one JSON state per process (the input pipeline is per host)."""
+
+  def _file(self, directory: epath.Path) -> epath.Path:
+    return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+  def save(self, directory: epath.Path, args: "IteratorStateSave") -> None:
+    self._file(directory).write_text(json.dumps(args.state))
+
+  def restore(self, directory: epath.Path, args: Optional["IteratorStateRestore"] = None) -> Any:
+    path = self._file(directory)
+    if not path.exists():
+      raise UserError(f"checkpoint has no input-iterator state {path} (was it written by a run "
+                      "with a different number of processes?)")
+    return json.loads(path.read_text())
+
+  def structure(self, directory: epath.Path) -> Any:
+    return None
+
+  def metadata(self, directory: epath.Path) -> Any:
+    return None
+
+  def finalize(self, directory: epath.Path) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+  @classmethod
+  def typestr(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorStateSave(ocp.args.CheckpointArgs):
+  state: Any
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorStateRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+class Checkpointer:
+  """A CheckpointManager over WORKDIR/checkpoints keeping the newest `keep` steps."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers=dict(params=ocp.StandardCheckpointHandler(),
+                           train_state=ocp.StandardCheckpointHandler(),
+                           data_iterator=IteratorStateHandler()))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, params: Any, train_state: Any, data_state: dict) -> bool:
+    """Starts an (async) save; the arrays may be donated right after it returns."""
+    return self.manager.save(
+        int(step), force=True,
+        args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                train_state=ocp.args.StandardSave(train_state),
+                                data_iterator=IteratorStateSave(data_state)))
+
+  def restore(self, step: int, abstract_params: Any,
+              abstract_train_state: Any) -> tuple[Any, Any, dict]:
+    """(params, train_state, data_state) at `step`, sharded as the abstract targets say."""
+    out = self.manager.restore(
+        int(step),
+        args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
+                                train_state=ocp.args.StandardRestore(abstract_train_state),
+                                data_iterator=IteratorStateRestore()))
+    return out["params"], out["train_state"], out["data_iterator"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the given shardings: restore targets."""
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def write_model_files(workdir: str, config: BertConfig, heads: tuple[str, ...],
+                      tokenizer_dir: Optional[str]) -> None:
+  """WORKDIR/bert_jax_config.json and WORKDIR/tokenizer/, so from_pretrained(WORKDIR) works.
+
+  Process 0 only; each output goes to a temporary name first and is renamed.
+  """
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  if tokenizer_dir:
+    if not os.path.isdir(tokenizer_dir):
+      raise FileNotFoundError(2, "No such tokenizer directory", tokenizer_dir)
+    final = os.path.join(workdir, TOKENIZER_DIR)
+    if not os.path.isdir(final):
+      tmp = final + ".tmp"
+      shutil.rmtree(tmp, ignore_errors=True)
+      shutil.copytree(tokenizer_dir, tmp)
+      os.replace(tmp, final)
+  doc = {"format": "bert_jax", "model": dataclasses.asdict(config), "heads": list(heads),
+         "num_labels": None, "tokenizer": TOKENIZER_DIR if tokenizer_dir else None}
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(doc, f, indent=2)
+  os.replace(path + ".tmp", path)

@@ -1,0 +1,164 @@
+"""Metric sums, model FLOPs / MFU and the writers (metrics.jsonl, TensorBoard, console).
+
+Why sums with denominators: a train step returns e.g. `mlm_loss_sum` and
+`mlm_weight`; averaging over steps or hosts then stays exact however many
+masked tokens each batch has. Only process 0 writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping, Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+from bert_jax.model import BertConfig
+
+# Dense bf16 peak FLOP/s per device, by `jax.devices()[0].device_kind` prefix.
+PEAK_FLOPS = {
+    "TPU v2": 45e12,
+    "TPU v3": 123e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA L4": 121e12,
+    "NVIDIA A10G": 125e12,
+    "NVIDIA V100": 125e12,
+}
+
+
+def peak_flops_per_device(device_kind: str, override: Optional[float] = None) -> Optional[float]:
+  """From the config when given, else the table; None when unknown (CPU)."""
+  if override:
+    return float(override)
+  for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if device_kind.startswith(prefix):
+      return PEAK_FLOPS[prefix]
+  return None
+
+
+def pretraining_flops_per_sequence(config: BertConfig, seq_len: int, num_predictions: int,
+                                   with_nsp: bool = True) -> float:
+  """Training FLOPs (forward + backward = 3x forward) of one sequence, matmuls only."""
+  e, m, n = config.hidden_size, config.intermediate_size, config.num_layers
+  per_layer = 2 * seq_len * (4 * e * e + 2 * e * m)  # q, k, v, out + the two FFN matmuls
+  per_layer += 2 * 2 * seq_len * seq_len * e  # q.k^T and probs.v
+  forward = n * per_layer
+  forward += 2 * num_predictions * (e * e + e * config.vocab_size)  # MLM transform + decoder
+  if with_nsp:
+    forward += 2 * (e * e + 2 * e)  # pooler + NSP
+  return 3.0 * forward
+
+
+class MetricWriter:
+  """Writes one row per call to metrics.jsonl, TensorBoard and the log (process 0 only)."""
+
+  def __init__(self, workdir: str, enabled: Optional[bool] = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._jsonl = None
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    # Append: a resumed run continues the same file.
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:  # pragma: no cover - tensorboardX is a dependency
+      logging.warning("tensorboardX is not installed: no TensorBoard events")
+
+  def write(self, step: int, row: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    clean = {k: _to_python(v) for k, v in row.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in clean.items():
+        if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+          self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+    logging.info("%s", format_line(step, clean))
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def _to_python(v: Any) -> Any:
+  if v is None:
+    return None
+  if isinstance(v, (np.generic, np.ndarray)):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)  # JSON has no NaN/inf
+  return v
+
+
+def format_line(step: int, row: Mapping[str, Any]) -> str:
+  """`step 100 | loss 7.12 | mlm_acc 0.051 | ...`: the console form of a row."""
+  short = {"mlm_accuracy": "mlm_acc", "nsp_accuracy": "nsp_acc", "learning_rate": "lr",
+           "eval_mlm_accuracy": "eval_mlm_acc", "eval_nsp_accuracy": "eval_nsp_acc"}
+  parts = [f"step {step}"]
+  for k, v in row.items():
+    name = short.get(k, k)
+    if isinstance(v, float):
+      parts.append(f"{name} {v:.3g}" if k != "seq_per_sec" else f"{name} {v:.1f}")
+    elif v is not None:
+      parts.append(f"{name} {v}")
+  return " | ".join(parts)
+
+
+class Accumulator:
+  """Sums per-step metric dicts (numpy scalars) and turns them into averages."""
+
+  def __init__(self):
+    self.sums: dict[str, float] = {}
+    self.steps = 0
+
+  def add(self, metrics: Mapping[str, Any]) -> None:
+    self.steps += 1
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+  def summary(self, prefix: str = "") -> dict[str, float]:
+    """Weighted averages: losses and accuracies over their own denominators."""
+    s = self.sums
+    out: dict[str, float] = {}
+
+    def ratio(num, den):
+      return s[num] / s[den] if s.get(den) else float("nan")
+
+    if "mlm_loss_sum" in s:
+      out["mlm_loss"] = ratio("mlm_loss_sum", "mlm_weight")
+      out["mlm_accuracy"] = ratio("mlm_correct", "mlm_weight")
+    if s.get("nsp_count"):
+      out["nsp_loss"] = ratio("nsp_loss_sum", "nsp_count")
+      out["nsp_accuracy"] = ratio("nsp_correct", "nsp_count")
+    if "mlm_loss" in out:
+      out["loss"] = out["mlm_loss"] + out.get("nsp_loss", 0.0)
+    for k in ("grad_norm", "learning_rate"):
+      if k in s and self.steps:
+        out[k] = s[k] / self.steps
+    if s.get("nonfinite"):
+      out["nonfinite_steps"] = int(s["nonfinite"])
+    ordered = {k: out[k] for k in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss",
+                                   "nsp_accuracy", "grad_norm", "learning_rate",
+                                   "nonfinite_steps") if k in out}
+    return {prefix + k: v for k, v in ordered.items()}

@@ -1,0 +1,237 @@
+"""Model structure and numerics that do not need a reference checkpoint.
+
+Parity against transformers with real files lives in test_convert.py; here we
+pin what the model itself promises: sizes, axis names, layouts that must agree
+(scan vs loop, remat vs none, packed vs separate rows), dtypes, and errors.
+"""
+
+import flax
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax import model as model_lib
+
+TINY = model_lib.BertConfig(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4,
+                            intermediate_size=48, max_position_embeddings=40)
+
+
+def _inputs(batch=3, length=16, vocab=101, seed=0):
+  rng = np.random.RandomState(seed)
+  ids = rng.randint(5, vocab, (batch, length)).astype(np.int32)
+  types = rng.randint(0, 2, (batch, length)).astype(np.int32)
+  mask = np.ones((batch, length), np.int32)
+  mask[-1, 10:] = 0
+  return ids, types, mask
+
+
+def _init(module, length=16):
+  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, length), jnp.int32))
+  return nn.unbox(variables["params"]), variables["params"]
+
+
+@pytest.mark.parametrize("size,expected_millions", [("base", 110.1), ("large", 336.2)])
+def test_preset_parameter_counts_match_the_paper(size, expected_millions):
+  # BERT-base is "110M" and BERT-large "340M" in the paper; the exact counts of
+  # BertModel with the pooler (as Hugging Face counts them) are 109.48M / 335.14M
+  # plus the MLM transform + bias and the NSP head.
+  config = model_lib.BertConfig.preset(size)
+  shapes = jax.eval_shape(lambda: model_lib.BertForPreTraining(config).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))
+  encoder = model_lib.count_params(nn.unbox(shapes["params"])["bert"])
+  total = model_lib.count_params(nn.unbox(shapes["params"]))
+  hf_bert_model = {"base": 109_482_240, "large": 335_141_888}[size]
+  assert encoder == hf_bert_model
+  assert abs(total / 1e6 - expected_millions) < 0.1
+
+
+def test_every_parameter_has_logical_axis_names():
+  _, boxed = _init(model_lib.BertForPreTraining(TINY))
+  leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  names = {name for leaf in leaves for name in leaf.names if name}
+  assert {"vocab", "embed", "heads", "kv", "mlp"} <= names
+  for leaf in leaves:
+    assert len(leaf.names) == leaf.value.ndim
+
+
+def test_scanned_layers_carry_the_layers_axis():
+  config = TINY.replace(scan_layers=True)
+  _, boxed = _init(model_lib.BertForPreTraining(config))
+  kernel = boxed["bert"]["encoder"]["layers"]["attention"]["query"]["kernel"]
+  assert kernel.names == ("layers", "embed", "heads", "kv")
+  assert kernel.value.shape == (2, 32, 4, 8)
+
+
+@pytest.mark.parametrize("scan,remat", [(True, "none"), (False, "full"), (True, "dots")])
+def test_scan_and_remat_give_the_same_outputs_and_gradients(scan, remat):
+  params, _ = _init(model_lib.BertForPreTraining(TINY))
+  ids, types, mask = _inputs()
+  variant = TINY.replace(scan_layers=scan, remat_policy=remat)
+  variant_params = model_lib.to_layout(params, variant)
+
+  def loss(p, config):
+    out = model_lib.BertForPreTraining(config).apply({"params": p}, ids, types, mask)
+    return jnp.mean(out["mlm_logits"] ** 2) + jnp.mean(out["nsp_logits"] ** 2)
+
+  ref_loss, ref_grads = jax.value_and_grad(loss)(params, TINY)
+  var_loss, var_grads = jax.value_and_grad(loss)(variant_params, variant)
+  np.testing.assert_allclose(var_loss, ref_loss, rtol=1e-6)
+  var_grads = model_lib.to_layout(var_grads, TINY)
+  for a, b in zip(jax.tree_util.tree_leaves(ref_grads), jax.tree_util.tree_leaves(var_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_layout_round_trip_is_exact():
+  params, _ = _init(model_lib.BertForPreTraining(TINY))
+  scanned = model_lib.to_layout(params, TINY.replace(scan_layers=True))
+  assert set(scanned["bert"]["encoder"]) == {"layers"}
+  back = model_lib.to_layout(scanned, TINY)
+  assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(back)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_packed_rows_equal_separate_rows():
+  params, _ = _init(model_lib.BertModel(TINY))
+  ids, _, _ = _inputs(batch=2, length=12)
+  first, second = ids[0, :7], ids[1, :5]
+  row = np.concatenate([first, second, np.zeros(4, np.int32)])[None]
+  packing = np.array([[1] * 7 + [2] * 5 + [0] * 4], np.int32)
+  positions = np.array([list(range(7)) + list(range(5)) + [0] * 4], np.int32)
+  bert = model_lib.BertModel(TINY)
+  packed = bert.apply({"params": params}, row, None, None, positions, packing).sequence_output
+  alone_a = bert.apply({"params": params}, first[None]).sequence_output
+  alone_b = bert.apply({"params": params}, second[None]).sequence_output
+  np.testing.assert_allclose(packed[0, :7], alone_a[0], atol=1e-6)
+  np.testing.assert_allclose(packed[0, 7:12], alone_b[0], atol=1e-6)
+  assert np.all(np.isfinite(packed))
+
+
+def test_padding_does_not_change_real_token_outputs():
+  params, _ = _init(model_lib.BertModel(TINY))
+  ids, types, _ = _inputs(batch=1, length=16)
+  bert = model_lib.BertModel(TINY)
+  short = bert.apply({"params": params}, ids[:, :9], types[:, :9])
+  padded_ids = ids.copy()
+  padded_ids[:, 9:] = 0
+  mask = np.zeros_like(ids)
+  mask[:, :9] = 1
+  padded = bert.apply({"params": params}, padded_ids, types, mask)
+  np.testing.assert_allclose(padded.sequence_output[:, :9], short.sequence_output, atol=1e-6)
+  np.testing.assert_allclose(padded.pooled_output, short.pooled_output, atol=1e-6)
+
+
+def test_masked_positions_gather_matches_full_logits():
+  module = model_lib.BertForPreTraining(TINY)
+  params, _ = _init(module)
+  ids, types, mask = _inputs()
+  positions = np.array([[0, 3, 5], [1, 1, 9], [15, 2, 4]], np.int32)
+  full = module.apply({"params": params}, ids, types, mask)["mlm_logits"]
+  gathered = module.apply({"params": params}, ids, types, mask, None, None,
+                          positions)["mlm_logits"]
+  assert gathered.shape == (3, 3, TINY.vocab_size)
+  np.testing.assert_allclose(gathered, np.take_along_axis(np.asarray(full), positions[..., None], 1),
+                             atol=1e-6)
+
+
+def test_mlm_decoder_is_tied_to_word_embeddings():
+  module = model_lib.BertForPreTraining(TINY, with_nsp=False)
+  params, _ = _init(module)
+  assert "nsp" not in params and "pooler" not in params["bert"]
+  ids, types, mask = _inputs()
+
+  def logit_sum(word_table):
+    p = flax.core.copy(params, {})
+    p = jax.tree_util.tree_map(lambda x: x, p)
+    p["bert"]["embeddings"]["word_embeddings"]["embedding"] = word_table
+    return module.apply({"params": p}, ids, types, mask)["mlm_logits"].sum()
+
+  table = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+  grad = jax.grad(logit_sum)(table)
+  # Every vocabulary row gets gradient through the tied decoder, even ids never in the input.
+  unused = sorted(set(range(TINY.vocab_size)) - set(ids.ravel().tolist()))
+  assert np.all(np.abs(np.asarray(grad)[unused]).sum(-1) > 0)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  config = TINY.replace(dtype="bfloat16")
+  module = model_lib.BertForPreTraining(config)
+  params, _ = _init(module)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
+  ids, types, mask = _inputs()
+  out = module.apply({"params": params}, ids, types, mask)
+  assert out["sequence_output"].dtype == jnp.bfloat16
+  assert out["mlm_logits"].dtype == jnp.float32
+  ref = model_lib.BertForPreTraining(TINY).apply({"params": params}, ids, types, mask)
+  np.testing.assert_allclose(out["mlm_logits"], ref["mlm_logits"], atol=0.1)
+
+
+def test_dropout_is_active_only_when_not_deterministic():
+  module = model_lib.BertForPreTraining(TINY)
+  params, _ = _init(module)
+  ids, types, mask = _inputs()
+  apply = lambda det, seed: module.apply({"params": params}, ids, types, mask,
+                                         deterministic=det,
+                                         rngs={"dropout": jax.random.PRNGKey(seed)})
+  np.testing.assert_array_equal(apply(True, 0)["mlm_logits"], apply(True, 1)["mlm_logits"])
+  assert not np.allclose(apply(False, 0)["mlm_logits"], apply(False, 1)["mlm_logits"])
+  np.testing.assert_array_equal(apply(False, 3)["mlm_logits"], apply(False, 3)["mlm_logits"])
+
+
+def test_classification_heads_shapes():
+  ids, types, mask = _inputs()
+  seq_cls = model_lib.BertForSequenceClassification(TINY, num_labels=3)
+  params, _ = _init(seq_cls)
+  assert seq_cls.apply({"params": params}, ids, types, mask).shape == (3, 3)
+  regression = model_lib.BertForSequenceClassification(TINY, num_labels=1)
+  params, _ = _init(regression)
+  assert regression.apply({"params": params}, ids, types, mask).shape == (3, 1)
+  tagger = model_lib.BertForTokenClassification(TINY, num_labels=5)
+  params, _ = _init(tagger)
+  assert tagger.apply({"params": params}, ids, types, mask).shape == (3, 16, 5)
+
+
+def test_hidden_states_are_embeddings_then_each_layer():
+  module = model_lib.BertModel(TINY)
+  params, _ = _init(module)
+  ids, types, mask = _inputs()
+  out = module.apply({"params": params}, ids, types, mask, output_hidden_states=True)
+  assert len(out.hidden_states) == TINY.num_layers + 1
+  np.testing.assert_array_equal(out.hidden_states[-1], out.sequence_output)
+  scanned = TINY.replace(scan_layers=True)
+  out_scan = model_lib.BertModel(scanned).apply(
+      {"params": model_lib.to_layout(params, scanned)}, ids, types, mask,
+      output_hidden_states=True)
+  for a, b in zip(out.hidden_states, out_scan.hidden_states):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_sequence_longer_than_position_table_is_an_error():
+  module = model_lib.BertModel(TINY)
+  params, _ = _init(module)
+  with pytest.raises(ValueError, match="max_position_embeddings=40"):
+    module.apply({"params": params}, jnp.zeros((1, 41), jnp.int32))
+
+
+@pytest.mark.parametrize("kwargs,culprit", [
+    (dict(hidden_size=30, num_heads=4), "num_heads=4"),
+    (dict(hidden_act="swish"), "hidden_act"),
+    (dict(attention_impl="flash"), "attention_impl"),
+    (dict(remat_policy="some"), "remat_policy"),
+])
+def test_bad_config_values_are_named(kwargs, culprit):
+  with pytest.raises(ValueError, match=culprit):
+    TINY.replace(**kwargs)
+
+
+def test_hf_config_round_trip_and_unknown_preset():
+  hf = model_lib.BertConfig.preset("mini").to_hf_dict()
+  assert hf["num_hidden_layers"] == 4 and hf["hidden_act"] == "gelu"
+  assert model_lib.BertConfig.from_hf_dict(hf) == model_lib.BertConfig.preset("mini")
+  with pytest.raises(ValueError, match="missing keys"):
+    model_lib.BertConfig.from_hf_dict({"vocab_size": 3})
+  with pytest.raises(ValueError, match="unknown model size 'huge'"):
+    model_lib.BertConfig.preset("huge")
