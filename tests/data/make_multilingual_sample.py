@@ -1,0 +1,225 @@
+"""Writes tests/data/multilingual_sample.txt, the tokenizer test corpus.
+
+Why a generator: some lines hold control and invisible characters that are
+easy to lose in an editor. They are spelled here as escapes; the text file is
+committed too, so tests read plain lines. Every sentence was written for this
+project. Lines with a NUL byte come last, after the first 8 kB, so that git
+still treats the text file as text.
+
+Run: python tests/data/make_multilingual_sample.py
+"""
+
+import os
+
+LINES = [
+    # English, numbers, punctuation.
+    "The quick brown fox jumps over the lazy dog.",
+    "Tokenizers split text into pieces that a model can count and embed.",
+    "We trained a tiny model on a laptop; it took 3 minutes and 12 seconds.",
+    "Don't panic: it's only 4:30 a.m., and the coffee isn't ready yet!",
+    "She said, \"Bring the blue folder,\" then left without another word.",
+    "Prices rose 12.5% in Q3 (from $1,234.56 to $1,388.88).",
+    "The answer is 42, although 6 x 7 and 84 / 2 agree with it.",
+    "Scientific notation: 6.022e23, 1.6E-19, -0.0001, +273.15 and 0xFF.",
+    "Call me at +1 (555) 010-9999 or write to someone@example.org.",
+    "Visit https://example.com/path/to/page?query=tokens&lang=en#section-2 for details.",
+    "The file lives at /usr/local/share/bert_jax/vocab.txt on most machines.",
+    "C:\\Users\\Ada\\Documents\\notes_2024-05-17.md was never backed up.",
+    "def tokenize(text: str) -> list[str]: return text.split()",
+    "if (a <= b && c != d) { x += 1; } else { y -= 2; }",
+    "#hashtag @mention ~tilde ^caret `backtick` |pipe| _under_score_",
+    "Hyphen-separated, well-known, state-of-the-art, twenty-one.",
+    "Ellipsis... or a real one\u2026 and an em dash \u2014 plus an en dash \u2013 too.",
+    "Curly \u201cdouble\u201d and \u2018single\u2019 quotes, plus \u00abguillemets\u00bb.",
+    "IBM [MASK] me BERT.",
+    "Paris is the [MASK] of France, and [UNK] marks an unknown token.",
+    "Lowercase special strings like [mask] and [cls] are plain text.",
+    "[CLS] leading and trailing [SEP]",
+    "UPPERCASE WORDS SHOUT, MiXeD CaSe WhIsPeRs, lowercase murmurs.",
+    "Abbreviations: e.g., i.e., etc., U.S.A., Ph.D., Mr. Smith Jr.",
+    "Roman numerals XIV and MMXXIV, ordinals 1st, 2nd, 3rd, 21st.",
+    "Fractions \u00bd \u00bc \u00be, superscripts x\u00b2 y\u00b3, circled \u2460 \u2461 \u2462.",
+    "Math: \u2211 x_i \u2264 \u221e, \u222b f(x) dx \u2248 3.14159, \u221a2 \u2260 1.41, \u03b1 \u00d7 \u03b2 \u00f7 \u03b3.",
+    "Currencies: \u20ac5, \u00a310, \u00a51000, \u20b9250, \u20a9900, \u20bf0.5 and 20 CHF.",
+    "Temperature dropped to -12\u00b0C (10.4\u00b0F) overnight.",
+    "A sentence with     many      spaces   between words.",
+    "   Leading and trailing spaces   ",
+    "Tabs\tbetween\twords\tare\twhitespace\ttoo.",
+    "Non\u00a0breaking\u00a0spaces and a narrow\u202fno-break space.",
+    "Fullwidth \uff21\uff22\uff23 \uff11\uff12\uff13 and halfwidth \uff76\uff80\uff76\uff85.",
+    # French, German, Spanish, Portuguese, Italian, Nordic, Polish, Czech, Turkish.
+    "L'\u00e9t\u00e9 dernier, nous sommes all\u00e9s \u00e0 la plage pr\u00e8s de Marseille.",
+    "\u00c9lodie pr\u00e9f\u00e8re le th\u00e9 \u00e0 la cr\u00e8me br\u00fbl\u00e9e, c'est s\u00fbr.",
+    "O\u00f9 est la biblioth\u00e8que ? \u00c0 c\u00f4t\u00e9 de l'h\u00f4pital, na\u00efvement.",
+    "\u00c7a co\u00fbte cinquante-huit euros, \u0153uvre d'art comprise.",
+    "Die Stra\u00dfe ist nass, weil es gestern stundenlang geregnet hat.",
+    "Gr\u00f6\u00dfere B\u00e4ume wachsen langsamer als kleine Str\u00e4ucher \u00fcberall.",
+    "\u00dcber M\u00fcnchen flog ein Hei\u00dfluftballon mit f\u00fcnf Fahrg\u00e4sten.",
+    "Donaudampfschifffahrtsgesellschaftskapit\u00e4nsm\u00fctzenabzeichenherstellungsvertrag",
+    "\u00bfD\u00f3nde est\u00e1 el ni\u00f1o? \u00a1Est\u00e1 jugando en el jard\u00edn con su pinguino!",
+    "El ping\u00fcino come pescado mientras la cig\u00fce\u00f1a observa desde lejos.",
+    "A\u00f1o tras a\u00f1o, Mar\u00eda cocina paella para toda la familia.",
+    "A cora\u00e7\u00e3o da cidade bate mais forte durante o ver\u00e3o, n\u00e3o \u00e9?",
+    "Perch\u00e9 la citt\u00e0 \u00e8 cos\u00ec bella? Perch\u00e9 \u00e8 antica.",
+    "Bl\u00e5b\u00e6rsyltet\u00f8j p\u00e5 br\u00f8d er godt, sagde S\u00f8ren.",
+    "R\u00e4ksm\u00f6rg\u00e5s \u00e4r en sm\u00f6rg\u00e5s med r\u00e4kor.",
+    "Za\u017c\u00f3\u0142\u0107 g\u0119\u015bl\u0105 ja\u017a\u0144 \u2014 to zdanie ma wszystkie polskie litery.",
+    "P\u0159\u00edli\u0161 \u017elu\u0165ou\u010dk\u00fd k\u016f\u0148 \u00fap\u011bl \u010f\u00e1belsk\u00e9 \u00f3dy.",
+    "\u0130stanbul'da \u0131l\u0131k bir g\u00fcn; \u015eEH\u0130R kalabal\u0131k ama g\u00fczel.",
+    "I\u011fdır ve \u0130zmir aras\u0131nda uzun bir yol var, dedi \u00c7a\u011flar.",
+    # Vietnamese (stacked diacritics), precomposed and decomposed.
+    "Ti\u1ebfng Vi\u1ec7t c\u00f3 r\u1ea5t nhi\u1ec1u d\u1ea5u thanh v\u00e0 d\u1ea5u ph\u1ee5.",
+    "H\u00f4m nay tr\u1eddi \u0111\u1eb9p, ch\u00fang t\u00f4i \u0111i d\u1ea1o quanh h\u1ed3 G\u01b0\u01a1m.",
+    "Ng\u01b0\u1eddi ta n\u00f3i r\u1eb1ng ph\u1edf H\u00e0 N\u1ed9i ngon nh\u1ea5t th\u1ebf gi\u1edbi.",
+    "Tie\u0302\u0301ng Vie\u0323\u0302t (decomposed with combining marks).",
+    # Combining marks and normalization forms.
+    "Cafe\u0301 vs Caf\u00e9: one is decomposed, the other precomposed.",
+    "Zalgo: t\u0336\u0337e\u0335\u0338x\u0334\u0321t\u0322\u0327 with stacked marks.",
+    "A\u030a vs \u00c5 vs \u212b: three ways to write one letter.",
+    "n\u0303 and \u00f1, o\u0308 and \u00f6, u\u0308\u0301 and \u01d8.",
+    "Ligatures \ufb01 and \ufb02 and \ufb00, long s \u017f, and \u01c6 digraph.",
+    # Greek.
+    "\u0397 \u03b3\u03c1\u03ae\u03b3\u03bf\u03c1\u03b7 \u03ba\u03b1\u03c6\u03ad \u03b1\u03bb\u03b5\u03c0\u03bf\u03cd \u03c0\u03b7\u03b4\u03ac\u03b5\u03b9 \u03c0\u03ac\u03bd\u03c9 \u03b1\u03c0\u03cc \u03c4\u03bf \u03c4\u03b5\u03bc\u03c0\u03ad\u03bb\u03b9\u03ba\u03bf \u03c3\u03ba\u03c5\u03bb\u03af.",
+    "\u039f\u0394\u039f\u03a3 \u039a\u0391\u0399 \u03a3\u039f\u03a6\u0399\u0391\u03a3 \u03a3\u03a4\u039f \u039a\u0395\u039d\u03a4\u03a1\u039f \u03a4\u0397\u03a3 \u03a0\u039f\u039b\u0397\u03a3",
+    "\u0397 \u03b8\u03ac\u03bb\u03b1\u03c3\u03c3\u03b1 \u03ae\u03c4\u03b1\u03bd \u03ae\u03c1\u03b5\u03bc\u03b7 \u03ba\u03b1\u03b9 \u03bf \u03bf\u03c5\u03c1\u03b1\u03bd\u03cc\u03c2 \u03ba\u03b1\u03b8\u03b1\u03c1\u03cc\u03c2.",
+    "\u03a0\u03bf\u03cd \u03b5\u03af\u03bd\u03b1\u03b9 \u03c4\u03bf \u03b2\u03b9\u03b2\u03bb\u03af\u03bf; \u0395\u03af\u03bd\u03b1\u03b9 \u03c3\u03c4\u03bf \u03c4\u03c1\u03b1\u03c0\u03ad\u03b6\u03b9.",
+    "\u1f08\u03c1\u03c7\u03b1\u1fd6\u03b1 \u1f11\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac \u03bc\u03b5 \u03c0\u03bf\u03bb\u03c5\u03c4\u03bf\u03bd\u03b9\u03ba\u03cc \u03c3\u03cd\u03c3\u03c4\u03b7\u03bc\u03b1: \u1f00\u03b3\u03b1\u03b8\u03cc\u03c2, \u1f21\u03bc\u03ad\u03c1\u03b1, \u1fe5\u03ae\u03c4\u03c9\u03c1.",
+    # Cyrillic.
+    "\u0421\u0435\u0433\u043e\u0434\u043d\u044f \u0445\u043e\u0440\u043e\u0448\u0430\u044f \u043f\u043e\u0433\u043e\u0434\u0430, \u0438 \u043c\u044b \u0438\u0434\u0451\u043c \u0433\u0443\u043b\u044f\u0442\u044c \u0432 \u043f\u0430\u0440\u043a.",
+    "\u041c\u043e\u0441\u043a\u0432\u0430 \u2014 \u0441\u0442\u043e\u043b\u0438\u0446\u0430 \u0420\u043e\u0441\u0441\u0438\u0438, \u0430 \u041a\u0438\u0435\u0432 \u2014 \u0441\u0442\u043e\u043b\u0438\u0446\u0430 \u0423\u043a\u0440\u0430\u0438\u043d\u044b.",
+    "\u0401\u0436\u0438\u043a \u0432 \u0442\u0443\u043c\u0430\u043d\u0435 \u0438\u0441\u043a\u0430\u043b \u0441\u0432\u043e\u0435\u0433\u043e \u0434\u0440\u0443\u0433\u0430 \u043c\u0435\u0434\u0432\u0435\u0436\u043e\u043d\u043a\u0430.",
+    "\u0419\u043e\u0433\u0443\u0440\u0442 \u0438 \u0439\u043e\u0434 \u2014 \u0440\u0430\u0437\u043d\u044b\u0435 \u0432\u0435\u0449\u0438; \u0431\u0443\u043a\u0432\u0430 \u0439 \u0440\u0430\u0441\u043f\u0430\u0434\u0430\u0435\u0442\u0441\u044f \u043f\u0440\u0438 NFD.",
+    "\u0413\u0430\u0440\u043d\u0438\u0439 \u0434\u0435\u043d\u044c, \u0457\u0436\u0430\u043a \u0456 \u0491\u0430\u043d\u043e\u043a \u2014 \u0443\u043a\u0440\u0430\u0457\u043d\u0441\u044c\u043a\u0456 \u043b\u0456\u0442\u0435\u0440\u0438.",
+    "\u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438\u044f\u0442 \u0435\u0437\u0438\u043a \u0438\u0437\u043f\u043e\u043b\u0437\u0432\u0430 \u043a\u0438\u0440\u0438\u043b\u0438\u0446\u0430, \u043a\u0430\u043a\u0442\u043e \u0438 \u0441\u0440\u044a\u0431\u0441\u043a\u0438\u044f\u0442: \u0452\u0430\u043a, \u045b\u0443\u0442\u0430\u045a\u0435.",
+    # Arabic (with and without harakat), Persian, Hebrew (with and without niqqud).
+    "\u0627\u0644\u0644\u063a\u0629 \u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u062c\u0645\u064a\u0644\u0629 \u062c\u062f\u0627 \u0648\u063a\u0646\u064a\u0629 \u0628\u0627\u0644\u0645\u0641\u0631\u062f\u0627\u062a.",
+    "\u0630\u064e\u0647\u064e\u0628\u064e \u0627\u0644\u0648\u064e\u0644\u064e\u062f\u064f \u0625\u0650\u0644\u064e\u0649 \u0627\u0644\u0645\u064e\u062f\u0652\u0631\u064e\u0633\u064e\u0629\u0650 \u0635\u064e\u0628\u064e\u0627\u062d\u064b\u0627.",
+    "\u0627\u0644\u0631\u0642\u0645 \u0661\u0662\u0663\u0664\u0665 \u0648\u0627\u0644\u062a\u0627\u0631\u064a\u062e \u0662\u0660\u0662\u0664\u060c \u0647\u0644 \u0647\u0630\u0627 \u0635\u062d\u064a\u062d\u061f",
+    "\u0645\u0646 \u0627\u0645\u0631\u0648\u0632 \u0628\u0647 \u06a9\u062a\u0627\u0628\u062e\u0627\u0646\u0647 \u0645\u06cc\u200c\u0631\u0648\u0645 \u0648 \u06f1\u06f2 \u06a9\u062a\u0627\u0628 \u0645\u06cc\u200c\u062e\u0648\u0627\u0646\u0645.",
+    "\u05e2\u05d1\u05e8\u05d9\u05ea \u05e0\u05db\u05ea\u05d1\u05ea \u05de\u05d9\u05de\u05d9\u05df \u05dc\u05e9\u05de\u05d0\u05dc, \u05d5\u05d2\u05dd \u05d4\u05de\u05e1\u05e4\u05e8\u05d9\u05dd 123 \u05d1\u05ea\u05d5\u05db\u05d4.",
+    "\u05e9\u05b8\u05c1\u05dc\u05d5\u05b9\u05dd \u05e2\u05b2\u05dc\u05b5\u05d9\u05db\u05b6\u05dd, \u05de\u05b7\u05d4 \u05e9\u05b0\u05c1\u05dc\u05d5\u05b9\u05de\u05b0\u05da\u05b8?",
+    "Mixed direction: \u200fHebrew \u05e2\u05d1\u05e8\u05d9\u05ea\u200e and English in one line.",
+    # Indic scripts.
+    "\u0939\u093f\u0928\u094d\u0926\u0940 \u092d\u093e\u0930\u0924 \u0915\u0940 \u090f\u0915 \u092a\u094d\u0930\u092e\u0941\u0916 \u092d\u093e\u0937\u093e \u0939\u0948, \u0914\u0930 \u092f\u0939 \u0926\u0947\u0935\u0928\u093e\u0917\u0930\u0940 \u092e\u0947\u0902 \u0932\u093f\u0916\u0940 \u091c\u093e\u0924\u0940 \u0939\u0948\u0964",
+    "\u0915\u094d\u0937\u0924\u094d\u0930\u093f\u092f, \u091c\u094d\u091e\u093e\u0928 \u0914\u0930 \u0936\u094d\u0930\u0940 \u091c\u0948\u0938\u0947 \u0938\u0902\u092f\u0941\u0915\u094d\u0924\u093e\u0915\u094d\u0937\u0930 \u0915\u0920\u093f\u0928 \u0939\u0948\u0902\u0964 \u0967\u0968\u0969 \u0930\u0941\u092a\u092f\u0947\u0964",
+    "\u0986\u09ae\u09bf \u09ac\u09be\u0982\u09b2\u09be\u09df \u0997\u09be\u09a8 \u0997\u09be\u0987, \u0986\u09ae\u09bf \u09ac\u09be\u0982\u09b2\u09be\u09b0 \u0997\u09be\u09a8 \u09b6\u09c1\u09a8\u09bf\u0964",
+    "\u0ba4\u0bae\u0bbf\u0bb4\u0bcd \u0bae\u0bbf\u0b95\u0bb5\u0bc1\u0bae\u0bcd \u0baa\u0bb4\u0bae\u0bc8\u0baf\u0bbe\u0ba9 \u0bae\u0bca\u0bb4\u0bbf\u0b95\u0bb3\u0bbf\u0bb2\u0bcd \u0b92\u0ba9\u0bcd\u0bb1\u0bc1.",
+    # Thai (no spaces between words), Lao-style runs.
+    "\u0e27\u0e31\u0e19\u0e19\u0e35\u0e49\u0e2d\u0e32\u0e01\u0e32\u0e28\u0e14\u0e35\u0e21\u0e32\u0e01 \u0e40\u0e23\u0e32\u0e08\u0e30\u0e44\u0e1b\u0e40\u0e14\u0e34\u0e19\u0e40\u0e25\u0e48\u0e19\u0e17\u0e35\u0e48\u0e2a\u0e27\u0e19\u0e2a\u0e32\u0e18\u0e32\u0e23\u0e13\u0e30",
+    "\u0e20\u0e32\u0e29\u0e32\u0e44\u0e17\u0e22\u0e40\u0e02\u0e35\u0e22\u0e19\u0e15\u0e34\u0e14\u0e01\u0e31\u0e19\u0e42\u0e14\u0e22\u0e44\u0e21\u0e48\u0e40\u0e27\u0e49\u0e19\u0e27\u0e23\u0e23\u0e04\u0e23\u0e30\u0e2b\u0e27\u0e48\u0e32\u0e07\u0e04\u0e33\u0e41\u0e25\u0e30\u0e21\u0e35\u0e27\u0e23\u0e23\u0e13\u0e22\u0e38\u0e01\u0e15\u0e4c\u0e0b\u0e49\u0e2d\u0e19\u0e01\u0e31\u0e19\u0e2b\u0e25\u0e32\u0e22\u0e0a\u0e31\u0e49\u0e19\u0e40\u0e0a\u0e48\u0e19\u0e19\u0e35\u0e49\u0e41\u0e25\u0e30\u0e22\u0e32\u0e27\u0e21\u0e32\u0e01\u0e08\u0e19\u0e40\u0e01\u0e34\u0e19\u0e23\u0e49\u0e2d\u0e22\u0e15\u0e31\u0e27\u0e2d\u0e31\u0e01\u0e29\u0e23\u0e43\u0e19\u0e04\u0e33\u0e40\u0e14\u0e35\u0e22\u0e27",
+    "\u0e23\u0e32\u0e04\u0e32 \u0e51\u0e52\u0e53 \u0e1a\u0e32\u0e17 \u0e40\u0e17\u0e48\u0e32\u0e19\u0e31\u0e49\u0e19",
+    # Chinese (simplified, traditional), Japanese, Korean.
+    "\u4eca\u5929\u5929\u6c14\u5f88\u597d\uff0c\u6211\u4eec\u53bb\u516c\u56ed\u6563\u6b65\u5427\u3002",
+    "\u673a\u5668\u5b66\u4e60\u6a21\u578b\u9700\u8981\u5927\u91cf\u7684\u6570\u636e\u548c\u8ba1\u7b97\u8d44\u6e90\u3002",
+    "\u6211\u559c\u6b22\u5403\u996d\uff0c\u4e5f\u559c\u6b22\u559d\u8336\uff1b\u4f60\u5462\uff1f",
+    "\u81fa\u7063\u7684\u7e41\u9ad4\u5b57\u8207\u5927\u9678\u7684\u7c21\u9ad4\u5b57\u4e0d\u540c\u3002",
+    "\u4e2d\u6587\u91cc\u5939\u6742English\u5355\u8bcd\u548c\u6570\u5b57123\u4e5f\u5f88\u5e38\u89c1\u3002",
+    "\u300c\u5f15\u7528\u300d\u3001\u300e\u4e66\u540d\u300f\u3001\u3010\u6ce8\u91ca\u3011\u2014\u2014\u6807\u70b9\u7b26\u53f7\u771f\u591a\uff01",
+    "Rare CJK extension: \U00020000\U0002a6a0\U0002b740 and compatibility \uf900\uf901.",
+    "\u79c1\u306f\u6771\u4eac\u306b\u4f4f\u3093\u3067\u3044\u307e\u3059\u3002\u6bce\u671d\u3001\u96fb\u8eca\u3067\u4f1a\u793e\u306b\u884c\u304d\u307e\u3059\u3002",
+    "\u30b3\u30fc\u30d2\u30fc\u3092\u98f2\u307f\u306a\u304c\u3089\u3001\u30d7\u30ed\u30b0\u30e9\u30e0\u3092\u66f8\u304d\u307e\u3057\u305f\u3002",
+    "\u3072\u3089\u304c\u306a\u3068\u30ab\u30bf\u30ab\u30ca\u3068\u6f22\u5b57\u3092\u6df7\u305c\u3066\u66f8\u304d\u307e\u3059\u3002",
+    "\u30c8\u30fc\u30af\u30ca\u30a4\u30b6\u30fc\u306f\u6587\u7ae0\u3092\u5c0f\u3055\u306a\u5358\u4f4d\u306b\u5206\u5272\u3057\u307e\u3059\u3002",
+    "\u304c\u304e\u3050\u3052\u3054 vs \u304b\u3099\u304d\u3099 (voiced kana, precomposed and combining).",
+    "\ud55c\uad6d\uc5b4\ub294 \ud55c\uae00\ub85c \uc501\ub2c8\ub2e4. \uc624\ub298 \ub0a0\uc528\uac00 \uc815\ub9d0 \uc88b\ub124\uc694!",
+    "\uc11c\uc6b8\uc5d0\uc11c \ubd80\uc0b0\uae4c\uc9c0 \uae30\ucc28\ub85c \uc138 \uc2dc\uac04 \uc815\ub3c4 \uac78\ub9bd\ub2c8\ub2e4.",
+    "\u1112\u1161\u11ab\u1100\u1173\u11af (conjoining jamo) vs \ud55c\uae00 (precomposed).",
+    # Other scripts.
+    "\u10e5\u10d0\u10e0\u10d7\u10e3\u10da\u10d8 \u10d0\u10e0\u10d8\u10e1 \u10da\u10d0\u10db\u10d0\u10d6\u10d8 \u10d3\u10d0 \u10e3\u10eb\u10d5\u10d4\u10da\u10d8 \u10d4\u10dc\u10d0.",
+    "\u0540\u0561\u0575\u0565\u0580\u0565\u0576\u0568 \u0578\u0582\u0576\u056b \u056b\u0580 \u0561\u0575\u0562\u0578\u0582\u0562\u0565\u0576\u0568\u0589",
+    "\u12a0\u121b\u122d\u129b \u1260\u130d\u12d5\u12dd \u134a\u12f0\u120d \u12ed\u133b\u134b\u120d\u1362",
+    "\u1781\u17d2\u1789\u17bb\u17c6\u1785\u17bc\u179b\u1785\u17b7\u178f\u17d2\u178f\u1796\u17b6\u179f\u17b6\u1781\u17d2\u1798\u17c2\u179a",
+    "\u101b\u1014\u103a\u1000\u102f\u1014\u103a\u1019\u103c\u102d\u102f\u1037\u1000\u102d\u102f \u101e\u103d\u102c\u1038\u1019\u101a\u103a\u104b",
+    "\u0dc3\u0dd2\u0d82\u0dc4\u0dbd \u0db7\u0dcf\u0dc2\u0dcf\u0dc0 \u0dbd\u0dc3\u0dca\u0dc3\u0db1\u0dba\u0dd2.",
+    "Runes \u16a0\u16a2\u16a6\u16a8\u16b1\u16b2 and Ogham \u1681\u1682\u1683 and Gothic \U00010330\U00010331.",
+    "Cherokee \u13a3\u13b3\u13a9 and Inuktitut \u1403\u14c4\u1483\u144e\u1450\u1466 and Tifinagh \u2d5c\u2d49\u2d3c\u2d49\u2d4f\u2d30\u2d56.",
+    # Emoji.
+    "I love pizza \U0001f355 and tacos \U0001f32e but not broccoli \U0001f966.",
+    "Family: \U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 and couple \U0001f469\u200d\u2764\ufe0f\u200d\U0001f468.",
+    "Thumbs up \U0001f44d\U0001f3fd, wave \U0001f44b\U0001f3ff, and raised hand \u270b\U0001f3fb.",
+    "Flags \U0001f1eb\U0001f1f7 \U0001f1ef\U0001f1f5 \U0001f1e7\U0001f1f7 and England \U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f.",
+    "Keycaps 1\ufe0f\u20e3 #\ufe0f\u20e3 and hearts \u2764\ufe0f \u2665 \U0001f9e1\U0001f49b.",
+    "Technologist \U0001f469\U0001f3fe\u200d\U0001f4bb and firefighter \U0001f9d1\u200d\U0001f692 at work.",
+    "So happy!!!\U0001f602\U0001f602\U0001f602 #blessed",
+    "Weather: \u2600\ufe0f then \U0001f327\ufe0f then \u26c8\ufe0f then \U0001f308.",
+    "Emoji-only line next:",
+    "\U0001f600\U0001f603\U0001f604\U0001f601\U0001f606\U0001f605\U0001f923\U0001f642",
+    "Symbols \u2122 \u00a9 \u00ae \u2020 \u2021 \u00a7 \u00b6 \u2605 \u2606 \u2713 \u2717 \u2192 \u21d2 \u2194.",
+    "Box drawing \u250c\u2500\u2510 \u2502 \u2514\u2500\u2518 and braille \u2801\u2803\u2809.",
+    "Private use \ue000\ue001 and replacement \ufffd characters.",
+    # Long words.
+    "Pneumonoultramicroscopicsilicovolcanoconiosis is a long English word.",
+    "a" * 120,
+    "Supercalifragilisticexpialidocious" * 4,
+    "x" * 99 + " " + "y" * 100 + " " + "z" * 101,
+    "https://example.org/" + "very-long-path-segment-" * 6 + "end",
+    "\u00e9" * 105 + " accented long word",
+    "\u4e2d" * 120,
+    "\u0645\u0631\u062d\u0628\u0627" * 25,
+    "Antidisestablishmentarianism-" * 4 + "done",
+    "1234567890" * 12,
+    # Mixed scripts in one line.
+    "BERT \u6a21\u578b\u3092 \ud55c\uad6d\uc5b4\ub85c fine-tune \u0441\u0434\u0435\u043b\u0430\u0442\u044c \u2014 \u00e7a marche? \U0001f914",
+    "Die KI \u00abversteht\u00bb \u65e5\u672c\u8a9e, \u0627\u0644\u0639\u0631\u0628\u064a\u0629 und \u0939\u093f\u0928\u094d\u0926\u0940 nicht gleich gut.",
+    "Email: m\u00fcller@stra\u00dfe.de, IDN: http://\u4f8b\u3048.\u30c6\u30b9\u30c8/\u30d1\u30b9",
+    "Price: \u20ac12,50 / \u00a59.800 / \u20b91,23,456.78 / \u0661\u066b\u0665 \u062f\u0648\u0644\u0627\u0631",
+    "Time 12:30\u201314:45 on 2024-05-17T08:00:00Z (UTC+02:00).",
+    "Version v1.2.3-rc.4+build.567 and semver ^2.0.0 || ~1.9.",
+    "JSON: {\"key\": [1, 2.5, null, true], \"nested\": {\"a\": \"b\"}}",
+    "<html><body class=\"main\">Hello &amp; welcome</body></html>",
+    "Markdown **bold** _italic_ `code` [link](http://x.y) > quote",
+    "snake_case_identifier camelCaseIdentifier PascalCase kebab-case SCREAMING_CASE",
+    "Repeated punctuation?!?! ...... ----- ===== ***** +++++",
+    "Quotes 'single' \"double\" `back` \u201elow\u201c \u201aalso\u2018 \u300ccjk\u300d",
+    "Apostrophes: rock 'n' roll, o'clock, y'all, and the '90s.",
+    "Slashes and/or back\\slashes, pipes|and::colons;semicolons.",
+    "Numbers with units: 5km, 3.5kg, 100ms, 2GB/s, 60Hz, 1e-3m.",
+    "Ordinal suffixes in French: 1er, 2e, 3\u1d49, and German: 1., 2., 3.",
+    "Chemistry: H\u2082O, CO\u2082, C\u2086H\u2081\u2082O\u2086 and ions Na\u207a Cl\u207b.",
+    "Dingbats \u2702 \u2708 \u2709 \u270f and arrows \u2b05 \u2b06 \u2b07 \u27a1.",
+    "A line ending with a combining mark e\u0301",
+    "\u0301 a line starting with a lone combining acute.",
+    "Single characters: a b c 1 2 3 . , ; ! ? \u00e9 \u00df \u4e00 \u3042 \ud55c",
+    "x",
+    ".",
+    "",
+    "     ",
+    # Invisible and format characters.
+    "Zero\u200bwidth\u200bspace between words.",
+    "Zero\u200cwidth non-joiner and zero\u200dwidth joiner inside words.",
+    "Soft\u00adhyphen in the mid\u00addle of a word.",
+    "Word\u2060joiner and byte\ufefforder mark in text.",
+    "\ufeffLine starting with a byte order mark.",
+    "Left-to-right\u200e mark and right-to-left\u200f mark.",
+    "Directional \u202aembedding\u202c and \u2066isolate\u2069 controls.",
+    "Ideographic\u3000space and em\u2003space and thin\u2009space.",
+    "Line\u2028separator and paragraph\u2029separator inside a line.",
+    "Mongolian vowel\u180eseparator and hair\u200aspace.",
+    "Variation selectors: \u845b\U000e0100 and \u845b\U000e0101 and \u00a9\ufe0e vs \u00a9\ufe0f.",
+    "Interlinear \ufff9annotation\ufffb and object \ufffc replacement.",
+    "Tag characters \U000e0041\U000e0042 hidden in text.",
+    # Control characters.
+    "Escape\x1b[31mred\x1b[0m sequence from a terminal.",
+    "Bell\x07 and backspace\x08 and form feed\x0c inside.",
+    "Vertical\x0btab and file\x1cseparator and group\x1dseparator.",
+    "Delete\x7fcharacter and next-line\x85control and \x9f C1.",
+    "Carriage\rreturn inside a line.",
+    "Start\x01of\x02heading\x03text\x04end.",
+    "Tabs\t\tand\t \tmixed \t whitespace\t.",
+    "Null\x00byte in the middle of a line.",
+    "\x00\x00\x00 leading nulls and trailing nulls \x00\x00",
+    "Null\x00\u200b\x7f\u00ad\ufeffmix of invisible things.",
+]
+
+
+def main():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multilingual_sample.txt")
+  for line in LINES:
+    assert "\n" not in line, line
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    f.write("\n".join(LINES) + "\n")
+  print(f"wrote {len(LINES)} lines to {path}")
+
+
+if __name__ == "__main__":
+  main()
