@@ -1,0 +1,160 @@
+"""Raw text -> documents (lists of sentences), for vocabulary-free corpus reading.
+
+Why a module of its own: data preparation reads corpora that are large, messy
+and in several formats, and how they are read (which bytes are bad, where a
+document ends, what a sentence is) should be visible in one short file.
+- Plain text: one sentence per line, a blank line between documents (the
+  original BERT release format). JSONL (`.jsonl`/`.json`): one document per
+  line in a `text` field, cut into sentences by a simple rule. `.gz` of either.
+- Bytes that are not UTF-8 are replaced by U+FFFD and counted, never fatal.
+- Everything streams: a corpus larger than memory is fine.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import re
+from typing import Iterable, Iterator, Sequence
+
+from bert_jax.errors import UserError
+
+_SENTENCE_END = re.compile(r"([.!?][\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+  """Splits free text into sentences: at newlines and after . ! ? before a capital or digit."""
+  sentences = []
+  for line in text.splitlines():
+    for piece in _SENTENCE_END.sub("\\1\n", line).split("\n"):
+      piece = piece.strip()
+      if piece:
+        sentences.append(piece)
+  return sentences
+
+
+@dataclasses.dataclass
+class ReadStats:
+  """Counts gathered while reading raw text."""
+  documents: int = 0
+  sentences: int = 0
+  text_bytes: int = 0
+  bad_bytes: int = 0
+  bad_lines: int = 0
+  empty_documents: int = 0
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[str]:
+  """Expands comma-separated paths and globs; every pattern must match a file."""
+  paths = []
+  for pattern in patterns:
+    for item in str(pattern).split(","):
+      item = item.strip()
+      if not item:
+        continue
+      matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+      if not matches:
+        raise FileNotFoundError(f"input {item!r} matches no file")
+      for path in matches:
+        if os.path.isdir(path):
+          raise UserError(f"input {path} is a directory, expected text or JSONL files")
+        if not os.path.exists(path):
+          raise FileNotFoundError(f"input file not found: {path}")
+        paths.append(path)
+  if not paths:
+    raise UserError("no input file given")
+  return paths
+
+
+def _decode_line(raw: bytes, stats: ReadStats) -> str:
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError:
+    bad = 0
+
+    def count(exc):
+      nonlocal bad
+      bad += exc.end - exc.start
+      return "\ufffd", exc.end
+
+    codecs.register_error("bert_jax_count", count)
+    text = raw.decode("utf-8", errors="bert_jax_count")
+    stats.bad_bytes += bad
+    stats.bad_lines += 1
+    return text
+
+
+def _open(path: str):
+  return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _is_jsonl(path: str) -> bool:
+  return re.search(r"\.jsonl?(\.gz)?$", path) is not None
+
+
+def read_documents(paths: Sequence[str], stats: ReadStats, text_key: str = "text"
+                   ) -> Iterator[list[str]]:
+  """Yields documents (lists of sentences) from text or JSONL files, in order.
+
+  Plain text: one sentence per line, a blank line between documents. JSONL
+  (`.jsonl`/`.json`, optionally `.gz`): one document per line, `text_key` is
+  split into sentences. Bad UTF-8 is replaced by U+FFFD and counted.
+  """
+  for path in paths:
+    try:
+      yield from _read_file(path, stats, text_key)
+    except (OSError, EOFError) as e:  # A truncated or corrupt .gz, an unreadable file.
+      if isinstance(e, (FileNotFoundError, PermissionError)):
+        raise
+      raise UserError(f"{path}: cannot be read ({e})") from None
+
+
+def _read_file(path: str, stats: ReadStats, text_key: str) -> Iterator[list[str]]:
+  jsonl = _is_jsonl(path)
+  with _open(path) as f:
+    doc: list[str] = []
+    for line_number, raw in enumerate(f, 1):
+      stats.text_bytes += len(raw)
+      line = _decode_line(raw, stats).strip()
+      if jsonl:
+        if not line:
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise UserError(f"{path}:{line_number}: not a JSON object ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
+          raise UserError(f"{path}:{line_number}: expected a JSON object with a string "
+                          f"field {text_key!r}")
+        yield from _document(split_sentences(record[text_key]), stats)
+      elif line:
+        doc.append(line)
+      elif doc:
+        yield from _document(doc, stats)
+        doc = []
+    if doc:
+      yield from _document(doc, stats)
+
+
+def documents_from_texts(texts: Iterable[str], stats: ReadStats) -> Iterator[list[str]]:
+  """Documents from free-text strings (a tfds text field, ...)."""
+  for text in texts:
+    if isinstance(text, bytes):
+      stats.text_bytes += len(text)
+      text = _decode_line(text, stats)
+    else:
+      stats.text_bytes += len(text.encode("utf-8"))
+    yield from _document(split_sentences(text), stats)
+
+
+def _document(sentences: list[str], stats: ReadStats) -> Iterator[list[str]]:
+  if not sentences:
+    stats.empty_documents += 1
+    return
+  stats.documents += 1
+  stats.sentences += len(sentences)
+  yield sentences
