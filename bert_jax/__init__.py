@@ -1,1 +1,13 @@
-"""bert_jax: BERT in JAX/Flax."""
+"""bert_jax: BERT in JAX/Flax, from a laptop CPU to TPU pod slices.
+
+`bert_jax.from_pretrained(path)` loads any model path (Hugging Face, original
+Google, bert_jax export or training workdir). It is imported lazily so that
+`import bert_jax` stays cheap for tools that only need the tokenizer.
+"""
+
+
+def __getattr__(name):
+  if name == "from_pretrained":
+    from bert_jax.convert import from_pretrained  # pylint: disable=import-outside-toplevel
+    return from_pretrained
+  raise AttributeError(f"module 'bert_jax' has no attribute {name!r}")

@@ -40,7 +40,8 @@ class _StorageType:
     self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *unused) -> np.ndarray:
+def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple,
+                    *unused) -> np.ndarray:
   """A strided view of a flat storage, copied into a fresh contiguous array."""
   del unused  # requires_grad, backward hooks, metadata
   if not size:

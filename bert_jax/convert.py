@@ -1,0 +1,318 @@
+"""Checkpoint interop: Hugging Face, original Google TF and bert_jax model dirs.
+
+Why this shape: readers (`torch_pickle`, `tf_checkpoint`, safetensors, Orbax)
+only produce tensors; `weight_names` maps Hugging Face / Google names onto the
+bert_jax tree with every check, so a new format is one reader. This module
+detects the format of a path, loads it into a `Pretrained`, and writes bert_jax
+export dirs and Hugging Face dirs.
+
+Decisions (the tied-decoder rule is in `weight_names`):
+- Loaded parameters are float32 numpy arrays in the unrolled layout; the
+  returned config has `scan_layers=False` to agree with them (`model.to_layout`
+  converts).
+- Outputs go to a temporary directory next to the target, renamed at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Optional
+
+import numpy as np
+import orbax.checkpoint as ocp
+import safetensors.flax
+import safetensors.numpy
+
+from bert_jax import model as model_lib
+from bert_jax import tf_checkpoint
+from bert_jax import tokenization
+from bert_jax import torch_pickle
+from bert_jax import weight_names
+from bert_jax.errors import UserError
+from bert_jax.model import BertConfig
+
+CONFIG_FILE = "bert_jax_config.json"
+PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+HEAD_ORDER = ("mlm", "nsp", "classifier")
+# Hugging Face architecture per head set (what `save_hf` writes in config.json).
+_ARCHITECTURES = {(): "BertModel", ("mlm",): "BertForMaskedLM", ("mlm", "nsp"): "BertForPreTraining",
+                  ("nsp",): "BertForNextSentencePrediction",
+                  ("classifier",): "BertForSequenceClassification"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """A loaded model: what every consumer (fine-tuning, inference, export) needs."""
+
+  config: BertConfig
+  params: dict  # unrolled bert_jax tree of float32 numpy arrays, heads included
+  tokenizer: Optional[tokenization.Tokenizer]
+  heads: tuple[str, ...]  # subset of HEAD_ORDER, in that order
+  num_labels: Optional[int] = None
+  format: str = ""  # 'bert_jax' | 'bert_jax_workdir' | 'hf' | 'google'
+  tokenizer_dir: Optional[str] = None
+
+
+# --- Format detection and loading. ---
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    raise UserError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _google_prefix(path: str) -> Optional[str]:
+  """The checkpoint prefix of a Google dir (or of a `.../model.ckpt` prefix path)."""
+  if not os.path.isdir(path):
+    return path if os.path.exists(path + ".index") else None
+  if not os.path.exists(os.path.join(path, "bert_config.json")):
+    return None
+  state_file = os.path.join(path, "checkpoint")
+  if os.path.exists(state_file):
+    with open(state_file, encoding="utf-8", errors="replace") as f:
+      found = re.search(r'^model_checkpoint_path:\s*"(.*)"', f.read(), re.M)
+    if found:
+      prefix = found.group(1)
+      return prefix if os.path.isabs(prefix) else os.path.join(path, prefix)
+  indexes = sorted(n[:-len(".index")] for n in os.listdir(path) if n.endswith(".index"))
+  if len(indexes) > 1:
+    raise UserError(f"{path} holds several TF checkpoints {indexes}; pass one as {path}/<name>")
+  return os.path.join(path, indexes[0]) if indexes else None
+
+
+def detect_format(path: str) -> str:
+  """'bert_jax' | 'bert_jax_workdir' | 'hf' | 'google', or a UserError saying what was found."""
+  if not os.path.exists(path) and not os.path.exists(path + ".index"):
+    raise FileNotFoundError(2, "No such model path", path)
+  if os.path.isdir(path):
+    files = set(os.listdir(path))
+    if CONFIG_FILE in files and PARAMS_DIR in files:
+      return "bert_jax"
+    if CONFIG_FILE in files and CHECKPOINT_DIR in files:
+      return "bert_jax_workdir"
+    if "config.json" in files and files & set(_HF_WEIGHT_FILES):
+      return "hf"
+  if _google_prefix(path):
+    return "google"
+  found = sorted(os.listdir(path))[:12] if os.path.isdir(path) else ["(a file)"]
+  raise UserError(
+      f"{path} is not a model directory I know; found {found}. Expected a bert_jax export "
+      f"({CONFIG_FILE} + {PARAMS_DIR}/), a bert_jax training workdir ({CONFIG_FILE} + "
+      f"{CHECKPOINT_DIR}/), a Hugging Face dir (config.json + model.safetensors or "
+      "pytorch_model.bin + vocab.txt) or a Google BERT dir (bert_config.json + "
+      "bert_model.ckpt.index/.data-* + vocab.txt)")
+
+
+_HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  try:
+    return safetensors.numpy.load_file(path)
+  except FileNotFoundError:
+    raise
+  except Exception as numpy_error:  # pylint: disable=broad-except  (safetensors' own types)
+    try:  # bfloat16 has no plain numpy dtype: read through jax, then ml_dtypes numpy arrays
+      return {k: np.asarray(v) for k, v in safetensors.flax.load_file(path).items()}
+    except Exception:  # pylint: disable=broad-except
+      raise UserError(f"{path} is not a readable safetensors file: {numpy_error}") from None
+
+
+def _load_hf(path: str) -> tuple[BertConfig, dict, tuple, Optional[int]]:
+  config_path = os.path.join(path, "config.json")
+  hf = _read_json(config_path)
+  if hf.get("model_type", "bert") != "bert":
+    raise UserError(f"{config_path}: model_type={hf['model_type']!r}, expected 'bert'")
+  try:
+    config = BertConfig.from_hf_dict(hf)
+  except (ValueError, TypeError) as exc:
+    raise UserError(f"{config_path}: {exc}") from None
+  state, weights = {}, None
+  for name in _HF_WEIGHT_FILES:
+    if os.path.exists(os.path.join(path, name)):
+      weights = os.path.join(path, name)
+      break
+  files = [weights]
+  if weights.endswith(".index.json"):  # sharded: {"weight_map": {tensor: shard file}}
+    shards = set(_read_json(weights).get("weight_map", {}).values())
+    files = [os.path.join(path, f) for f in sorted(shards)]
+    if not files:
+      raise UserError(f"{weights} has no weight_map")
+  for file in files:
+    state.update(_read_safetensors(file) if ".safetensors" in file
+                 else torch_pickle.load_state_dict(file))
+  num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels")
+  params, heads, num_labels = weight_names.state_to_params(state, config, weights,
+                                                           num_labels=num_labels)
+  return config, params, heads, num_labels
+
+
+def _load_google(path: str) -> tuple[BertConfig, dict, tuple, Optional[int], str]:
+  prefix = _google_prefix(path)
+  directory = os.path.dirname(prefix)
+  config_path = os.path.join(directory, "bert_config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(2, "No bert_config.json next to the TF checkpoint", config_path)
+  try:
+    config = BertConfig.from_hf_dict(_read_json(config_path))
+  except (ValueError, TypeError) as exc:
+    raise UserError(f"{config_path}: {exc}") from None
+  state, names = weight_names.google_to_state(tf_checkpoint.load_checkpoint(prefix))
+  params, heads, num_labels = weight_names.state_to_params(
+      state, config, prefix + ".index", names, tf_names=True)
+  return config, params, heads, num_labels, directory
+
+
+def _load_orbax_params(directory: str) -> dict:
+  try:
+    return ocp.StandardCheckpointer().restore(os.path.abspath(directory))
+  except Exception as exc:  # orbax/tensorstore raise many types
+    raise UserError(f"{directory} is not a readable Orbax checkpoint: {exc}") from None
+
+
+def _bert_jax_config(path: str) -> tuple[BertConfig, dict]:
+  doc = _read_json(os.path.join(path, CONFIG_FILE))
+  if doc.get("format") != "bert_jax" or "model" not in doc:
+    raise UserError(f"{os.path.join(path, CONFIG_FILE)}: expected format 'bert_jax' and a 'model' key")
+  fields = {f.name for f in dataclasses.fields(BertConfig)}
+  return BertConfig(**{k: v for k, v in doc["model"].items() if k in fields}), doc
+
+
+def latest_step_dir(workdir: str) -> str:
+  """WORKDIR/checkpoints/<largest finished step>."""
+  root = os.path.join(workdir, CHECKPOINT_DIR)
+  steps = sorted(int(n) for n in os.listdir(root) if n.isdigit())
+  if not steps:
+    raise UserError(f"{root} holds no finished checkpoint")
+  return os.path.join(root, str(steps[-1]))
+
+
+def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
+  """Loads any supported model directory (format detected from its files).
+
+  Args:
+    path: bert_jax export dir, bert_jax training workdir, Hugging Face dir,
+      Google BERT dir (or its `.../bert_model.ckpt` prefix).
+    with_tokenizer: set False to skip the tokenizer (e.g. weights-only use).
+
+  Raises:
+    UserError / FileNotFoundError with a message naming the bad file.
+  """
+  path = os.fspath(path)
+  fmt = detect_format(path)
+  tokenizer_dir = path
+  if fmt in ("bert_jax", "bert_jax_workdir"):
+    config, doc = _bert_jax_config(path)
+    source = (os.path.join(path, PARAMS_DIR) if fmt == "bert_jax"
+              else os.path.join(latest_step_dir(path), "params"))
+    params = model_lib.to_layout(_load_orbax_params(source), config.replace(scan_layers=False))
+    params = _as_numpy(params)
+    heads = tuple(h for h in HEAD_ORDER if h in doc.get("heads", []))
+    num_labels = doc.get("num_labels")
+    if "classifier" in params and num_labels is None:
+      num_labels = int(params["classifier"]["bias"].shape[0])
+    tokenizer_dir = (os.path.join(path, doc["tokenizer"]) if doc.get("tokenizer") else None)
+  elif fmt == "hf":
+    config, params, heads, num_labels = _load_hf(path)
+  else:
+    config, params, heads, num_labels, tokenizer_dir = _load_google(path)
+  tokenizer = None
+  if with_tokenizer:
+    if tokenizer_dir is None:
+      raise UserError(f"{path} has no tokenizer (its {CONFIG_FILE} names none)")
+    tokenizer = tokenization.load_tokenizer(tokenizer_dir)
+    if tokenizer.vocab_size > config.vocab_size:
+      raise UserError(f"{tokenizer_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model "
+                      f"only {config.vocab_size} embeddings")
+  return Pretrained(config.replace(scan_layers=False), params, tokenizer, heads, num_labels, fmt,
+                    tokenizer_dir)
+
+
+def _as_numpy(tree: Any) -> Any:
+  if isinstance(tree, dict):
+    return {k: _as_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+# --- Writers. ---
+
+def _write_tokenizer(pre: Pretrained, directory: str) -> None:
+  if pre.tokenizer is None:
+    raise UserError("cannot write a model without its tokenizer")
+  os.makedirs(directory, exist_ok=True)
+  pre.tokenizer.save(directory)
+
+
+def save_bert_jax(pre: Pretrained, directory: str) -> None:
+  """bert_jax export dir: bert_jax_config.json + params/ (Orbax) + tokenizer/."""
+  doc = {"format": "bert_jax", "model": dataclasses.asdict(pre.config.replace(scan_layers=False)),
+         "heads": list(pre.heads), "num_labels": pre.num_labels, "tokenizer": TOKENIZER_DIR}
+  with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
+    json.dump(doc, f, indent=2)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(os.path.join(directory, PARAMS_DIR)), pre.params)
+  checkpointer.wait_until_finished()
+  _write_tokenizer(pre, os.path.join(directory, TOKENIZER_DIR))
+
+
+def save_hf(pre: Pretrained, directory: str) -> None:
+  """Hugging Face dir: config.json + model.safetensors + vocab.txt (from_pretrained-ready)."""
+  if pre.heads not in [tuple(k) for k in _ARCHITECTURES]:
+    raise UserError(f"no Hugging Face architecture has heads {list(pre.heads)}")
+  hf = pre.config.to_hf_dict()
+  architecture = _ARCHITECTURES[pre.heads]
+  if pre.heads == ("classifier",) and "pooler" not in pre.params["bert"]:
+    architecture = "BertForTokenClassification"  # per-token classifier: no pooler
+  hf["architectures"] = [architecture]
+  if pre.num_labels is not None:
+    hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(pre.num_labels)}
+    hf["label2id"] = {f"LABEL_{i}": i for i in range(pre.num_labels)}
+  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(hf, f, indent=2)
+  state = weight_names.params_to_state(pre.params, pre.config, pre.heads, pre.num_labels)
+  safetensors.numpy.save_file(state, os.path.join(directory, "model.safetensors"),
+                              metadata={"format": "pt"})
+  _write_tokenizer(pre, directory)
+
+
+def write_dir_atomically(output: str, write, overwrite: bool = False) -> None:
+  """Runs `write(tmp_dir)` in a temporary dir next to `output`, then renames it to `output`."""
+  output = os.path.abspath(output)
+  if os.path.exists(output) and not overwrite:
+    raise UserError(f"output {output} already exists (pass --overwrite to replace it)")
+  parent = os.path.dirname(output)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+  try:
+    write(tmp)
+    if os.path.exists(output):
+      old = tmp + ".old"
+      os.replace(output, old)
+      os.replace(tmp, output)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, output)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert(input_path: str, output_dir: str, to: str, overwrite: bool = False) -> Pretrained:
+  """Reads any model dir and writes it as `to` ('bert_jax' or 'hf')."""
+  writers = {"bert_jax": save_bert_jax, "hf": save_hf}
+  if to not in writers:
+    raise UserError(f"--to={to!r}: expected one of {sorted(writers)}")
+  if os.path.abspath(input_path) == os.path.abspath(output_dir):
+    raise UserError("--output must differ from --input")
+  pre = from_pretrained(input_path)
+  write_dir_atomically(output_dir, lambda tmp: writers[to](pre, tmp), overwrite)
+  return pre

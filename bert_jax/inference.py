@@ -1,0 +1,270 @@
+"""Inference tools on any loaded model: fill-mask and text embeddings.
+
+Why the batching looks like this: XLA compiles one program per input shape, and
+on CPU a compile (~1-2 s for a 6-layer model) costs as much as embedding several
+thousand tokens. So texts are tokenized once, sorted by length and grouped into
+a few length buckets (16, 24, 32, 48, 64, 96, 128, 192, 256, ...); a bucket too
+small to be worth its own compile is merged into the next one. Each bucket is
+cut into equal batches of about `tokens_per_batch` tokens (~2k: larger batches
+are slower on CPU, they fall out of cache), so it compiles exactly once and
+wastes at most a few empty rows. Pooling happens inside the jitted function, so
+only [B, E] vectors leave the device; batch i is fetched after batch i+1 is
+dispatched. Results are put back in input order. fp32 throughout: bf16 is not
+faster on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bert_jax import model as model_lib
+from bert_jax.convert import Pretrained
+from bert_jax.errors import UserError
+
+POOLINGS = ("cls", "mean", "max", "token")
+BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512)
+MAX_INFERENCE_LENGTH = 512
+# Padding (in tokens) worth paying to avoid compiling one more shape.
+COMPILE_COST_TOKENS = 8192
+
+
+def read_lines(path: str) -> list[str]:
+  """One text per line ('\\n' or '\\r\\n'); a non-UTF-8 line is an error naming file and line."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  lines = raw.split(b"\n")
+  if lines and lines[-1] == b"":
+    lines.pop()
+  texts = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      texts.append(line.removesuffix(b"\r").decode("utf-8"))
+    except UnicodeDecodeError as exc:
+      raise UserError(f"{path}:{number}: not UTF-8 text (byte {line[exc.start]:#04x} at column "
+                      f"{exc.start + 1})") from None
+  return texts
+
+
+def default_max_length(config: model_lib.BertConfig, requested: Optional[int] = None) -> int:
+  """The model's own limit capped at 512, or `requested` if it fits the position table."""
+  if requested is None:
+    return min(config.max_position_embeddings, MAX_INFERENCE_LENGTH)
+  if requested < 2:
+    raise UserError(f"--max_seq_length={requested}: needs room for [CLS] and [SEP]")
+  if requested > config.max_position_embeddings:
+    raise UserError(f"--max_seq_length={requested} exceeds the model's position table "
+                    f"(max_position_embeddings={config.max_position_embeddings})")
+  return requested
+
+
+# --- Fill-mask. ---
+
+def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> list[list[dict]]:
+  """Top-k predictions for every [MASK] in `text`: per mask, [{token, token_id, score}]."""
+  if "mlm" not in pre.heads:
+    raise UserError(f"this model has no masked-LM head (heads: {list(pre.heads) or 'none'}); "
+                    "fill-mask needs a BertForPreTraining / BertForMaskedLM checkpoint")
+  if top_k < 1:
+    raise UserError(f"--top_k={top_k}: must be >= 1")
+  tok = pre.tokenizer
+  enc = tok.encode(text, max_length=default_max_length(pre.config))
+  ids = np.asarray(enc["input_ids"], np.int32)
+  positions = np.flatnonzero(ids == tok.mask_id).astype(np.int32)
+  if not positions.size:
+    raise UserError(f"the text has no {tok.convert_ids_to_tokens(tok.mask_id)[0]} token "
+                    "(after truncation)")
+  module = model_lib.BertForPreTraining(pre.config, with_nsp="nsp" in pre.heads)
+  out = jax.jit(module.apply)({"params": pre.params}, ids[None],
+                              np.asarray(enc["token_type_ids"], np.int32)[None],
+                              np.ones_like(ids)[None], None, None, positions[None])
+  probs_PxV = np.asarray(jax.nn.softmax(out["mlm_logits"][0], axis=-1))
+  k = min(top_k, probs_PxV.shape[-1])
+  results = []
+  for probs_V in probs_PxV:
+    best = np.argsort(-probs_V, kind="stable")[:k]
+    tokens = tok.convert_ids_to_tokens(best)
+    results.append([{"token": t, "token_id": int(i), "score": float(probs_V[i])}
+                    for t, i in zip(tokens, best)])
+  return results
+
+
+# --- Embeddings. ---
+
+@dataclasses.dataclass
+class TokenEmbeddings:
+  """Ragged per-token output: line i owns rows [lengths[:i].sum(), lengths[:i+1].sum())."""
+
+  vectors: np.ndarray  # [T, E] float32, all real tokens ([CLS], [SEP] included)
+  token_ids: np.ndarray  # [T] int32
+  offsets: np.ndarray  # [T, 2] int32 char (start, end) in the line, (0, 0) for specials
+  lengths: np.ndarray  # [N] int32 tokens per line
+
+
+def _pool(hidden_BxLxE: jax.Array, mask_BxL: jax.Array, pooling: str, normalize: bool) -> jax.Array:
+  mask_BxLx1 = mask_BxL[:, :, None].astype(hidden_BxLxE.dtype)
+  if pooling == "cls":
+    out = hidden_BxLxE[:, 0]
+  elif pooling == "mean":  # as sentence-transformers: sum over real tokens / max(count, 1e-9)
+    out = (hidden_BxLxE * mask_BxLx1).sum(1) / jnp.maximum(mask_BxLx1.sum(1), 1e-9)
+  elif pooling == "max":
+    out = jnp.where(mask_BxLx1 > 0, hidden_BxLxE, -1e9).max(1)
+  else:
+    out = hidden_BxLxE
+  if normalize:
+    out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+  return out
+
+
+def plan_batches(lengths: Sequence[int], max_length: int, tokens_per_batch: int,
+                 batch_size: Optional[int] = None,
+                 compile_cost_tokens: int = COMPILE_COST_TOKENS) -> list[tuple[np.ndarray, int]]:
+  """(row indices, padded length) per batch; one shape per bucket, little padding.
+
+  Rows are sorted by length and grouped into the smallest bucket that fits them.
+  A bucket whose rows would cost less padding in the next bucket than
+  `compile_cost_tokens` is merged into it. Each bucket is then cut into equal
+  batches of at most `tokens_per_batch` tokens, so every batch of a bucket has
+  the same shape: the last one is padded with at most (number of batches - 1)
+  empty rows (see `Embedder.embed`).
+
+  Args:
+    lengths: token count of each text (already truncated to `max_length`).
+    max_length: the longest allowed row.
+    tokens_per_batch: token budget of a batch (rows = budget // bucket length).
+    batch_size: fixed largest rows per batch, overriding the token budget.
+    compile_cost_tokens: padding worth paying to avoid one more compiled shape.
+  """
+  lengths = np.asarray(lengths)
+  buckets = sorted({b for b in BUCKETS if b < max_length} | {max_length})
+  order = np.argsort(lengths, kind="stable")
+  sorted_lengths = lengths[order]
+  groups: list[tuple[np.ndarray, int]] = []
+  carry = np.zeros(0, np.int64)
+  begin = 0
+  for k, bucket in enumerate(buckets):
+    end = int(np.searchsorted(sorted_lengths, bucket, side="right"))
+    members = np.concatenate([carry, order[begin:end]])
+    begin = end
+    if k + 1 < len(buckets) and len(members):
+      extra_padding = len(members) * (buckets[k + 1] - bucket)
+      if extra_padding < compile_cost_tokens:
+        carry = members
+        continue
+    carry = np.zeros(0, np.int64)
+    if len(members):
+      groups.append((members, bucket))
+  batches = []
+  for members, bucket in groups:
+    rows_max = batch_size or max(1, tokens_per_batch // bucket)
+    count = -(-len(members) // rows_max)
+    rows = -(-len(members) // count)
+    batches += [(members[i:i + rows], bucket) for i in range(0, len(members), rows)]
+  return batches
+
+
+class Embedder:
+  """Texts -> vectors with one compiled program per batch shape."""
+
+  def __init__(self, pre: Pretrained, pooling: str = "mean", *, normalize: bool = False,
+               layer: int = -1, max_seq_length: Optional[int] = None,
+               tokens_per_batch: int = 2048, batch_size: Optional[int] = None,
+               compile_cost_tokens: int = COMPILE_COST_TOKENS):
+    if pooling not in POOLINGS:
+      raise UserError(f"--pooling={pooling!r}: expected one of {list(POOLINGS)}")
+    num_layers = pre.config.num_layers
+    if not -(num_layers + 1) <= layer <= num_layers:
+      raise UserError(f"--layer={layer}: the model has hidden states 0..{num_layers} "
+                      f"(or -{num_layers + 1}..-1)")
+    if batch_size is not None and batch_size < 1:
+      raise UserError(f"--batch_size={batch_size}: must be >= 1")
+    self.pre, self.pooling, self.normalize = pre, pooling, normalize
+    self.max_length = default_max_length(pre.config, max_seq_length)
+    self.tokens_per_batch, self.batch_size = tokens_per_batch, batch_size
+    self.compile_cost_tokens = compile_cost_tokens
+    module = model_lib.BertModel(pre.config, add_pooling_layer=False)
+    self._params = jax.device_put({k: v for k, v in pre.params["bert"].items() if k != "pooler"})
+
+    @jax.jit
+    def forward(params, ids_BxL, types_BxL, mask_BxL):
+      out = module.apply({"params": params}, ids_BxL, types_BxL, mask_BxL,
+                         output_hidden_states=layer != -1)
+      hidden_BxLxE = out.sequence_output if layer == -1 else out.hidden_states[layer]
+      return _pool(hidden_BxLxE, mask_BxL, pooling, normalize)
+
+    self._forward = forward
+
+  def embed(self, texts: Sequence[str],
+            progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray | TokenEmbeddings:
+    """[N, E] float32 (input order), or TokenEmbeddings for pooling='token'."""
+    token_mode = self.pooling == "token"
+    enc = self.pre.tokenizer.encode_batch(list(texts), max_length=self.max_length, padding="none",
+                                          return_offsets=token_mode)
+    ids_rows, type_rows = enc["input_ids"], enc["token_type_ids"]
+    lengths = np.asarray([len(r) for r in ids_rows], np.int32)
+    hidden = self.pre.config.hidden_size
+    pooled = None if token_mode else np.zeros((len(ids_rows), hidden), np.float32)
+    per_line: list[Optional[np.ndarray]] = [None] * len(ids_rows)
+    pad_id = self.pre.tokenizer.pad_id
+    done = 0
+    pending = None  # (rows, device result): fetch batch i after dispatching batch i+1
+    batches = plan_batches(lengths, self.max_length, self.tokens_per_batch, self.batch_size,
+                           self.compile_cost_tokens)
+    rows_per_bucket: dict[int, int] = {}
+    for rows, length in batches:
+      rows_per_bucket[length] = max(rows_per_bucket.get(length, 0), len(rows))
+    for rows, length in batches:
+      shape = (rows_per_bucket[length], length)  # one compiled shape per bucket
+      ids_BxL = np.full(shape, pad_id, np.int32)
+      types_BxL = np.zeros(shape, np.int32)
+      mask_BxL = np.zeros(shape, np.int32)
+      for b, row in enumerate(rows):
+        n = lengths[row]
+        ids_BxL[b, :n], types_BxL[b, :n], mask_BxL[b, :n] = ids_rows[row], type_rows[row], 1
+      result = self._forward(self._params, ids_BxL, types_BxL, mask_BxL)
+      if pending is not None:
+        done += self._collect(*pending, pooled, per_line, lengths)
+        if progress:
+          progress(done, len(ids_rows))
+      pending = (rows, result)
+    if pending is not None:
+      done += self._collect(*pending, pooled, per_line, lengths)
+      if progress:
+        progress(done, len(ids_rows))
+    if not token_mode:
+      return pooled
+    vectors = (np.concatenate(per_line) if per_line else np.zeros((0, hidden), np.float32))
+    flat_ids = [i for r in ids_rows for i in r]
+    flat_offsets = [o for r in enc["offsets"] for o in r]
+    return TokenEmbeddings(vectors.astype(np.float32), np.asarray(flat_ids, np.int32),
+                           np.asarray(flat_offsets, np.int32).reshape(-1, 2), lengths)
+
+  @staticmethod
+  def _collect(rows, result, pooled, per_line, lengths) -> int:
+    values = np.asarray(result)[:len(rows)]
+    if pooled is not None:
+      pooled[rows] = values
+    else:
+      for b, row in enumerate(rows):
+        per_line[row] = values[b, :lengths[row]]
+    return len(rows)
+
+
+def stderr_progress(every_s: float = 2.0) -> Callable[[int, int], None]:
+  """A progress callback printing 'embedded i/n lines' to stderr at most every `every_s`."""
+  start = last = time.monotonic()
+
+  def report(done: int, total: int) -> None:
+    nonlocal last
+    now = time.monotonic()
+    if now - last >= every_s or (done == total and now - start >= every_s):
+      last = now
+      print(f"embedded {done}/{total} lines ({now - start:.1f} s)", file=sys.stderr, flush=True)
+
+  return report
