@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -61,21 +62,43 @@ def pretraining_flops_per_sequence(config: BertConfig, seq_len: int, num_predict
   return 3.0 * forward
 
 
+def _summary_writer_class():
+  """tensorboardX.SummaryWriter, imported without dragging in torch.
+
+  tensorboardX imports torch whenever it is installed (seconds of startup and memory in a
+  JAX trainer); scalars never need it, so the import is hidden from it unless torch is
+  loaded already.
+  """
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Writes one row per call to metrics.jsonl, TensorBoard and the log (process 0 only)."""
 
-  def __init__(self, workdir: str, enabled: Optional[bool] = None):
+  def __init__(self, workdir: str, enabled: Optional[bool] = None,
+               resume_step: Optional[int] = None):
+    """`resume_step`: the step training restarts from; rows after it are dropped first (a
+    run killed after its last checkpoint logs those steps again)."""
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tb = None
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_rows_after(path, resume_step or 0)
     # Append: a resumed run continues the same file.
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._jsonl = open(path, "a", encoding="utf-8")
     try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
     except ImportError:  # pragma: no cover - tensorboardX is a dependency
       logging.warning("tensorboardX is not installed: no TensorBoard events")
 
@@ -99,6 +122,25 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Keeps the rows of metrics.jsonl up to `step` (temp file + rename)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):  # a torn last line of a killed run
+      continue
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 def _to_python(v: Any) -> Any:

@@ -136,6 +136,20 @@ class BertConfig:
     return hf
 
 
+class _FlatInitPartitioned(nn.LogicallyPartitioned):
+  """LogicallyPartitioned that skips its sharding constraint while DenseGeneral's init holds
+  the kernel flattened to 2-D (a rank-3 constraint on it fails under a mesh)."""
+
+  def unbox(self, apply_constraint=True):
+    if apply_constraint and jnp.ndim(self.value) != len(self.names):
+      return self.value
+    return super().unbox(apply_constraint)
+
+
+def _partitioned(init, names):
+  return lambda *args, **kwargs: _FlatInitPartitioned(init(*args, **kwargs), names)
+
+
 def _dense(features, axes, config: BertConfig, name: str, **kwargs) -> nn.Module:
   """Dense/DenseGeneral with BERT's init and logical axis names on its parameters."""
   init = nn.initializers.normal(stddev=config.initializer_range)
@@ -144,8 +158,8 @@ def _dense(features, axes, config: BertConfig, name: str, **kwargs) -> nn.Module
       features=features,
       dtype=config.compute_dtype,
       param_dtype=jnp.dtype(config.param_dtype),
-      kernel_init=nn.with_logical_partitioning(init, axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+      kernel_init=_partitioned(init, axes),
+      bias_init=_partitioned(nn.initializers.zeros, bias_axes),
       name=name, **kwargs)
 
 

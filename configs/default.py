@@ -134,6 +134,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.peak_flops_per_device = config_dict.placeholder(float)
 
   # --- Misc ---------------------------------------------------------------
+  # Persistent XLA compilation cache ('' = off): a restarted/resumed job skips recompiling.
+  c.compilation_cache_dir = ""
   # Seed of parameter init, dropout and data order/masking.
   c.seed = 0
   # Start from this model (any path bert_jax.convert.from_pretrained reads) with fresh

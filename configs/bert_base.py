@@ -1,0 +1,48 @@
+r"""BERT-base phase 1 (Devlin et al. 2018): seq 128, batch 256, AdamW 1e-4, 10k warmup, 1M steps.
+
+  python launch/prepare_data.py --input=WIKI_AND_BOOKS_FILES --vocab=VOCAB_DIR \
+      --output=gs://BUCKET/bert_data_128 --max_seq_length=128 --eval_fraction=0.001
+  python launch/pretrain.py --config=configs/bert_base.py --workdir=gs://BUCKET/bert_base \
+      --config.train_data=gs://BUCKET/bert_data_128
+
+Expect (the paper's recipe on Wikipedia + BooksCorpus; published figures, not measured in
+this repo): MLM accuracy ~0.65-0.70 and NSP accuracy ~0.98 at the end of phase 1, which the
+paper ran in ~4 days on 16 TPU v3 chips (4 Cloud TPUs). Then run configs/bert_base_phase2.py.
+"""
+
+import importlib.util
+import os
+
+# Load default.py next to this file (config files are loaded by path, not as a package).
+_spec = importlib.util.spec_from_file_location(
+    "bert_jax_configs_default", os.path.join(os.path.dirname(__file__), "default.py"))
+default = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(default)
+
+
+def get_config():
+  """The paper's phase-1 recipe; the defaults already are BERT-base."""
+  c = default.get_config()
+  # Model size preset.
+  c.model.preset = "base"
+  # bfloat16 compute on accelerators (params and optimizer state stay float32).
+  c.dtype = "bfloat16"
+  # Global batch of 256 sequences of 128 tokens.
+  c.batch_size = 256
+  # Tokens per row.
+  c.max_seq_length = 128
+  # Masked positions per row at seq 128.
+  c.max_predictions_per_seq = 20
+  # 1M steps, peak LR 1e-4 after 10k warmup steps, then linear decay to 0.
+  c.num_train_steps = 1_000_000
+  # Peak learning rate.
+  c.learning_rate = 1e-4
+  # Warmup steps.
+  c.warmup_steps = 10_000
+  # Log every 1000 steps, evaluate and checkpoint every 10k.
+  c.log_every_steps = 1000
+  # Evaluation period.
+  c.eval_every_steps = 10_000
+  # Checkpoint period.
+  c.checkpoint_every_steps = 10_000
+  return c

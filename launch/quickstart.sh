@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's main job: pretrain a tiny BERT on the bundled sample corpus, on CPU, then ask it
+# to fill in masks. Each step is one of the user-facing commands, so this doubles as their demo.
+#
+#   bash launch/quickstart.sh [WORKDIR]      (default /tmp/bert_quickstart)
+#
+# Steps: WordPiece vocabulary -> NSP pretraining data with a held-out split -> configs/tiny.py
+# pretraining (progress line every log step, held-out MLM accuracy at the end) -> fill-mask.
+# Re-running resumes: a finished vocabulary/data dir is reused and training picks up from the
+# latest checkpoint in WORKDIR/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKDIR="${1:-/tmp/bert_quickstart}"
+CORPUS="bert_jax/data/sample_corpus.txt"
+mkdir -p "$WORKDIR"
+
+echo "== 1/4 vocabulary ($WORKDIR/vocab)"
+if [[ ! -f "$WORKDIR/vocab/vocab.txt" ]]; then
+  python launch/build_vocab.py --input="$CORPUS" --output="$WORKDIR/vocab" \
+      --vocab_size=4000 --kind=wordpiece --lowercase
+fi
+
+echo "== 2/4 pretraining data ($WORKDIR/data)"
+if [[ ! -f "$WORKDIR/data/meta.json" ]]; then
+  python launch/prepare_data.py --input="$CORPUS" --vocab="$WORKDIR/vocab" \
+      --output="$WORKDIR/data" --max_seq_length=128 --eval_fraction=0.05
+fi
+
+echo "== 3/4 pretraining configs/tiny.py ($WORKDIR/run)"
+python launch/pretrain.py --config=configs/tiny.py --workdir="$WORKDIR/run" \
+    --config.train_data="$WORKDIR/data" --config.eval_data="$WORKDIR/data" "${@:2}"
+
+echo "== 4/4 fill-mask with the trained model"
+for text in "the river [MASK] runs through the town." \
+            "on [MASK] the farmers come to the market." \
+            "a wethowl has two [MASK]."; do
+  python launch/fill_mask.py --model="$WORKDIR/run" --text="$text" --top_k=3
+done

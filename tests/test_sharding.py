@@ -1,0 +1,98 @@
+"""Mesh and logical-axis rules; the same losses on every mesh shape of 8 simulated devices.
+
+The 8-device checks run in a child process (`python tests/test_sharding.py --child DIR`):
+XLA_FLAGS=--xla_force_host_platform_device_count=8 must be set before JAX starts, and the
+rest of the suite runs on one device.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_child(script, args, devices=8, timeout=240):
+  """Runs `script --child ARGS` with `devices` simulated CPU devices; returns its JSON."""
+  from test_train import CACHE_ENV  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", **CACHE_ENV)
+  env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), HERE,
+                                       env.get("PYTHONPATH", "")])
+  proc = subprocess.run([sys.executable, script, "--child", *args], env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_resolve_mesh_shape():
+  from bert_jax import sharding  # pylint: disable=g-import-not-at-top
+  assert sharding.resolve_mesh_shape((-1, 1, 1), 8) == (8, 1, 1)
+  assert sharding.resolve_mesh_shape((2, -1, 2), 8) == (2, 2, 2)
+  with pytest.raises(sharding.UserError, match="needs 4 devices, found 8"):
+    sharding.resolve_mesh_shape((2, 2, 1), 8)
+  with pytest.raises(sharding.UserError, match="does not divide"):
+    sharding.resolve_mesh_shape((3, -1, 1), 8)
+  with pytest.raises(sharding.UserError, match="3 entries"):
+    sharding.resolve_mesh_shape((8, 1), 8)
+
+
+def test_rules_name_unknown_mesh_axes():
+  from bert_jax import sharding  # pylint: disable=g-import-not-at-top
+  rules = sharding.normalize_rules([["embed", "fsdp"], ["activation_batch", ["data", "fsdp"]]])
+  assert rules == (("embed", "fsdp"), ("activation_batch", ("data", "fsdp")))
+  with pytest.raises(sharding.UserError, match="'model'"):
+    sharding.normalize_rules([("mlp", "model")])
+
+
+def test_same_losses_on_every_mesh_shape(tmp_path):
+  out = run_child(__file__, [str(tmp_path)])
+  base = out["(8, 1, 1)"]
+  assert len(base) == 3 and all(np.isfinite(base))
+  # Different meshes sum in different orders; Adam turns that noise into tiny updates.
+  for mesh in MESHES[1:]:
+    np.testing.assert_allclose(out[str(mesh)], base, rtol=5e-5, err_msg=str(mesh))
+  # Parameters are born sharded as the rules say.
+  assert out["specs"]["(1, 8, 1)"]["word_embeddings"] == ["tensor", "fsdp"]
+  assert out["shards"]["(1, 8, 1)"] == [4, 2, 16]  # query kernel [E/8, H, D] per device
+  assert out["specs"]["(2, 2, 2)"]["query"] == ["fsdp", "tensor", None]
+  assert out["shards"]["(2, 2, 2)"] == [16, 1, 16]  # [E/fsdp, H/tensor, D] per device
+
+
+def _child(workdir):
+  import jax  # pylint: disable=g-import-not-at-top
+  from bert_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from bert_jax import sharding, synthetic, train  # pylint: disable=g-import-not-at-top
+  from test_train import read_rows, tiny_config  # pylint: disable=g-import-not-at-top
+
+  assert jax.device_count() == 8
+  out = {"specs": {}, "shards": {}}
+  for mesh_shape in MESHES:
+    # (2, 2, 2) also accumulates 2 micro-batches: same update as one batch.
+    c = tiny_config(num_train_steps=3, checkpoint_every_steps=100, mesh_shape=mesh_shape,
+                    grad_accum_steps=2 if mesh_shape == (2, 2, 2) else 1, learning_rate=1e-4)
+    wd = os.path.join(workdir, str(mesh_shape))
+    train.train_and_evaluate(c, wd, data=synthetic.synthetic_data(c))
+    out[str(mesh_shape)] = [r["loss"] for r in read_rows(wd) if "loss" in r]
+  for mesh_shape in [(1, 8, 1), (2, 2, 2)]:
+    c = tiny_config()
+    mesh = sharding.make_mesh(mesh_shape)
+    model = model_lib.BertForPreTraining(train.model_config(c, 128))
+    ids = jax.numpy.zeros((1, 32), jax.numpy.int32)
+    params, shardings = sharding.create_sharded(
+        lambda r: model.init(r, ids)["params"], mesh, c.logical_axis_rules,
+        jax.random.PRNGKey(0))
+    emb = shardings["bert"]["embeddings"]["word_embeddings"]["embedding"].spec
+    q = params["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
+    out["specs"][str(mesh_shape)] = {"word_embeddings": list(emb), "query": list(q.sharding.spec)}
+    out["shards"][str(mesh_shape)] = list(q.addressable_shards[0].data.shape)
+  print(json.dumps(out))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
+  _child(sys.argv[2])

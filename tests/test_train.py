@@ -1,0 +1,190 @@
+"""Train step and loop on a tiny model: learning, accumulation, non-finite handling, init."""
+
+import importlib.util
+import json
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax import optim
+from bert_jax import synthetic
+from bert_jax import train
+from bert_jax.model import BertForPreTraining
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny runs spend most of their time compiling the same train step again: share compiled
+# executables between runs, test files and child processes (keyed by HLO, so always safe).
+CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(),
+                                                       "bert_jax_test_compilation_cache"),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+jax.config.update("jax_compilation_cache_dir", CACHE_ENV["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def tiny_config(**overrides):
+  """configs/tiny.py shrunk to test size (hidden 32, 2 layers, seq 32, batch 8)."""
+  spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs",
+                                                                         "tiny.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.model.update(hidden_size=32, intermediate_size=64, num_heads=2, num_layers=2,
+                 max_position_embeddings=32, hidden_dropout_rate=0.0,
+                 attention_dropout_rate=0.0)
+  # A constant schedule after warmup: runs of any length compile the same train step.
+  c.update(max_seq_length=32, max_predictions_per_seq=5, batch_size=8, num_train_steps=6,
+           learning_rate=1e-3, warmup_steps=2, schedule="constant", log_every_steps=1,
+           eval_every_steps=0,
+           checkpoint_every_steps=2, num_eval_batches=2)
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return c
+
+
+def read_rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_loop_learns_and_writes_metrics_and_model_files(tmp_path):
+  c = tiny_config(num_train_steps=12, eval_every_steps=6, checkpoint_every_steps=6,
+                  log_every_steps=3)
+  result = train.train_and_evaluate(c, str(tmp_path), data=synthetic.synthetic_data(c))
+  rows = read_rows(tmp_path)
+  train_rows = [r for r in rows if "loss" in r]
+  eval_rows = [r for r in rows if "eval_loss" in r]
+  assert [r["step"] for r in train_rows] == [3, 6, 9, 12]
+  assert [r["step"] for r in eval_rows] == [6, 12]
+  assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 0.05
+  for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "grad_norm",
+              "learning_rate", "seq_per_sec", "tokens_per_sec", "mfu"):
+    assert key in train_rows[-1], key
+  assert train_rows[-1]["mfu"] is None  # CPU: no peak known
+  for key in ("eval_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"):
+    assert key in eval_rows[-1]
+  assert result["step"] == 12 and not result["preempted"]
+  assert os.path.isdir(tmp_path / "tensorboard")
+  meta = json.loads((tmp_path / "bert_jax_config.json").read_text())
+  assert meta["format"] == "bert_jax" and meta["heads"] == ["mlm", "nsp"]
+  assert meta["model"]["vocab_size"] == 128 and meta["model"]["hidden_size"] == 32
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "6"]
+
+
+def _step_setup(grad_accum_steps, nonfinite="stop", nsp=True):
+  c = tiny_config(grad_accum_steps=grad_accum_steps, nonfinite=nonfinite)
+  model = BertForPreTraining(train.model_config(c, 128), with_nsp=nsp)
+  tx, schedule = optim.make_optimizer(c)
+  batch = next(synthetic.synthetic_data(c, nsp=nsp).train)
+  ids = jnp.asarray(batch["input_ids"])
+  params = model.init(jax.random.PRNGKey(0), ids, masked_positions_BxP=jnp.asarray(
+      batch["masked_positions"]))["params"]
+  params = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), params,
+                                  is_leaf=lambda x: hasattr(x, "value"))
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=tx.init(params))
+  step = jax.jit(train.make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps,
+                                       nonfinite=nonfinite))
+  return step, state, batch
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+  step1, state, batch = _step_setup(1)
+  step4, _, _ = _step_setup(4)
+  rng = jax.random.PRNGKey(1)
+  s1, m1 = step1(state, batch, rng)
+  s4, m4 = step4(state, batch, rng)
+  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+  np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
+  assert float(m1["mlm_weight"]) == float(m4["mlm_weight"]) == float(
+      batch["masked_weights"].sum())
+  for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s4.params)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_nonfinite_skip_keeps_state_and_counts_step():
+  step, state, batch = _step_setup(1, nonfinite="skip")
+  bad = dict(batch, masked_weights=batch["masked_weights"] * np.float32("nan"))
+  new, metrics = step(state, bad, jax.random.PRNGKey(1))
+  assert float(metrics["nonfinite"]) == 1.0
+  assert int(new.step) == 1
+  for a, b in zip(jax.tree_util.tree_leaves((state.params, state.opt_state)),
+                  jax.tree_util.tree_leaves((new.params, new.opt_state))):
+    np.testing.assert_array_equal(a, b)
+
+
+class _PoisonedIterator(synthetic.SyntheticIterator):
+  """Synthetic batches with NaN weights at batch index `bad`."""
+
+  def __init__(self, bad, **kw):
+    super().__init__(**kw)
+    self.bad = bad
+
+  def __next__(self):
+    index = self.index
+    batch = super().__next__()
+    if index == self.bad:
+      batch["masked_weights"] = batch["masked_weights"] * np.float32("nan")
+    return batch
+
+
+def test_nonfinite_stop_names_step_and_keeps_last_good_checkpoint(tmp_path):
+  c = tiny_config(num_train_steps=8, checkpoint_every_steps=2)
+  data = synthetic.synthetic_data(c)
+  data.train = _PoisonedIterator(4, vocab_size=128, seq_len=32, max_predictions=5,
+                                 global_batch_size=8)
+  with pytest.raises(train.NonFiniteError, match="at step 5.*last good checkpoint is step 4"):
+    train.train_and_evaluate(c, str(tmp_path), data=data)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_model_config_takes_vocab_from_data_and_checks_length():
+  c = tiny_config()
+  cfg = train.model_config(c, 777)
+  assert (cfg.vocab_size, cfg.hidden_size, cfg.num_layers) == (777, 32, 2)
+  c.max_seq_length = 64
+  with pytest.raises(train.UserError, match="max_position_embeddings"):
+    train.model_config(c, 777)
+
+
+def write_vocab(directory, size=128):
+  """A WordPiece vocab.txt of `size` tokens (ids match the synthetic data's specials)."""
+  os.makedirs(directory, exist_ok=True)
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(size - 5)]
+  with open(os.path.join(directory, "vocab.txt"), "w") as f:
+    f.write("\n".join(tokens) + "\n")
+  return str(directory)
+
+
+def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
+  src = tmp_path / "src"
+  c = tiny_config(num_train_steps=2)
+  data = synthetic.synthetic_data(c)
+  data.tokenizer_dir = write_vocab(tmp_path / "vocab")
+  train.train_and_evaluate(c, str(src), data=data)
+  assert (src / "tokenizer" / "vocab.txt").exists()
+  pytest.importorskip("bert_jax.convert")
+  wrong = tiny_config(num_train_steps=1, init_checkpoint=str(src))
+  wrong.model.intermediate_size = 48
+  with pytest.raises(train.UserError,
+                     match=r"tensor bert/encoder/layer_0/intermediate/\w+ has shape"):
+    train.train_and_evaluate(wrong, str(tmp_path / "bad"), data=synthetic.synthetic_data(wrong))
+  ok = tiny_config(num_train_steps=1, init_checkpoint=str(src), learning_rate=0.0,
+                   warmup_steps=0, schedule="constant")
+  data = synthetic.synthetic_data(ok)
+  data.tokenizer_dir = str(tmp_path / "vocab")
+  train.train_and_evaluate(ok, str(tmp_path / "ok"), data=data)
+  from bert_jax import convert  # pylint: disable=g-import-not-at-top
+  a = convert.from_pretrained(str(src)).params
+  b = convert.from_pretrained(str(tmp_path / "ok")).params
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)  # lr 0: the loaded weights come back unchanged
