@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from typing import Callable, Iterable, Optional, Sequence
@@ -370,8 +371,12 @@ def _ordered_map(tasks, num_workers: int, tokenizer_path: str):
     _init_worker(tokenizer_path)
     yield from map(_run_task, tasks)
     return
+  # Fork is fastest, but forking a process that has started JAX's threads can deadlock
+  # (a library caller, a test run): start clean workers from a fork server then.
   methods = multiprocessing.get_all_start_methods()
-  context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+  method = "fork" if "fork" in methods and "jax" not in sys.modules else (
+      "forkserver" if "forkserver" in methods else "spawn")
+  context = multiprocessing.get_context(method)
   with context.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer_path, True)) as pool:
     pending = collections.deque()
     for task in tasks:
