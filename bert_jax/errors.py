@@ -12,6 +12,8 @@ import sys
 from typing import Callable
 
 from absl import app
+from absl import flags
+from absl import logging
 
 
 class UserError(Exception):
@@ -31,10 +33,18 @@ def _one_line(exc: BaseException) -> str:
   return f"error: {message}"
 
 
-def run_main(main: Callable[[list[str]], object]) -> None:
-  """`absl.app.run(main)` that reports user errors in one line and exits 1."""
+def run_main(main: Callable[[list[str]], object], quiet: bool = False) -> None:
+  """`absl.app.run(main)` that reports user errors in one line and exits 1.
+
+  Args:
+    main: the launcher's main.
+    quiet: for tools whose stdout is the product (fill-mask, embed, convert): library
+      INFO logs (Orbax, JAX backend probing) are hidden unless --verbosity is given.
+  """
 
   def wrapped(argv):
+    if quiet and not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except _USER_ERRORS as exc:

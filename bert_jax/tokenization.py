@@ -446,6 +446,11 @@ def train_wordpiece(files: str | Sequence[str], output_dir: str, vocab_size: int
 
   Returns:
     A summary: files, lines, bad_utf8_lines, vocab_size, output_dir.
+
+  Note: the `tokenizers` trainer numbers `##` continuations in hash-map order, and
+  equal-count merges are broken by those numbers, so two trainings on the same corpus
+  can give a slightly different vocabulary. Build a vocabulary once and keep it with
+  the data (prepare_data copies it); everything downstream of it is deterministic.
   """
   if vocab_size < len(SPECIAL_TOKENS) + 1:
     raise UserError(f"vocab_size={vocab_size} is too small")

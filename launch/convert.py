@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  run_main(main)
+  run_main(main, quiet=True)

@@ -2,7 +2,7 @@
 # The README's main job: pretrain a tiny BERT on the bundled sample corpus, on CPU, then ask it
 # to fill in masks. Each step is one of the user-facing commands, so this doubles as their demo.
 #
-#   bash launch/quickstart.sh [WORKDIR]      (default /tmp/bert_quickstart)
+#   bash launch/quickstart.sh [WORKDIR [--config.KEY=VALUE ...]]   (default /tmp/bert_quickstart)
 #
 # Steps: WordPiece vocabulary -> NSP pretraining data with a held-out split -> configs/tiny.py
 # pretraining (progress line every log step, held-out MLM accuracy at the end) -> fill-mask.
@@ -23,15 +23,22 @@ fi
 echo "== 2/4 pretraining data ($WORKDIR/data)"
 if [[ ! -f "$WORKDIR/data/meta.json" ]]; then
   python launch/prepare_data.py --input="$CORPUS" --vocab="$WORKDIR/vocab" \
-      --output="$WORKDIR/data" --max_seq_length=128 --eval_fraction=0.05
+      --output="$WORKDIR/data" --max_seq_length=64 --eval_fraction=0.05
 fi
 
 echo "== 3/4 pretraining configs/tiny.py ($WORKDIR/run)"
 python launch/pretrain.py --config=configs/tiny.py --workdir="$WORKDIR/run" \
     --config.train_data="$WORKDIR/data" --config.eval_data="$WORKDIR/data" "${@:2}"
+python - "$WORKDIR/run/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+last = [r for r in rows if "eval_mlm_accuracy" in r][-1]
+print(f"held-out at step {last['step']}: MLM accuracy {last['eval_mlm_accuracy']:.3f}, "
+      f"NSP accuracy {last['eval_nsp_accuracy']:.3f}")
+PY
 
 echo "== 4/4 fill-mask with the trained model"
-for text in "the river [MASK] runs through the town." \
+for text in "hais deadrend works as a [MASK]." \
             "on [MASK] the farmers come to the market." \
             "a wethowl has two [MASK]."; do
   python launch/fill_mask.py --model="$WORKDIR/run" --text="$text" --top_k=3
