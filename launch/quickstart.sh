@@ -14,6 +14,11 @@ WORKDIR="${1:-/tmp/bert_quickstart}"
 CORPUS="bert_jax/data/sample_corpus.txt"
 mkdir -p "$WORKDIR"
 
+if ! python -c "import bert_jax.train" 2>/dev/null; then
+  echo "== installing bert_jax (pip install -e .)"
+  python -m pip install -q -e .
+fi
+
 echo "== 1/4 vocabulary ($WORKDIR/vocab)"
 if [[ ! -f "$WORKDIR/vocab/vocab.txt" ]]; then
   python launch/build_vocab.py --input="$CORPUS" --output="$WORKDIR/vocab" \
