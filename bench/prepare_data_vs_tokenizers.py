@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 
+from bert_jax import files
 from bert_jax import pretraining_data
 from bert_jax import text_corpus
 from bert_jax import sample_corpus
@@ -61,7 +62,7 @@ def main():
   parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
-  paths = text_corpus.expand_inputs(args.input)
+  paths = files.expand_inputs(args.input)
   megabytes = sum(os.path.getsize(p) for p in paths) / 1e6
   with tempfile.TemporaryDirectory() as workdir:
     vocab = args.vocab

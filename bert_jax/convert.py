@@ -19,8 +19,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, Optional
 
 import numpy as np
@@ -28,6 +26,7 @@ import orbax.checkpoint as ocp
 import safetensors.flax
 import safetensors.numpy
 
+from bert_jax import files
 from bert_jax import model as model_lib
 from bert_jax import tf_checkpoint
 from bert_jax import tokenization
@@ -285,27 +284,6 @@ def save_hf(pre: Pretrained, directory: str) -> None:
   _write_tokenizer(pre, directory)
 
 
-def write_dir_atomically(output: str, write, overwrite: bool = False) -> None:
-  """Runs `write(tmp_dir)` in a temporary dir next to `output`, then renames it to `output`."""
-  output = os.path.abspath(output)
-  if os.path.exists(output) and not overwrite:
-    raise UserError(f"output {output} already exists (pass --overwrite to replace it)")
-  parent = os.path.dirname(output)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
-  try:
-    write(tmp)
-    if os.path.exists(output):
-      old = tmp + ".old"
-      os.replace(output, old)
-      os.replace(tmp, output)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, output)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
 def convert(input_path: str, output_dir: str, to: str, overwrite: bool = False) -> Pretrained:
   """Reads any model dir and writes it as `to` ('bert_jax' or 'hf')."""
   writers = {"bert_jax": save_bert_jax, "hf": save_hf}
@@ -314,5 +292,5 @@ def convert(input_path: str, output_dir: str, to: str, overwrite: bool = False) 
   if os.path.abspath(input_path) == os.path.abspath(output_dir):
     raise UserError("--output must differ from --input")
   pre = from_pretrained(input_path)
-  write_dir_atomically(output_dir, lambda tmp: writers[to](pre, tmp), overwrite)
+  files.write_dir_atomically(output_dir, lambda tmp: writers[to](pre, tmp), overwrite)
   return pre

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import glob
 import gzip
 import json
-import os
 import re
 from typing import Iterable, Iterator, Sequence
 
@@ -46,28 +44,6 @@ class ReadStats:
   bad_bytes: int = 0
   bad_lines: int = 0
   empty_documents: int = 0
-
-
-def expand_inputs(patterns: Sequence[str]) -> list[str]:
-  """Expands comma-separated paths and globs; every pattern must match a file."""
-  paths = []
-  for pattern in patterns:
-    for item in str(pattern).split(","):
-      item = item.strip()
-      if not item:
-        continue
-      matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
-      if not matches:
-        raise FileNotFoundError(f"input {item!r} matches no file")
-      for path in matches:
-        if os.path.isdir(path):
-          raise UserError(f"input {path} is a directory, expected text or JSONL files")
-        if not os.path.exists(path):
-          raise FileNotFoundError(f"input file not found: {path}")
-        paths.append(path)
-  if not paths:
-    raise UserError("no input file given")
-  return paths
 
 
 def _decode_line(raw: bytes, stats: ReadStats) -> str:

@@ -25,16 +25,15 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 import threading
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import sentencepiece as spm
 import tokenizers
 from tokenizers import models, normalizers, pre_tokenizers, processors, trainers
 
+from bert_jax import files as files_lib
 from bert_jax.errors import UserError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -442,7 +441,7 @@ def train_wordpiece(files: str | Sequence[str], output_dir: str, vocab_size: int
     limit_alphabet: most distinct characters kept (rarer ones become [UNK]); default
       min(1000, vocab_size // 4), since each character also takes a '##' entry.
     min_frequency: least count of a merged pair.
-    overwrite: replace a non-empty output_dir.
+    overwrite: replace an existing output_dir.
 
   Returns:
     A summary: files, lines, bad_utf8_lines, vocab_size, output_dir.
@@ -454,7 +453,7 @@ def train_wordpiece(files: str | Sequence[str], output_dir: str, vocab_size: int
   """
   if vocab_size < len(SPECIAL_TOKENS) + 1:
     raise UserError(f"vocab_size={vocab_size} is too small")
-  corpus = _Corpus(_expand_inputs(files))
+  corpus = _Corpus(files_lib.expand_inputs(files))
   tok = tokenizers.Tokenizer(models.WordPiece(
       unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
   tok.normalizer = normalizers.BertNormalizer(
@@ -470,7 +469,7 @@ def train_wordpiece(files: str | Sequence[str], output_dir: str, vocab_size: int
   id_to_token = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
   assert [vocab[t] for t in id_to_token] == list(range(len(vocab))), "ids must be contiguous"
   tokenizer = WordPieceTokenizer(id_to_token, lowercase)
-  _write_dir(output_dir, tokenizer.save, overwrite)
+  files_lib.write_dir_atomically(output_dir, tokenizer.save, overwrite)
   return corpus.summary(output_dir, tokenizer.vocab_size)
 
 
@@ -485,7 +484,7 @@ def train_sentencepiece(files: str | Sequence[str], output_dir: str, vocab_size:
   """
   if model_type not in ("unigram", "bpe"):
     raise UserError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
-  corpus = _Corpus(_expand_inputs(files), lowercase=lowercase, split_lines=True)
+  corpus = _Corpus(files_lib.expand_inputs(files), lowercase=lowercase, split_lines=True)
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
@@ -500,7 +499,7 @@ def train_sentencepiece(files: str | Sequence[str], output_dir: str, vocab_size:
     raise UserError(f"SentencePiece training failed: {str(e).split('] ')[-1]}") from None
   corpus.raise_error()
   tokenizer = SentencePieceTokenizer(model.getvalue(), lowercase)
-  _write_dir(output_dir, tokenizer.save, overwrite)
+  files_lib.write_dir_atomically(output_dir, tokenizer.save, overwrite)
   return corpus.summary(output_dir, tokenizer.vocab_size)
 
 
@@ -587,72 +586,12 @@ def _read_config(directory: str) -> dict:
 
 
 def _write_file(path: str, data: bytes) -> None:
-  """Writes via a temporary name in the same dir, renamed at the end."""
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path) or ".")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  files_lib.write_file_atomically(path, lambda f: f.write(data))
 
 
 def _write_config(directory: str, config: dict) -> None:
   _write_file(os.path.join(directory, CONFIG_NAME),
               (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def _write_dir(output_dir: str, write: Callable[[str], None], overwrite: bool) -> None:
-  """Runs write(tmp_dir) on a sibling temporary dir, then renames it to output_dir."""
-  output_dir = os.path.abspath(os.path.expanduser(output_dir))
-  if os.path.exists(output_dir):
-    if not os.path.isdir(output_dir):
-      raise UserError(f"output {output_dir} exists and is not a directory")
-    if os.listdir(output_dir) and not overwrite:
-      raise UserError(f"output dir {output_dir} is not empty (choose a new dir or overwrite it)")
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-  try:
-    write(tmp)
-    if os.path.exists(output_dir):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=parent)
-      os.rename(output_dir, os.path.join(old, "dir"))
-      try:
-        os.rename(tmp, output_dir)
-      except BaseException:
-        os.rename(os.path.join(old, "dir"), output_dir)
-        raise
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, output_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
-def _expand_inputs(files: str | Sequence[str]) -> list[str]:
-  """Paths from globs and comma-separated lists; raises when one matches nothing."""
-  specs = [files] if isinstance(files, str) else list(files)
-  paths = []
-  for spec in specs:
-    for part in (p.strip() for p in str(spec).split(",")):
-      if not part:
-        continue
-      part = os.path.expanduser(part)
-      matches = sorted(glob.glob(part)) if glob.has_magic(part) else [part]
-      if not matches:
-        raise UserError(f"input {part} matches no file")
-      for m in matches:
-        if not os.path.exists(m):
-          raise UserError(f"input file {m} does not exist")
-        if not os.path.isfile(m):
-          raise UserError(f"input {m} is not a file")
-      paths.extend(matches)
-  if not paths:
-    raise UserError("no input files given")
-  return paths
 
 
 class _Corpus:

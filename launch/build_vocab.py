@@ -20,7 +20,7 @@ from bert_jax.errors import run_main
 _INPUT = flags.DEFINE_string(
     "input", None, "Files: globs and/or comma-separated paths; plain text, or JSONL "
     "(.jsonl/.json) with a 'text' field.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output dir (must be new or empty unless --overwrite).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output dir (must not exist unless --overwrite).")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 30522, "Number of tokens.")
 _KIND = flags.DEFINE_enum("kind", "wordpiece", ["wordpiece", "sentencepiece"], "Tokenizer kind.")
 _LOWERCASE = flags.DEFINE_bool("lowercase", False, "Uncased: lower-case (WordPiece also strips accents).")
@@ -29,7 +29,7 @@ _LIMIT_ALPHABET = flags.DEFINE_integer(
     "limit_alphabet", None, "WordPiece: most distinct characters kept (default min(1000, vocab_size/4)).")
 _CHARACTER_COVERAGE = flags.DEFINE_float(
     "character_coverage", 0.9995, "SentencePiece: share of characters the model covers.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output dir.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output dir.")
 
 flags.mark_flags_as_required(["input", "output"])
 

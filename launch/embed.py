@@ -13,13 +13,13 @@ capped at 512). The output is written to a temporary name and renamed.
 
 import os
 import sys
-import tempfile
 import time
 
 from absl import flags
 import numpy as np
 
 from bert_jax import convert
+from bert_jax import files
 from bert_jax import inference
 from bert_jax.errors import UserError
 from bert_jax.errors import run_main
@@ -38,19 +38,14 @@ _TOKENS_PER_BATCH = flags.DEFINE_integer("tokens_per_batch", 2048, "Token budget
 
 
 def _save(path: str, result) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      if isinstance(result, inference.TokenEmbeddings):
-        np.savez(f, vectors=result.vectors, token_ids=result.token_ids, offsets=result.offsets,
-                 lengths=result.lengths)
-      else:
-        np.save(f, result)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  def write(f):
+    if isinstance(result, inference.TokenEmbeddings):
+      np.savez(f, vectors=result.vectors, token_ids=result.token_ids, offsets=result.offsets,
+               lengths=result.lengths)
+    else:
+      np.save(f, result)
+
+  files.write_file_atomically(path, write)
 
 
 def main(argv):

@@ -19,6 +19,7 @@ import time
 from absl import flags
 from absl import logging
 
+from bert_jax import files
 from bert_jax import pretraining_data
 from bert_jax import text_corpus
 from bert_jax.errors import UserError, run_main
@@ -76,7 +77,7 @@ def main(argv):
     documents = text_corpus.documents_from_texts(
         _tfds_texts(_TFDS.value, _TFDS_KEY.value, _TFDS_DIR.value), stats)
   elif _INPUT.value:
-    paths = text_corpus.expand_inputs(_INPUT.value)
+    paths = files.expand_inputs(_INPUT.value)
     documents = text_corpus.read_documents(paths, stats, text_key=_TEXT_KEY.value)
   else:
     raise UserError("give --input=FILES or --tfds_dataset=NAME")

@@ -1,0 +1,117 @@
+"""Safe output writes and input-path expansion shared by the data and model tools.
+
+Why a module of its own: every tool (build_vocab, prepare_data, convert, embed)
+takes input files the same way and must never leave a half-written output
+behind, so there is one rule for each, with one wording of its errors:
+- `write_dir_atomically`: a directory is built under a temporary sibling name
+  and renamed into place at the end. An existing output is refused unless
+  `overwrite`; a failed write leaves neither partial output nor temp dir.
+- `write_file_atomically`: the same for a single file (temp sibling, then
+  `os.replace`).
+- `expand_inputs`: comma-separated lists and globs -> a list of existing files;
+  a pattern that matches nothing, a directory or a missing path is a
+  `UserError` naming it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from typing import BinaryIO, Callable, Sequence
+
+from bert_jax.errors import UserError
+
+
+def write_dir_atomically(output_dir: str, write: Callable[[str], object],
+                         overwrite: bool = False) -> None:
+  """Runs `write(tmp_dir)` on a temporary sibling of `output_dir`, then renames it.
+
+  Args:
+    output_dir: the directory to create (`~` is expanded).
+    write: fills the (existing, empty) directory it is given.
+    overwrite: replace an existing `output_dir`; without it any existing
+      `output_dir` is refused. A path that is not a directory is always refused.
+
+  Raises:
+    UserError: `output_dir` exists (and not `overwrite`) or is not a directory.
+  """
+  output_dir = os.path.abspath(os.path.expanduser(output_dir))
+  if os.path.exists(output_dir):
+    if not os.path.isdir(output_dir):
+      raise UserError(f"output {output_dir} exists and is not a directory")
+    if not overwrite:
+      state = "already exists and is not empty" if os.listdir(output_dir) else "already exists"
+      raise UserError(f"output dir {output_dir} {state} (use --overwrite to replace it)")
+  parent = os.path.dirname(output_dir)
+  os.makedirs(parent, exist_ok=True)
+  name = os.path.basename(output_dir)
+  tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+  try:
+    write(tmp)
+    if os.path.exists(output_dir):
+      old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+      os.rename(output_dir, os.path.join(old, "dir"))
+      try:
+        os.rename(tmp, output_dir)
+      except BaseException:
+        os.rename(os.path.join(old, "dir"), output_dir)  # Put the old output back.
+        os.rmdir(old)
+        raise
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, output_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def write_file_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
+  """Runs `write(f)` on a binary temporary file beside `path`, then renames it to `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def expand_inputs(files: str | Sequence[str]) -> list[str]:
+  """Files named by comma-separated paths and globs (`~` expanded), in order.
+
+  Args:
+    files: one string or several; each may hold comma-separated paths or globs
+      (matches of a glob are sorted).
+
+  Returns:
+    The paths, every one an existing regular file.
+
+  Raises:
+    UserError: a glob matches nothing, a path does not exist or is not a file,
+      or no path is given at all.
+  """
+  specs = [files] if isinstance(files, str) else list(files)
+  paths = []
+  for spec in specs:
+    for part in (p.strip() for p in str(spec).split(",")):
+      if not part:
+        continue
+      part = os.path.expanduser(part)
+      matches = sorted(glob.glob(part)) if glob.has_magic(part) else [part]
+      if not matches:
+        raise UserError(f"input {part} matches no file")
+      for path in matches:
+        if os.path.isdir(path):
+          raise UserError(f"input {path} is a directory, expected text or JSONL files")
+        if not os.path.exists(path):
+          raise UserError(f"input file {path} does not exist")
+        if not os.path.isfile(path):
+          raise UserError(f"input {path} is not a regular file")
+      paths.extend(matches)
+  if not paths:
+    raise UserError("no input files given")
+  return paths
