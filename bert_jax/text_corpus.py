@@ -15,9 +15,12 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import gzip
+import importlib.util
 import json
 import re
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+from absl import logging
 
 from bert_jax.errors import UserError
 
@@ -114,6 +117,45 @@ def _read_file(path: str, stats: ReadStats, text_key: str) -> Iterator[list[str]
         doc = []
     if doc:
       yield from _document(doc, stats)
+
+
+def tfds_texts(spec: str, key: str = "text", data_dir: Optional[str] = None) -> Iterator[Any]:
+  """The `key` feature of every example of a tfds dataset `NAME[:SPLIT]`, in stored order.
+
+  Reads through `tfds.data_source` (ArrayRecord, random access, no TensorFlow), so a
+  prepared tfds dataset needs nothing beyond tensorflow-datasets; datasets stored as
+  TFRecord fall back to `tfds.load`, which needs TensorFlow (the `[tf]` extra).
+  """
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError("--tfds_dataset needs tensorflow-datasets: pip install tensorflow-datasets"
+                    ) from None
+  name, _, split = spec.partition(":")
+  split = split or "train"
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)  # tfds logs each lookup it tries at INFO.
+  try:
+    examples = _tfds_examples(tfds, spec, name, split, data_dir)
+  finally:
+    logging.set_verbosity(verbosity)
+  for example in examples:
+    if key not in example:
+      raise UserError(f"tfds dataset {name} has no feature {key!r}; it has {sorted(example)}")
+    yield example[key]
+
+
+def _tfds_examples(tfds, spec: str, name: str, split: str, data_dir: Optional[str]):
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return (source[i] for i in range(len(source)))
+  except Exception as exc:  # tfds raises many types for a missing/unsupported dataset.
+    if importlib.util.find_spec("tensorflow") is None:
+      reason = " ".join(str(exc).split()).split(". ")[0]
+      raise UserError(f"tfds dataset {spec!r} cannot be read ({reason}): prepare it with "
+                      "`tfds build --file_format=array_record`, or install TensorFlow for "
+                      "TFRecord datasets: pip install 'bert_jax[tf]'") from None
+  return tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False))
 
 
 def documents_from_texts(texts: Iterable[str], stats: ReadStats) -> Iterator[list[str]]:

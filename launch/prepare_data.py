@@ -49,20 +49,6 @@ _WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker proc
 _CHUNK_MB = flags.DEFINE_float("chunk_mb", 1.0, "Text per work unit (MB); changes the output.")
 
 
-def _tfds_texts(spec: str, key: str, data_dir):
-  try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise UserError("--tfds_dataset needs TensorFlow: pip install 'bert_jax[tf]'") from None
-  name, _, split = spec.partition(":")
-  dataset = tfds.load(name, split=split or "train", data_dir=data_dir, shuffle_files=False)
-  for example in tfds.as_numpy(dataset):
-    if key not in example:
-      raise UserError(f"tfds dataset {name} has no feature {key!r}; it has {sorted(example)}")
-    yield example[key]
-
-
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -75,7 +61,7 @@ def main(argv):
   stats = text_corpus.ReadStats()
   if _TFDS.value:
     documents = text_corpus.documents_from_texts(
-        _tfds_texts(_TFDS.value, _TFDS_KEY.value, _TFDS_DIR.value), stats)
+        text_corpus.tfds_texts(_TFDS.value, _TFDS_KEY.value, _TFDS_DIR.value), stats)
   elif _INPUT.value:
     paths = files.expand_inputs(_INPUT.value)
     documents = text_corpus.read_documents(paths, stats, text_key=_TEXT_KEY.value)

@@ -244,3 +244,20 @@ def test_sample_corpus_is_regenerated_byte_for_byte():
   assert 2e6 < len(shipped.encode()) < 4e6
   docs = shipped.split("\n\n")
   assert len(docs) == 7500 and all(d.strip() for d in docs)
+
+
+def test_tfds_text_dataset_is_read_without_tensorflow(tmp_path, tiny):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12):
+    texts = list(text_corpus.tfds_texts("imdb_reviews:train", "text"))
+    with pytest.raises(UserError, match=r"no feature 'body'; it has \['label', 'text'\]"):
+      next(text_corpus.tfds_texts("imdb_reviews:train", "body"))
+    reference = tfds.data_source("imdb_reviews", split="train")
+    assert texts == [reference[i]["text"] for i in range(len(reference))]
+  assert len(texts) == 12
+  stats = text_corpus.ReadStats()
+  documents = list(text_corpus.documents_from_texts(texts, stats))
+  assert stats.text_bytes == sum(len(t) for t in texts) and len(documents) == stats.documents
+  meta = pd.prepare(iter(documents), stats, tiny["vocab"], str(tmp_path / "out"),
+                    pd.PrepareOptions(max_seq_length=32, mode="packed", num_workers=1))
+  assert meta["splits"]["train"]["num_examples"] > 0
