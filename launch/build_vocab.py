@@ -14,7 +14,7 @@ import json
 from absl import flags
 from absl import logging
 
-from bert_jax import tokenization
+from bert_jax import vocab_training
 from bert_jax.errors import run_main
 
 _INPUT = flags.DEFINE_string(
@@ -38,11 +38,11 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _KIND.value == "wordpiece":
-    summary = tokenization.train_wordpiece(
+    summary = vocab_training.train_wordpiece(
         _INPUT.value, _OUTPUT.value, _VOCAB_SIZE.value, _LOWERCASE.value,
         limit_alphabet=_LIMIT_ALPHABET.value, overwrite=_OVERWRITE.value)
   else:
-    summary = tokenization.train_sentencepiece(
+    summary = vocab_training.train_sentencepiece(
         _INPUT.value, _OUTPUT.value, _VOCAB_SIZE.value, _MODEL_TYPE.value, _LOWERCASE.value,
         character_coverage=_CHARACTER_COVERAGE.value, overwrite=_OVERWRITE.value)
   if summary["bad_utf8_lines"]:

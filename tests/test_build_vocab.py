@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from bert_jax import tokenization
+from bert_jax import vocab_training
 from bert_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +113,7 @@ def test_launcher_bad_input_is_one_line(case, inputs, tmp_path):
 def test_non_utf8_bytes_are_replaced_and_counted(tmp_path):
   path = tmp_path / "latin1.txt"
   path.write_bytes(TEXT.encode("utf-8") * 3 + "caf\u00e9 cr\u00e8me\n".encode("latin-1") * 4)
-  summary = tokenization.train_wordpiece(str(path), str(tmp_path / "v"), vocab_size=300)
+  summary = vocab_training.train_wordpiece(str(path), str(tmp_path / "v"), vocab_size=300)
   assert summary["bad_utf8_lines"] == 4 and summary["lines"] == 16
   tok = tokenization.load_tokenizer(str(tmp_path / "v"))
   assert "\ufffd" not in tok.convert_ids_to_tokens(range(tok.vocab_size))  # BERT cleans U+FFFD
@@ -120,12 +121,12 @@ def test_non_utf8_bytes_are_replaced_and_counted(tmp_path):
 
 def test_cased_wordpiece_and_overwrite(inputs, tmp_path):
   out = str(tmp_path / "v")
-  tokenization.train_wordpiece([str(inputs / "a.txt")], out, vocab_size=400)
+  vocab_training.train_wordpiece([str(inputs / "a.txt")], out, vocab_size=400)
   tok = tokenization.load_tokenizer(out)
   assert not tok.lowercase and "Straße" in "".join(tok.tokenize("Straße")).replace("##", "")
   with pytest.raises(UserError, match="not empty"):
-    tokenization.train_wordpiece(str(inputs / "a.txt"), out, vocab_size=400, lowercase=True)
-  tokenization.train_wordpiece(str(inputs / "a.txt"), out, vocab_size=400, lowercase=True,
+    vocab_training.train_wordpiece(str(inputs / "a.txt"), out, vocab_size=400, lowercase=True)
+  vocab_training.train_wordpiece(str(inputs / "a.txt"), out, vocab_size=400, lowercase=True,
                                overwrite=True)
   assert tokenization.load_tokenizer(out).lowercase
   assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.jsonl", "v"]
@@ -133,9 +134,9 @@ def test_cased_wordpiece_and_overwrite(inputs, tmp_path):
 
 def test_sentencepiece_errors(inputs, tmp_path):
   with pytest.raises(UserError, match="model_type"):
-    tokenization.train_sentencepiece(str(inputs / "a.txt"), str(tmp_path / "s"), 100, "char")
+    vocab_training.train_sentencepiece(str(inputs / "a.txt"), str(tmp_path / "s"), 100, "char")
   with pytest.raises(UserError, match="SentencePiece training failed"):
-    tokenization.train_sentencepiece(SAMPLE, str(tmp_path / "s"), 100)  # fewer ids than characters
+    vocab_training.train_sentencepiece(SAMPLE, str(tmp_path / "s"), 100)  # fewer ids than characters
   assert not (tmp_path / "s").exists()
   with pytest.raises(UserError, match="matches no file"):
-    tokenization.train_sentencepiece(str(tmp_path / "*.none"), str(tmp_path / "s"), 100)
+    vocab_training.train_sentencepiece(str(tmp_path / "*.none"), str(tmp_path / "s"), 100)

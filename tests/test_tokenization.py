@@ -18,6 +18,7 @@ import tokenizers
 import transformers
 
 from bert_jax import tokenization
+from bert_jax import vocab_training
 from bert_jax.errors import UserError
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -59,7 +60,7 @@ def pair(request, corpus, tmp_path_factory):
   """(our Tokenizer, HF BertTokenizer, HF BertTokenizerLegacy) on one trained vocab."""
   lowercase = request.param
   out = str(tmp_path_factory.mktemp("vocab") / "wp")
-  tokenization.train_wordpiece(corpus, out, vocab_size=1500, lowercase=lowercase)
+  vocab_training.train_wordpiece(corpus, out, vocab_size=1500, lowercase=lowercase)
   ours = tokenization.load_tokenizer(out)
   vocab_file = os.path.join(out, "vocab.txt")
   hf = transformers.BertTokenizer.from_pretrained(out)
@@ -256,7 +257,7 @@ def test_google_vocab_order(tmp_path):
 @pytest.fixture(scope="module", params=["unigram", "bpe"])
 def sp_dir(request, corpus, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("spm") / request.param)
-  tokenization.train_sentencepiece(corpus, out, vocab_size=1500, model_type=request.param)
+  vocab_training.train_sentencepiece(corpus, out, vocab_size=1500, model_type=request.param)
   return out
 
 
@@ -304,7 +305,7 @@ def test_sentencepiece_batch_and_offsets(sp_dir):
 
 def test_sentencepiece_lowercase(corpus, tmp_path):
   out = str(tmp_path / "lc")
-  tokenization.train_sentencepiece(corpus, out, vocab_size=1200, model_type="unigram", lowercase=True)
+  vocab_training.train_sentencepiece(corpus, out, vocab_size=1200, model_type="unigram", lowercase=True)
   tok = tokenization.load_tokenizer(out)
   assert tok.lowercase
   assert tok.encode_plain(["ÜBER İstanbul"])[0].tolist() == tok.encode_plain(["über i̇stanbul"])[0].tolist()
