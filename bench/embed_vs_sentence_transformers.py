@@ -86,8 +86,8 @@ def stdlib_lines(count: int) -> list[str]:
 def make_model(directory: str, corpus: str) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
-  tokenization.train_wordpiece(corpus, directory, vocab_size=16000, lowercase=True)
+  from bert_jax import vocab_training  # pylint: disable=g-import-not-at-top
+  vocab_training.train_wordpiece(corpus, directory, vocab_size=16000, lowercase=True)
   with open(os.path.join(directory, "vocab.txt"), encoding="utf-8") as f:
     vocab_size = len(f.read().split("\n")) - 1
   config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=384, num_hidden_layers=6,

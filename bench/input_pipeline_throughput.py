@@ -20,13 +20,13 @@ from bert_jax import input_pipeline
 from bert_jax import pretraining_data
 from bert_jax import text_corpus
 from bert_jax import sample_corpus
-from bert_jax import tokenization
+from bert_jax import vocab_training
 
 
 def prepare_sample(workdir: str, mode: str) -> str:
   vocab = os.path.join(workdir, "vocab")
   if not os.path.exists(vocab):
-    tokenization.train_wordpiece([sample_corpus.shipped_path()], vocab, 4096, lowercase=True)
+    vocab_training.train_wordpiece([sample_corpus.shipped_path()], vocab, 4096, lowercase=True)
   out = os.path.join(workdir, mode)
   stats = text_corpus.ReadStats()
   docs = text_corpus.read_documents([sample_corpus.shipped_path()], stats)

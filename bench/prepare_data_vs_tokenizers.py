@@ -26,6 +26,7 @@ from bert_jax import pretraining_data
 from bert_jax import text_corpus
 from bert_jax import sample_corpus
 from bert_jax import tokenization
+from bert_jax import vocab_training
 
 
 def time_tokenizers(paths, vocab_dir: str, lowercase: bool) -> tuple[float, float]:
@@ -68,7 +69,7 @@ def main():
     vocab = args.vocab
     if vocab is None:
       vocab = os.path.join(workdir, "vocab")
-      tokenization.train_wordpiece(paths, vocab, 8192, lowercase=True)
+      vocab_training.train_wordpiece(paths, vocab, 8192, lowercase=True)
     lowercase = tokenization.load_tokenizer(vocab).lowercase
     ours, plain, fast = [], [], []
     for _ in range(args.repeats):
