@@ -126,7 +126,7 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
       pending[key] = (storage_type, buffer)
       return buffer
 
-    state = _Unpickler(f, load_storage, path).load()
+    _Unpickler(f, load_storage, path).load()  # registers the storages in `pending`
     for key in pickle.load(f):
       storage_type, buffer = pending[str(key)]
       (numel,) = struct.unpack("<q", f.read(8))
