@@ -113,6 +113,21 @@ def test_google_dir_matches_transformers_naming(hf_dirs, tmp_path):
     assert_parity("google", pre, reference)
 
 
+def test_reads_a_checkpoint_written_by_tensorflow():
+  # tests/data/google_bert_tf was written by TensorFlow's own Saver (see the script beside it):
+  # the reader must give back exactly the tensors that went in, slots and step included.
+  directory = os.path.join(os.path.dirname(__file__), "data", "google_bert_tf")
+  source = hf_fixtures.make_model("BertForPreTraining", seed=7)
+  expected = hf_fixtures.hf_to_google_vars(source)
+  tensors = tf_checkpoint.load_checkpoint(os.path.join(directory, "bert_model.ckpt"))
+  assert {n for n in tensors if "/adam_" not in n} == set(expected)
+  for name, value in expected.items():
+    assert tensors[name].dtype == value.dtype and np.array_equal(tensors[name], value), name
+  pre = convert.from_pretrained(directory)
+  assert pre.format == "google" and pre.heads == ("mlm", "nsp")
+  assert_parity("google-tf-written", pre, source)
+
+
 def test_hf_round_trip_is_bit_exact(hf_dirs, tmp_path):
   models, dirs = hf_dirs
   for key in ("BertForPreTraining-safetensors", "BertForMaskedLM-safetensors",
