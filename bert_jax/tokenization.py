@@ -433,9 +433,16 @@ def _check_texts(texts, name: str) -> list[str]:
   if isinstance(texts, str):
     raise UserError(f"{name} must be a list of strings, got one string")
   texts = list(texts)
-  for t in texts:
+  for index, t in enumerate(texts):
     if not isinstance(t, str):
       raise UserError(f"{name} must be strings, got {type(t).__name__}")
+    try:
+      t.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates, e.g. bytes that were not UTF-8 in argv
+      bad = t[e.start]
+      byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else repr(bad)
+      raise UserError(f"text {index} of {name} is not valid UTF-8 ({byte} at character "
+                      f"{e.start})") from None
   return texts
 
 

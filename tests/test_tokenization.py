@@ -251,6 +251,16 @@ def test_google_vocab_order(tmp_path):
   assert tok.encode("The cats sat.")["input_ids"] == [101, 104, 105, 106, 107, 108, 102]
 
 
+def test_text_that_was_not_utf8_is_a_user_error(pair):
+  tok = pair[0]
+  # Python turns undecodable argv bytes into lone surrogates (surrogateescape).
+  bad = b"ok \xff [MASK]".decode("utf-8", errors="surrogateescape")
+  with pytest.raises(UserError, match=r"text 1 of texts is not valid UTF-8 \(byte 0xff at character 3\)"):
+    tok.encode_batch(["fine", bad])
+  with pytest.raises(UserError, match="byte 0xff"):
+    tok.encode(bad)
+
+
 # ------------------------------------------------------------------ SentencePiece
 
 
