@@ -54,4 +54,13 @@ def run_main(main: Callable[[list[str]], object], quiet: bool = False) -> None:
       print("error: interrupted", file=sys.stderr, flush=True)
       sys.exit(130)
 
-  app.run(wrapped)
+  # Parse here, before app.run, so that a bad or missing flag is one `error:` line too
+  # (absl would print 'FATAL Flags parsing error' and a usage hint).
+  app.define_help_flags()
+  try:
+    remaining = flags.FLAGS(sys.argv)
+  except flags.Error as exc:
+    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  # Parsed once only: config_flags defines its --config.KEY flags while parsing.
+  app.run(wrapped, flags_parser=lambda argv: remaining)
