@@ -113,12 +113,79 @@ class Checkpointer:
                                 data_iterator=IteratorStateRestore()))
     return out["params"], out["train_state"], out["data_iterator"]
 
+  def check_param_shapes(self, step: int, abstract_params: Any) -> None:
+    """Raises UserError naming the first tensor whose stored shape differs from the target.
+
+    Reads only the checkpoint's metadata; a checkpoint without readable metadata is let
+    through (the restore itself then reports what it finds).
+    """
+    try:
+      stored = self.manager.item_metadata(int(step))["params"]
+      stored_shapes = {_path_str(k): tuple(v.shape)
+                       for k, v in jax.tree_util.tree_flatten_with_path(stored)[0]
+                       if getattr(v, "shape", None) is not None}
+    except Exception:  # pylint: disable=broad-except
+      return
+    if not stored_shapes:
+      return
+    where = os.path.join(self.directory, str(int(step)))
+    hint = "use a new --workdir or the same model settings"
+    wanted = {_path_str(k): tuple(v.shape)
+              for k, v in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    for path, shape in wanted.items():
+      if path not in stored_shapes:
+        raise UserError(f"checkpoint {where} has no params tensor {path} (the config's model has "
+                        f"one of shape {shape}): {hint}")
+      if stored_shapes[path] != shape:
+        raise UserError(f"checkpoint {where} holds params {path} of shape {stored_shapes[path]}, "
+                        f"the config's model has {shape}: {hint}")
+    extra = sorted(set(stored_shapes) - set(wanted))
+    if extra:
+      raise UserError(f"checkpoint {where} holds params {extra[0]} that the config's model does "
+                      f"not have: {hint}")
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _path_str(path: tuple) -> str:
+  """'bert/encoder/layer_0/attention/query/kernel' for a jax key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+# BertConfig fields that fix the parameter shapes (and, for scan_layers, the tree layout).
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                "max_position_embeddings", "type_vocab_size", "scan_layers")
+
+
+def check_resume_compatible(workdir: str, config: BertConfig, heads: tuple[str, ...]) -> None:
+  """Raises UserError when WORKDIR's earlier run trained a differently shaped model.
+
+  Compares `config` with WORKDIR/bert_jax_config.json (written by that run); a workdir
+  without one passes. Call it before restoring, whose own error does not name the setting.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      doc = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path} to resume workdir {workdir}: {e}") from e
+  saved = doc.get("model") or {}
+  hint = "use a new --workdir or the same model settings"
+  for field in SHAPE_FIELDS:
+    if field in saved and saved[field] != getattr(config, field):
+      raise UserError(f"workdir {workdir} was trained with {field}={saved[field]!r}, the config "
+                      f"asks for {getattr(config, field)!r}: {hint}")
+  if doc.get("heads") is not None and list(doc["heads"]) != list(heads):
+    raise UserError(f"workdir {workdir} was trained with heads {doc['heads']}, this run has "
+                    f"{list(heads)} (the data's mode decides nsp): use a new --workdir or "
+                    "data of the same mode")
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

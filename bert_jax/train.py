@@ -375,6 +375,7 @@ def _initial_state(config, setup: _Setup, checkpointer: ckpt_lib.Checkpointer,
   if latest is not None:
     abs_train = dict(step=s.abstract_state.step, opt_state=s.abstract_state.opt_state,
                      rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
+    checkpointer.check_param_shapes(latest, s.abstract_state.params)
     params, train_item, data_state = checkpointer.restore(latest, s.abstract_state.params,
                                                           abs_train)
     data.train.set_state(data_state)
@@ -412,6 +413,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   writer = None
   try:
+    if checkpointer.latest_step() is not None:
+      ckpt_lib.check_resume_compatible(workdir, setup.bert_config, heads)
     state, rng, restored = _initial_state(config, setup, checkpointer, data)
     writer = metrics_lib.MetricWriter(workdir, resume_step=restored)
     ckpt_lib.write_model_files(workdir, setup.bert_config, heads, data.tokenizer_dir)
@@ -468,9 +471,11 @@ class _Loop:
     m = jax.device_get(metrics)
     if m["nonfinite"] and self.config.nonfinite == "stop":
       kept = self.checkpointer.latest_step()
+      last_good = ("no checkpoint was saved yet" if kept is None
+                   else f"the last good checkpoint is step {kept}")
       raise NonFiniteError(
           f"non-finite loss or gradient at step {step} (loss={float(m['loss'])}, grad_norm="
-          f"{float(m['grad_norm'])}); stopped, the last good checkpoint is step {kept} "
+          f"{float(m['grad_norm'])}); stopped, {last_good} "
           "(config.nonfinite='skip' drops such updates instead)")
     now = time.time()
     if self.window_start is None:  # the first step after (re)start carries compile time

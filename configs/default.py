@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.intermediate_size = config_dict.placeholder(int)
   # Position table size (>= max_seq_length); 512 as BERT so phase 2 can grow the length.
   c.model.max_position_embeddings = 512
-  # Dropout on hidden states and on attention probabilities.
+  # Dropout on hidden states (embeddings, attention and feed-forward outputs).
   c.model.hidden_dropout_rate = 0.1
   # Dropout on the attention probabilities.
   c.model.attention_dropout_rate = 0.1

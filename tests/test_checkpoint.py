@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import synthetic
 from bert_jax import train
+from bert_jax.errors import UserError
 from test_sharding import run_child
 from test_train import read_rows, tiny_config
 
@@ -74,6 +76,21 @@ def test_half_written_checkpoint_is_never_restored(tmp_path):
   result = train.train_and_evaluate(c, wd, data=synthetic.synthetic_data(c))
   assert result["step"] == 2 and not result["preempted"]  # restored 2, nothing left to do
   assert "4" not in os.listdir(os.path.join(wd, "checkpoints"))
+
+
+def test_resume_with_a_changed_model_size_names_the_setting(tmp_path):
+  c = tiny_config(num_train_steps=2, checkpoint_every_steps=2)
+  wd = str(tmp_path)
+  train.train_and_evaluate(c, wd, data=synthetic.synthetic_data(c))
+  bigger = tiny_config(num_train_steps=4, checkpoint_every_steps=2, **{"model.hidden_size": 64})
+  with pytest.raises(UserError, match=r"workdir .* hidden_size=32, the config asks for 64"):
+    train.train_and_evaluate(bigger, wd, data=synthetic.synthetic_data(bigger))
+  # Without the config file, the checkpoint's own shapes name the first differing tensor.
+  os.remove(os.path.join(wd, ckpt_lib.CONFIG_FILE))
+  with pytest.raises(UserError, match=(r"params bert/\S+ of shape \([^)]*32[^)]*\), "
+                                      r"the config's model has \([^)]*64")):
+    train.train_and_evaluate(bigger, wd, data=synthetic.synthetic_data(bigger))
+  assert os.listdir(os.path.join(wd, "checkpoints")) == ["2"]  # nothing was overwritten
 
 
 def test_restore_onto_a_different_mesh(tmp_path):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from bert_jax import optim
@@ -66,10 +67,24 @@ def test_adamw_first_step_and_clipping():
   tx, _ = optim.make_optimizer(_config(warmup_steps=0, schedule="constant", weight_decay=0.0,
                                        max_grad_norm=1.0))
   params = {"w": jnp.zeros((4,))}
-  grads = {"w": jnp.array([30.0, 40.0, 0.0, 0.0])}  # norm 50 -> clipped to 1
-  updates, _ = tx.update(grads, tx.init(params), params)
+  grads = {"w": jnp.array([30.0, 40.0, 0.0, 0.0])}  # norm 50 -> clipped to norm 1
+  updates, state = tx.update(grads, tx.init(params), params)
   # Adam's first step is lr * sign(g) whatever the scale, for non-zero entries.
   np.testing.assert_allclose(np.asarray(updates["w"]), [-1e-3, -1e-3, 0, 0], atol=1e-7)
+  # So clipping shows in the moments Adam kept: mu = (1 - b1) * clipped g, nu = (1 - b2) * g^2.
+  clipped = np.array([0.6, 0.8, 0.0, 0.0])
+  mu = optax.tree_utils.tree_get(state, "mu")
+  nu = optax.tree_utils.tree_get(state, "nu")
+  np.testing.assert_allclose(np.asarray(mu["w"]), 0.1 * clipped, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(nu["w"]), 1e-3 * clipped**2, rtol=1e-5)
+  # And in the next update: a gradient of norm 0.78 (not clipped) against the clipped first
+  # one turns w[0]'s momentum around; against the unclipped 30 it would not.
+  grads2 = {"w": jnp.array([-0.6, 0.0, 0.3, 0.4])}
+  updates2, _ = tx.update(grads2, state, params)
+  mu2 = 0.9 * 0.1 * clipped + 0.1 * np.asarray(grads2["w"])
+  nu2 = 0.999 * 1e-3 * clipped**2 + 1e-3 * np.asarray(grads2["w"])**2
+  expected = -1e-3 * (mu2 / (1 - 0.9**2)) / (np.sqrt(nu2 / (1 - 0.999**2)) + 1e-6)
+  np.testing.assert_allclose(np.asarray(updates2["w"]), expected, rtol=1e-4)
 
 
 def test_unknown_names_are_user_errors():
