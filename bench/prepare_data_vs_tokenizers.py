@@ -51,7 +51,8 @@ def time_prepare(paths, vocab_dir: str, mode: str, num_workers: int, workdir: st
   docs = text_corpus.read_documents(paths, stats)
   options = pretraining_data.PrepareOptions(max_seq_length=128, mode=mode, num_workers=num_workers,
                                             num_output_shards=4)
-  pretraining_data.prepare(docs, stats, vocab_dir, os.path.join(workdir, "out"), options)
+  pretraining_data.prepare(docs, stats, vocab_dir, os.path.join(workdir, "out"), options,
+                           overwrite=True)  # the same output dir on every repeat
   return time.perf_counter() - start
 
 

@@ -49,6 +49,7 @@ def write_dir_atomically(output_dir: str, write: Callable[[str], object],
   name = os.path.basename(output_dir)
   tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
   try:
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: others could not read it.
     write(tmp)
     if os.path.exists(output_dir):
       old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
@@ -69,11 +70,14 @@ def write_dir_atomically(output_dir: str, write: Callable[[str], object],
 
 def write_file_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
   """Runs `write(f)` on a binary temporary file beside `path`, then renames it to `path`."""
+  if os.path.isdir(path):
+    raise UserError(f"output {path} is a directory, expected a file path")
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
   try:
     with os.fdopen(fd, "wb") as f:
       write(f)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600.
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
@@ -115,3 +119,10 @@ def expand_inputs(files: str | Sequence[str]) -> list[str]:
   if not paths:
     raise UserError("no input files given")
   return paths
+
+
+def _umask() -> int:
+  """The process umask (reading it means setting it: set it straight back)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask

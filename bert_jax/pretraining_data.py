@@ -389,7 +389,7 @@ def _ordered_map(tasks, num_workers: int, tokenizer_path: str):
 
 def prepare(documents: Iterable[list[str]], stats: ReadStats, tokenizer_path: str,
             output_dir: str, options: PrepareOptions,
-            progress: Optional[Callable[[dict], None]] = None) -> dict:
+            progress: Optional[Callable[[dict], None]] = None, overwrite: bool = False) -> dict:
   """Writes a prepared pretraining dataset; returns its meta (also in meta.json).
 
   Args:
@@ -400,16 +400,22 @@ def prepare(documents: Iterable[list[str]], stats: ReadStats, tokenizer_path: st
       it and moved in at the end, meta.json last.
     options: the PrepareOptions.
     progress: optional callable(dict) called every few seconds with counts.
+    overwrite: replace what an earlier run (of this host) wrote to `output_dir`;
+      without it, an existing prepared dataset is an error, never silently lost.
   """
   options.validate()
   tokenizer = load_tokenizer(tokenizer_path)
   output_dir = os.path.abspath(output_dir)
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise UserError(f"--output {output_dir} exists and is not a directory")
+  host, hosts = options.shard_index, options.num_shards
+  meta_name = "meta.json" if hosts == 1 else f"meta.part-{host:05d}-of-{hosts:05d}.json"
+  if os.path.exists(os.path.join(output_dir, meta_name)) and not overwrite:
+    raise UserError(f"--output {output_dir} already holds prepared data ({meta_name}); "
+                    "use a new dir or --overwrite to replace it")
   parent = os.path.dirname(output_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-  host, hosts = options.shard_index, options.num_shards
   counts = {"train": options.num_output_shards, "eval": 1}
   names = {split: [shard_name(split, host * n + j, hosts * n) for j in range(n)]
            for split, n in counts.items()}
@@ -469,7 +475,6 @@ def prepare(documents: Iterable[list[str]], stats: ReadStats, tokenizer_path: st
         splits=splits, seed=options.seed,
         options={k: v for k, v in dataclasses.asdict(options).items() if k != "num_workers"},
         summary=dict(dataclasses.asdict(stats), tokenized_sentences=segments))
-    meta_name = "meta.json" if hosts == 1 else f"meta.part-{host:05d}-of-{hosts:05d}.json"
     with open(os.path.join(tmp, meta_name), "w") as f:
       json.dump(meta, f, indent=1)
     _move_into_place(tmp, output_dir, meta_name)

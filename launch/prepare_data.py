@@ -46,6 +46,7 @@ _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This host's index among -
 _NUM_OUTPUT = flags.DEFINE_integer("num_output_shards", 1, "Train files written by this host.")
 _SEED = flags.DEFINE_integer("seed", 12345, "Seed; the same input and seed give the same bytes.")
 _WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace prepared data already in --output.")
 _CHUNK_MB = flags.DEFINE_float("chunk_mb", 1.0, "Text per work unit (MB); changes the output.")
 
 
@@ -80,7 +81,7 @@ def main(argv):
 
   start = time.time()
   meta = pretraining_data.prepare(documents, stats, _VOCAB.value, _OUTPUT.value, options,
-                                  progress=progress)
+                                  progress=progress, overwrite=_OVERWRITE.value)
   seconds = time.time() - start
   print(pretraining_data.summarize(meta))
   print(f"wrote {_OUTPUT.value} in {seconds:.1f} s ({stats.text_bytes / 1e6 / seconds:.2f} MB/s)")

@@ -292,8 +292,10 @@ def test_launcher(hf_dirs, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
-def test_print_parity():
-  """Not a check: prints the measured max abs differences (run with -s)."""
+@pytest.fixture(scope="module", autouse=True)
+def _print_parity():
+  """Prints the measured max abs differences after this file's tests (run with -s)."""
+  yield
   for name, diffs in PARITY.items():
     print(f"parity {name}: " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
 

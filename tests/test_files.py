@@ -1,6 +1,7 @@
 """Tests for bert_jax.files: atomic output dirs/files and input expansion."""
 
 import os
+import stat
 
 import pytest
 
@@ -91,3 +92,15 @@ def test_expand_inputs_errors_name_the_path(tmp_path, spec, message):
   spec = str(tmp_path / spec) if spec else spec
   with pytest.raises(UserError, match=message):
     files.expand_inputs(spec)
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+  old = os.umask(0o022)
+  try:
+    out = tmp_path / "out"
+    files.write_dir_atomically(str(out), lambda d: open(os.path.join(d, "a"), "w").close())
+    files.write_file_atomically(str(tmp_path / "f.bin"), lambda f: f.write(b"x"))
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE(os.stat(out).st_mode) == 0o755
+  assert stat.S_IMODE(os.stat(tmp_path / "f.bin").st_mode) == 0o644

@@ -261,3 +261,22 @@ def test_tfds_text_dataset_is_read_without_tensorflow(tmp_path, tiny):
   meta = pd.prepare(iter(documents), stats, tiny["vocab"], str(tmp_path / "out"),
                     pd.PrepareOptions(max_seq_length=32, mode="packed", num_workers=1))
   assert meta["splits"]["train"]["num_examples"] > 0
+
+
+def test_existing_prepared_data_is_never_silently_replaced(tmp_path, tiny):
+  out = tmp_path / "prepared"
+  first = run_launcher(f"--input={tiny['corpus']}", f"--vocab={tiny['vocab']}",
+                       f"--output={out}", "--max_seq_length=32", "--num_workers=1")
+  assert first.returncode == 0, first.stderr
+  before = sorted(os.listdir(out))
+  again = run_launcher(f"--input={tiny['corpus']}", f"--vocab={tiny['vocab']}",
+                       f"--output={out}", "--max_seq_length=64", "--num_workers=1")
+  lines = again.stderr.strip().splitlines()
+  assert again.returncode == 1 and len(lines) == 1 and "--overwrite" in lines[0]
+  assert sorted(os.listdir(out)) == before
+  assert json.loads((out / "meta.json").read_text())["max_seq_length"] == 32
+  forced = run_launcher(f"--input={tiny['corpus']}", f"--vocab={tiny['vocab']}",
+                        f"--output={out}", "--max_seq_length=64", "--num_workers=1",
+                        "--overwrite")
+  assert forced.returncode == 0, forced.stderr
+  assert json.loads((out / "meta.json").read_text())["max_seq_length"] == 64
