@@ -172,12 +172,14 @@ class Accumulator:
 
   def __init__(self):
     self.sums: dict[str, float] = {}
+    self.last: dict[str, float] = {}
     self.steps = 0
 
   def add(self, metrics: Mapping[str, Any]) -> None:
     self.steps += 1
     for k, v in metrics.items():
       self.sums[k] = self.sums.get(k, 0.0) + float(v)
+      self.last[k] = float(v)
 
   def summary(self, prefix: str = "") -> dict[str, float]:
     """Weighted averages: losses and accuracies over their own denominators."""
@@ -195,9 +197,10 @@ class Accumulator:
       out["nsp_accuracy"] = ratio("nsp_correct", "nsp_count")
     if "mlm_loss" in out:
       out["loss"] = out["mlm_loss"] + out.get("nsp_loss", 0.0)
-    for k in ("grad_norm", "learning_rate"):
-      if k in s and self.steps:
-        out[k] = s[k] / self.steps
+    if "grad_norm" in s and self.steps:
+      out["grad_norm"] = s["grad_norm"] / self.steps
+    if "learning_rate" in self.last:  # The rate of the logged step, not a window average.
+      out["learning_rate"] = self.last["learning_rate"]
     if s.get("nonfinite"):
       out["nonfinite_steps"] = int(s["nonfinite"])
     ordered = {k: out[k] for k in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss",
