@@ -15,7 +15,6 @@ Why it looks like this (nanodo / flax lm1b habits):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import os
@@ -254,27 +253,6 @@ def load_init_params(path: str, bert_config: BertConfig, abstract_params: Any) -
   return flax.traverse_util.unflatten_dict(out, sep="/")
 
 
-def _mesh_context(mesh, rules, init_params) -> Any:
-  """`jax.set_mesh(mesh)`, which turns the model's activation constraints on.
-
-  Flax's DenseGeneral re-checks parameter shapes in apply by tracing its init,
-  which reshapes a boxed [E, H*D] kernel and applies a rank-3 constraint to it
-  under a mesh; models that hit this run without the global mesh (activation
-  constraints off, shardings propagated by XLA from the parameter and batch
-  shardings) and we say so once.
-  """
-  try:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      jax.eval_shape(init_params, jax.random.PRNGKey(0))
-    return jax.set_mesh(mesh)
-  except ValueError as e:
-    if "only valid for values of rank" not in str(e):
-      raise
-    logging.warning("model init fails under a mesh context (Flax DenseGeneral + boxed "
-                    "kernels): activation sharding constraints are off")
-    return contextlib.nullcontext()
-
-
 class _Preemption:
   """SIGTERM sets a flag; all hosts agree on it at the same steps."""
 
@@ -366,8 +344,7 @@ def _initial_state(config, setup: _Setup, checkpointer: ckpt_lib.Checkpointer,
                    data: Data) -> tuple[TrainState, jax.Array, Optional[int]]:
   """(state, base rng, restored step): the newest checkpoint, else init_checkpoint, else init.
 
-  Runs outside the mesh context: Flax's DenseGeneral init reshapes boxed kernels, which
-  clashes with logical constraints; out_shardings place every shard anyway.
+  Runs outside the mesh context: out_shardings place every shard of the new state.
   """
   s = setup
   rep = sharding_lib.replicated(s.mesh)
@@ -419,7 +396,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer = metrics_lib.MetricWriter(workdir, resume_step=restored)
     ckpt_lib.write_model_files(workdir, setup.bert_config, heads, data.tokenizer_dir)
     mesh, rules = setup.mesh, setup.rules
-    with _mesh_context(mesh, rules, setup.init_params), nn.logical_axis_rules(rules):
+    # The global mesh turns the model's logical activation constraints on.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       batch_sh = sharding_lib.batch_sharding(mesh)
       p_train_step = jax.jit(
           make_train_step(setup.model, setup.tx, setup.schedule,
