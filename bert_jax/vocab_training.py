@@ -10,7 +10,6 @@ runs everywhere and needs neither. The output directory is, by construction, wha
 from __future__ import annotations
 
 import io
-import json
 import os
 from typing import Iterator, Optional, Sequence
 
@@ -19,6 +18,7 @@ import tokenizers
 from tokenizers import models, normalizers, pre_tokenizers, trainers
 
 from bert_jax import files as files_lib
+from bert_jax import text_corpus
 from bert_jax.errors import UserError
 from bert_jax.tokenization import (CLS, MASK, MAX_INPUT_CHARS_PER_WORD, PAD, SEP, SPECIAL_TOKENS,
                                    UNK, SentencePieceTokenizer, WordPieceTokenizer)
@@ -81,7 +81,7 @@ def train_sentencepiece(files: str | Sequence[str], output_dir: str, vocab_size:
   """
   if model_type not in ("unigram", "bpe"):
     raise UserError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
-  corpus = _Corpus(files_lib.expand_inputs(files), lowercase=lowercase, split_lines=True)
+  corpus = _Corpus(files_lib.expand_inputs(files), lowercase=lowercase)
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
@@ -101,47 +101,31 @@ def train_sentencepiece(files: str | Sequence[str], output_dir: str, vocab_size:
 
 
 class _Corpus:
-  """Iterates non-empty training lines of text/JSONL files; replaces and counts bad UTF-8.
+  """Iterates the non-empty lines (sentences) of a corpus, as `text_corpus` reads it.
 
-  Errors found while a library pulls lines (a bad JSON line) stop the iteration
-  and are re-raised by `raise_error` after training, since exceptions raised
-  inside the libraries' callbacks do not always come back intact.
+  Plain text, JSONL (its 'text' split into sentences) and `.gz` of either; bad
+  UTF-8 replaced and counted. Errors found while a library pulls lines (a bad
+  JSON line) stop the iteration and are re-raised by `raise_error` after
+  training, since exceptions raised inside the libraries' callbacks do not
+  always come back intact.
   """
 
-  def __init__(self, paths: list[str], lowercase: bool = False, split_lines: bool = False):
-    self.paths, self.lowercase, self.split_lines = paths, lowercase, split_lines
-    self.lines = self.bad_utf8_lines = 0
+  def __init__(self, paths: list[str], lowercase: bool = False):
+    self.paths, self.lowercase = paths, lowercase
+    self.lines = 0
+    self.stats = text_corpus.ReadStats()
     self.error: Optional[Exception] = None
     if not any(True for _ in self._texts()):  # reads up to the first non-empty line
       raise UserError(f"the corpus ({', '.join(paths)}) holds no text")
 
   def _texts(self) -> Iterator[str]:
-    for path in self.paths:
-      is_json = path.endswith((".jsonl", ".json"))
-      with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, 1):
-          try:
-            line = raw.decode("utf-8")
-          except UnicodeDecodeError:
-            line = raw.decode("utf-8", errors="replace")
-            self.bad_utf8_lines += 1
-          if is_json:
-            if not line.strip():
-              continue
-            try:
-              record = json.loads(line)
-            except ValueError:
-              raise UserError(f"{path}:{line_number}: not a JSON line") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-              raise UserError(f"{path}:{line_number}: expected a JSON object with a string 'text'")
-            line = record["text"]
-          for text in (line.split("\n") if self.split_lines else [line]):
-            text = text.strip()
-            if text:
-              yield text.lower() if self.lowercase else text
+    self.stats = text_corpus.ReadStats()
+    for document in text_corpus.read_documents(self.paths, self.stats):
+      for sentence in document:
+        yield sentence.lower() if self.lowercase else sentence
 
   def __iter__(self) -> Iterator[str]:
-    self.lines = self.bad_utf8_lines = 0
+    self.lines = 0
     try:
       for text in self._texts():
         self.lines += 1
@@ -154,5 +138,6 @@ class _Corpus:
       raise self.error
 
   def summary(self, output_dir: str, vocab_size: int) -> dict:
-    return {"files": len(self.paths), "lines": self.lines, "bad_utf8_lines": self.bad_utf8_lines,
+    return {"files": len(self.paths), "lines": self.lines,
+            "bad_utf8_lines": self.stats.bad_lines,
             "vocab_size": vocab_size, "output_dir": os.path.abspath(output_dir)}

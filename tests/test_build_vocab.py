@@ -4,6 +4,7 @@ The launcher is run as a user runs it (a subprocess) for the happy paths and
 for bad input, where stderr must be one 'error:' line and no traceback.
 """
 
+import gzip
 import json
 import os
 import subprocess
@@ -117,6 +118,18 @@ def test_non_utf8_bytes_are_replaced_and_counted(tmp_path):
   assert summary["bad_utf8_lines"] == 4 and summary["lines"] == 16
   tok = tokenization.load_tokenizer(str(tmp_path / "v"))
   assert "\ufffd" not in tok.convert_ids_to_tokens(range(tok.vocab_size))  # BERT cleans U+FFFD
+
+
+def test_gzipped_corpus_trains_the_same_vocabulary(inputs, tmp_path):
+  gz = tmp_path / "a.txt.gz"
+  gz.write_bytes(gzip.compress((inputs / "a.txt").read_bytes()))
+  plain = vocab_training.train_wordpiece(str(inputs / "a.txt"), str(tmp_path / "p"), 300)
+  packed = vocab_training.train_wordpiece(str(gz), str(tmp_path / "g"), 300)
+  assert packed["bad_utf8_lines"] == 0 and packed["lines"] == plain["lines"] == 20
+  # Read as text, not as compressed bytes: the corpus's words come out whole.
+  tok_gz = tokenization.load_tokenizer(str(tmp_path / "g"))
+  assert tok_gz.tokenize("the corpus counts the words") == ["the", "corpus", "counts", "the",
+                                                            "words"]
 
 
 def test_cased_wordpiece_and_overwrite(inputs, tmp_path):
