@@ -20,6 +20,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Both sides on this machine's CPU: on a GPU host JAX would otherwise take the GPU while
+# torch stays on the CPU, and the ratio would compare different hardware.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp

@@ -18,19 +18,52 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from bert_jax import files
+from bert_jax import tokenization
 from bert_jax.errors import UserError
 from bert_jax.model import BertConfig
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "bert_jax_config.json"
 TOKENIZER_DIR = "tokenizer"
+PARAMS_ITEM = "params"  # the Checkpointer item (and export subdir) that holds the params
+
+
+def write_model_doc(directory: str, config: BertConfig, heads: Sequence[str],
+                    num_labels: Optional[int], tokenizer: Optional[str]) -> None:
+  """DIRECTORY/bert_jax_config.json: what `convert.from_pretrained` needs to rebuild a model."""
+  doc = {"format": "bert_jax", "model": dataclasses.asdict(config), "heads": list(heads),
+         "num_labels": num_labels, "tokenizer": tokenizer}
+  data = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+  files.write_file_atomically(os.path.join(directory, CONFIG_FILE), lambda f: f.write(data))
+
+
+def read_model_doc(directory: str) -> dict:
+  """DIRECTORY/bert_jax_config.json, checked to be a bert_jax model doc."""
+  path = os.path.join(directory, CONFIG_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      doc = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    raise UserError(f"{path} is not valid JSON: {exc}") from None
+  if not isinstance(doc, dict) or doc.get("format") != "bert_jax" or "model" not in doc:
+    raise UserError(f"{path}: expected format 'bert_jax' and a 'model' key")
+  return doc
+
+
+def latest_params_dir(workdir: str) -> str:
+  """WORKDIR/checkpoints/<largest finished step>/params."""
+  root = os.path.join(workdir, CHECKPOINT_DIR)
+  steps = sorted(int(n) for n in os.listdir(root) if n.isdigit())
+  if not steps:
+    raise UserError(f"{root} holds no finished checkpoint")
+  return os.path.join(root, str(steps[-1]), PARAMS_ITEM)
 
 
 class IteratorStateHandler(ocp.CheckpointHandler):
@@ -111,7 +144,7 @@ class Checkpointer:
         args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
                                 train_state=ocp.args.StandardRestore(abstract_train_state),
                                 data_iterator=IteratorStateRestore()))
-    return out["params"], out["train_state"], out["data_iterator"]
+    return out[PARAMS_ITEM], out["train_state"], out["data_iterator"]
 
   def check_param_shapes(self, step: int, abstract_params: Any) -> None:
     """Raises UserError naming the first tensor whose stored shape differs from the target.
@@ -120,7 +153,7 @@ class Checkpointer:
     through (the restore itself then reports what it finds).
     """
     try:
-      stored = self.manager.item_metadata(int(step))["params"]
+      stored = self.manager.item_metadata(int(step))[PARAMS_ITEM]
       stored_shapes = {_path_str(k): tuple(v.shape)
                        for k, v in jax.tree_util.tree_flatten_with_path(stored)[0]
                        if getattr(v, "shape", None) is not None}
@@ -168,14 +201,9 @@ def check_resume_compatible(workdir: str, config: BertConfig, heads: tuple[str, 
   Compares `config` with WORKDIR/bert_jax_config.json (written by that run); a workdir
   without one passes. Call it before restoring, whose own error does not name the setting.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
     return
-  try:
-    with open(path, encoding="utf-8") as f:
-      doc = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {path} to resume workdir {workdir}: {e}") from e
+  doc = read_model_doc(workdir)
   saved = doc.get("model") or {}
   hint = "use a new --workdir or the same model settings"
   for field in SHAPE_FIELDS:
@@ -208,13 +236,5 @@ def write_model_files(workdir: str, config: BertConfig, heads: tuple[str, ...],
       raise FileNotFoundError(2, "No such tokenizer directory", tokenizer_dir)
     final = os.path.join(workdir, TOKENIZER_DIR)
     if not os.path.isdir(final):
-      tmp = final + ".tmp"
-      shutil.rmtree(tmp, ignore_errors=True)
-      shutil.copytree(tokenizer_dir, tmp)
-      os.replace(tmp, final)
-  doc = {"format": "bert_jax", "model": dataclasses.asdict(config), "heads": list(heads),
-         "num_labels": None, "tokenizer": TOKENIZER_DIR if tokenizer_dir else None}
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(doc, f, indent=2)
-  os.replace(path + ".tmp", path)
+      files.write_dir_atomically(final, tokenization.load_tokenizer(tokenizer_dir).save)
+  write_model_doc(workdir, config, heads, None, TOKENIZER_DIR if tokenizer_dir else None)

@@ -19,13 +19,15 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Optional
+from typing import Optional
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import safetensors.flax
 import safetensors.numpy
 
+from bert_jax import checkpoint
 from bert_jax import files
 from bert_jax import model as model_lib
 from bert_jax import tf_checkpoint
@@ -35,10 +37,9 @@ from bert_jax import weight_names
 from bert_jax.errors import UserError
 from bert_jax.model import BertConfig
 
-CONFIG_FILE = "bert_jax_config.json"
-PARAMS_DIR = "params"
-TOKENIZER_DIR = "tokenizer"
-CHECKPOINT_DIR = "checkpoints"
+# The bert_jax model-dir format is the checkpoint module's: one definition for both.
+CONFIG_FILE, TOKENIZER_DIR = checkpoint.CONFIG_FILE, checkpoint.TOKENIZER_DIR
+CHECKPOINT_DIR, PARAMS_DIR = checkpoint.CHECKPOINT_DIR, checkpoint.PARAMS_ITEM
 HEAD_ORDER = ("mlm", "nsp", "classifier")
 # Hugging Face architecture per head set (what `save_hf` writes in config.json).
 _ARCHITECTURES = {(): "BertModel", ("mlm",): "BertForMaskedLM", ("mlm", "nsp"): "BertForPreTraining",
@@ -93,12 +94,12 @@ def detect_format(path: str) -> str:
   if not os.path.exists(path) and not os.path.exists(path + ".index"):
     raise FileNotFoundError(2, "No such model path", path)
   if os.path.isdir(path):
-    files = set(os.listdir(path))
-    if CONFIG_FILE in files and PARAMS_DIR in files:
+    names = set(os.listdir(path))
+    if CONFIG_FILE in names and PARAMS_DIR in names:
       return "bert_jax"
-    if CONFIG_FILE in files and CHECKPOINT_DIR in files:
+    if CONFIG_FILE in names and CHECKPOINT_DIR in names:
       return "bert_jax_workdir"
-    if "config.json" in files and files & set(_HF_WEIGHT_FILES):
+    if "config.json" in names and names & set(_HF_WEIGHT_FILES):
       return "hf"
   if _google_prefix(path):
     return "google"
@@ -141,13 +142,13 @@ def _load_hf(path: str) -> tuple[BertConfig, dict, tuple, Optional[int]]:
     if os.path.exists(os.path.join(path, name)):
       weights = os.path.join(path, name)
       break
-  files = [weights]
+  weight_files = [weights]
   if weights.endswith(".index.json"):  # sharded: {"weight_map": {tensor: shard file}}
     shards = set(_read_json(weights).get("weight_map", {}).values())
-    files = [os.path.join(path, f) for f in sorted(shards)]
-    if not files:
+    weight_files = [os.path.join(path, f) for f in sorted(shards)]
+    if not weight_files:
       raise UserError(f"{weights} has no weight_map")
-  for file in files:
+  for file in weight_files:
     state.update(_read_safetensors(file) if ".safetensors" in file
                  else torch_pickle.load_state_dict(file))
   num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels")
@@ -180,20 +181,9 @@ def _load_orbax_params(directory: str) -> dict:
 
 
 def _bert_jax_config(path: str) -> tuple[BertConfig, dict]:
-  doc = _read_json(os.path.join(path, CONFIG_FILE))
-  if doc.get("format") != "bert_jax" or "model" not in doc:
-    raise UserError(f"{os.path.join(path, CONFIG_FILE)}: expected format 'bert_jax' and a 'model' key")
+  doc = checkpoint.read_model_doc(path)
   fields = {f.name for f in dataclasses.fields(BertConfig)}
   return BertConfig(**{k: v for k, v in doc["model"].items() if k in fields}), doc
-
-
-def latest_step_dir(workdir: str) -> str:
-  """WORKDIR/checkpoints/<largest finished step>."""
-  root = os.path.join(workdir, CHECKPOINT_DIR)
-  steps = sorted(int(n) for n in os.listdir(root) if n.isdigit())
-  if not steps:
-    raise UserError(f"{root} holds no finished checkpoint")
-  return os.path.join(root, str(steps[-1]))
 
 
 def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
@@ -213,9 +203,9 @@ def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
   if fmt in ("bert_jax", "bert_jax_workdir"):
     config, doc = _bert_jax_config(path)
     source = (os.path.join(path, PARAMS_DIR) if fmt == "bert_jax"
-              else os.path.join(latest_step_dir(path), "params"))
+              else checkpoint.latest_params_dir(path))
     params = model_lib.to_layout(_load_orbax_params(source), config.replace(scan_layers=False))
-    params = _as_numpy(params)
+    params = jax.tree_util.tree_map(np.asarray, params)
     heads = tuple(h for h in HEAD_ORDER if h in doc.get("heads", []))
     num_labels = doc.get("num_labels")
     if "classifier" in params and num_labels is None:
@@ -233,14 +223,9 @@ def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
     if tokenizer.vocab_size > config.vocab_size:
       raise UserError(f"{tokenizer_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model "
                       f"only {config.vocab_size} embeddings")
-  return Pretrained(config.replace(scan_layers=False), params, tokenizer, heads, num_labels, fmt,
-                    tokenizer_dir)
-
-
-def _as_numpy(tree: Any) -> Any:
-  if isinstance(tree, dict):
-    return {k: _as_numpy(v) for k, v in tree.items()}
-  return np.asarray(tree)
+  # Params come back unrolled and float32: say so in the config, whatever the run trained with.
+  config = config.replace(scan_layers=False, dtype="float32", param_dtype="float32")
+  return Pretrained(config, params, tokenizer, heads, num_labels, fmt, tokenizer_dir)
 
 
 # --- Writers. ---
@@ -254,10 +239,7 @@ def _write_tokenizer(pre: Pretrained, directory: str) -> None:
 
 def save_bert_jax(pre: Pretrained, directory: str) -> None:
   """bert_jax export dir: bert_jax_config.json + params/ (Orbax) + tokenizer/."""
-  doc = {"format": "bert_jax", "model": dataclasses.asdict(pre.config.replace(scan_layers=False)),
-         "heads": list(pre.heads), "num_labels": pre.num_labels, "tokenizer": TOKENIZER_DIR}
-  with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
-    json.dump(doc, f, indent=2)
+  checkpoint.write_model_doc(directory, pre.config, pre.heads, pre.num_labels, TOKENIZER_DIR)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.abspath(os.path.join(directory, PARAMS_DIR)), pre.params)
   checkpointer.wait_until_finished()

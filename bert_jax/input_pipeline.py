@@ -107,7 +107,6 @@ class _ShardedSource:
         raise FileNotFoundError(f"shard listed in meta.json is missing: {path}")
     counts = np.array([s["num_examples"] for s in shards], np.int64)
     self._starts = np.concatenate([[0], np.cumsum(counts)])
-    self.num_records = int(self._starts[-1])
     self._lo = np.clip(host_start - self._starts[:-1], 0, counts)
     self._hi = np.clip(host_end - self._starts[:-1], 0, counts)
     host_bytes = sum(os.path.getsize(p) * (hi - lo) / max(1, n)

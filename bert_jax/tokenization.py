@@ -202,6 +202,20 @@ def truncated_lengths(n_a: int, n_b: int, budget: int) -> tuple[int, int]:
   return (long_, short) if n_a > n_b else (short, long_)
 
 
+def bert_pipeline(vocab: Optional[dict[str, int]], lowercase: bool,
+                  strip_accents: Optional[bool] = None,
+                  chinese_chars: bool = True) -> tokenizers.Tokenizer:
+  """BERT's basic tokenization + WordPiece, shared by encoding and vocabulary training
+  so that a vocabulary is trained on exactly the pieces it will later be asked for."""
+  tok = tokenizers.Tokenizer(models.WordPiece(
+      vocab, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+  tok.normalizer = normalizers.BertNormalizer(
+      clean_text=True, handle_chinese_chars=chinese_chars, strip_accents=strip_accents,
+      lowercase=lowercase)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  return tok
+
+
 class WordPieceTokenizer(Tokenizer):
   """BERT WordPiece over a `vocab.txt`, run by the `tokenizers` library."""
 
@@ -224,12 +238,8 @@ class WordPieceTokenizer(Tokenizer):
     self._lock = threading.Lock()
 
   def _pipeline(self) -> tokenizers.Tokenizer:
-    tok = tokenizers.Tokenizer(models.WordPiece(
-        self._vocab, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=self.tokenize_chinese_chars,
-        strip_accents=self.strip_accents, lowercase=self.lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok = bert_pipeline(self._vocab, self.lowercase, self.strip_accents,
+                        self.tokenize_chinese_chars)
     tok.post_processor = processors.BertProcessing((SEP, self.sep_id), (CLS, self.cls_id))
     tok.decoder = tokenizers.decoders.WordPiece(prefix="##")
     # Special tokens typed in the text ("Paris is the [MASK] of France.") keep their ids.

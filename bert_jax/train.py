@@ -236,8 +236,8 @@ def load_init_params(path: str, bert_config: BertConfig, abstract_params: Any) -
   """Unrolled params of any model path, in this config's layout, shapes checked by name."""
   from bert_jax import convert  # pylint: disable=g-import-not-at-top
 
-  pretrained = convert.from_pretrained(path)
-  loaded = to_layout(dict(pretrained.params), bert_config)
+  pretrained = convert.from_pretrained(path, with_tokenizer=False)  # weights only
+  loaded = to_layout(pretrained.params, bert_config)
   flat_want = flax.traverse_util.flatten_dict(abstract_params, sep="/")
   flat_have = flax.traverse_util.flatten_dict(loaded, sep="/")
   out = {}

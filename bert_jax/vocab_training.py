@@ -14,14 +14,14 @@ import os
 from typing import Iterator, Optional, Sequence
 
 import sentencepiece as spm
-import tokenizers
-from tokenizers import models, normalizers, pre_tokenizers, trainers
+from tokenizers import trainers
 
 from bert_jax import files as files_lib
 from bert_jax import text_corpus
+from bert_jax import tokenization
 from bert_jax.errors import UserError
-from bert_jax.tokenization import (CLS, MASK, MAX_INPUT_CHARS_PER_WORD, PAD, SEP, SPECIAL_TOKENS,
-                                   UNK, SentencePieceTokenizer, WordPieceTokenizer)
+from bert_jax.tokenization import (CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK,
+                                   SentencePieceTokenizer, WordPieceTokenizer)
 
 
 def train_wordpiece(files: str | Sequence[str], output_dir: str, vocab_size: int,
@@ -51,11 +51,8 @@ def train_wordpiece(files: str | Sequence[str], output_dir: str, vocab_size: int
   if vocab_size < len(SPECIAL_TOKENS) + 1:
     raise UserError(f"vocab_size={vocab_size} is too small")
   corpus = _Corpus(files_lib.expand_inputs(files))
-  tok = tokenizers.Tokenizer(models.WordPiece(
-      unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
-  tok.normalizer = normalizers.BertNormalizer(
-      clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
-  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  # Uncased strips accents, as BERT's uncased models (WordPieceTokenizer's default too).
+  tok = tokenization.bert_pipeline(None, lowercase, strip_accents=lowercase)
   trainer = trainers.WordPieceTrainer(
       vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
       special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##",

@@ -243,7 +243,7 @@ def google_to_state(tf_vars: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarra
       parts = [re.sub(r"^layer_(\d+)$", r"layer.\1", p) for p in parts]
       last = parts[-1]
       if last == "kernel":
-        parts[-1], x = "weight", np.ascontiguousarray(x.T)
+        parts[-1], x = "weight", x.T  # a view: _to_jax transposes it back without a copy
       elif last == "gamma":
         parts[-1] = "weight"
       elif last == "beta":

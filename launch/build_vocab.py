@@ -15,7 +15,7 @@ from absl import flags
 from absl import logging
 
 from bert_jax import vocab_training
-from bert_jax.errors import run_main
+from bert_jax.errors import UserError, run_main
 
 _INPUT = flags.DEFINE_string(
     "input", None, "Files: globs and/or comma-separated paths; plain text, or JSONL "
@@ -36,7 +36,7 @@ flags.mark_flags_as_required(["input", "output"])
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _KIND.value == "wordpiece":
     summary = vocab_training.train_wordpiece(
         _INPUT.value, _OUTPUT.value, _VOCAB_SIZE.value, _LOWERCASE.value,

@@ -8,7 +8,6 @@ and renamed at the end; an existing DIR is refused unless --overwrite.
 """
 
 from absl import flags
-from absl import logging
 
 from bert_jax import convert
 from bert_jax.errors import run_main
@@ -22,8 +21,6 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output d
 def main(argv):
   del argv
   pre = convert.convert(_INPUT.value, _OUTPUT.value, _TO.value, overwrite=_OVERWRITE.value)
-  logging.info("converted %s (%s, heads %s) to %s", _INPUT.value, pre.format, list(pre.heads),
-               _OUTPUT.value)
   print(f"wrote {_TO.value} model to {_OUTPUT.value} (from {pre.format}, heads {list(pre.heads)})")
 
 

@@ -57,8 +57,6 @@ def main(argv):
     raise UserError("--vocab is required (a tokenizer dir, vocab.txt or .model)")
   if not _OUTPUT.value:
     raise UserError("--output is required")
-  if not os.path.exists(_VOCAB.value):
-    raise FileNotFoundError(f"vocabulary not found: {_VOCAB.value}")
   stats = text_corpus.ReadStats()
   if _TFDS.value:
     documents = text_corpus.documents_from_texts(
