@@ -16,6 +16,7 @@ faster on CPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from typing import Callable, Optional, Sequence
@@ -80,11 +81,13 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> list[list[dict]]:
   if not positions.size:
     raise UserError(f"the text has no {tok.convert_ids_to_tokens(tok.mask_id)[0]} token "
                     "(after truncation)")
-  module = model_lib.BertForPreTraining(pre.config, with_nsp="nsp" in pre.heads)
-  out = jax.jit(module.apply)({"params": pre.params}, ids[None],
-                              np.asarray(enc["token_type_ids"], np.int32)[None],
-                              np.ones_like(ids)[None], None, None, positions[None])
-  probs_PxV = np.asarray(jax.nn.softmax(out["mlm_logits"][0], axis=-1))
+  # Pad to a bucket length (padding keys are masked out): one compile serves many texts.
+  length = min([b for b in BUCKETS if b >= ids.size] or [ids.size])
+  pad = length - ids.size
+  row = lambda x: np.pad(np.asarray(x, np.int32), (0, pad))[None]
+  logits = _mlm_forward(pre.config, "nsp" in pre.heads)(
+      pre.params, row(ids), row(enc["token_type_ids"]), row(np.ones_like(ids)), positions[None])
+  probs_PxV = np.asarray(jax.nn.softmax(logits[0], axis=-1))
   k = min(top_k, probs_PxV.shape[-1])
   results = []
   for probs_V in probs_PxV:
@@ -93,6 +96,18 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> list[list[dict]]:
     results.append([{"token": t, "token_id": int(i), "score": float(probs_V[i])}
                     for t, i in zip(tokens, best)])
   return results
+
+
+@functools.lru_cache(maxsize=8)
+def _mlm_forward(config: model_lib.BertConfig, with_nsp: bool) -> Callable:
+  """jit(params, ids, types, mask, masked_positions) -> MLM logits; one per model config."""
+  module = model_lib.BertForPreTraining(config, with_nsp=with_nsp)
+
+  def forward(params, ids, types, mask, positions):
+    return module.apply({"params": params}, ids, types, mask, None, None,
+                        positions)["mlm_logits"]
+
+  return jax.jit(forward)
 
 
 # --- Embeddings. ---
