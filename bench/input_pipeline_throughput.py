@@ -16,10 +16,10 @@ import os
 import tempfile
 import time
 
-from bert_jax import input_pipeline
-from bert_jax import pretraining_data
-from bert_jax import text_corpus
-from bert_jax import sample_corpus
+from bert_jax.data import input_pipeline
+from bert_jax.data import pretraining_data
+from bert_jax.data import text_corpus
+from bert_jax.data import sample_corpus
 from bert_jax import vocab_training
 
 

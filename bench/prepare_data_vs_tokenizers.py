@@ -7,7 +7,7 @@ Both sides run in this process on the same machine, on the same text:
 - tokenizers: `BertWordPieceTokenizer(vocab.txt).encode_batch(all lines)` and
   `encode_batch_fast` (no offsets), the library's own Rust thread pool, text
   already in memory; the faster of the two is the reference;
-- prepare_data: `bert_jax.pretraining_data.prepare` end to end (read files,
+- prepare_data: `bert_jax.data.pretraining_data.prepare` end to end (read files,
   split documents, tokenize in `--num_workers` processes, build NSP or packed
   examples, write ArrayRecord shards and meta.json).
 It prints MB of text per second for both and their ratio; the target is a
@@ -22,9 +22,9 @@ import tempfile
 import time
 
 from bert_jax import files
-from bert_jax import pretraining_data
-from bert_jax import text_corpus
-from bert_jax import sample_corpus
+from bert_jax.data import pretraining_data
+from bert_jax.data import text_corpus
+from bert_jax.data import sample_corpus
 from bert_jax import tokenization
 from bert_jax import vocab_training
 

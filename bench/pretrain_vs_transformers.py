@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax import metrics as metrics_lib
-from bert_jax import synthetic
+from bert_jax.data import synthetic
 from bert_jax import train
 from bert_jax.model import BertConfig
 

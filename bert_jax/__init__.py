@@ -8,6 +8,6 @@ Google, bert_jax export or training workdir). It is imported lazily so that
 
 def __getattr__(name):
   if name == "from_pretrained":
-    from bert_jax.convert import from_pretrained  # pylint: disable=import-outside-toplevel
+    from bert_jax.formats.convert import from_pretrained  # pylint: disable=import-outside-toplevel
     return from_pretrained
   raise AttributeError(f"module 'bert_jax' has no attribute {name!r}")

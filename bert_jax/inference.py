@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax import model as model_lib
-from bert_jax.convert import Pretrained
+from bert_jax.formats.convert import Pretrained
 from bert_jax.errors import UserError
 
 POOLINGS = ("cls", "mean", "max", "token")

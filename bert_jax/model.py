@@ -10,7 +10,7 @@ Design choices, and why:
   LayerNorm statistics stay in float32 and logits are returned in float32.
 - Post-LN residual blocks, exact (erf) GELU and LayerNorm eps 1e-12, as BERT.
 - The parameter tree mirrors the Hugging Face module names closely enough that
-  `bert_jax/convert.py` is a table of renames, but q/k/v kernels are stored per
+  `bert_jax/formats/convert.py` is a table of renames, but q/k/v kernels are stored per
   head ([embed, heads, kv]) so that head-sharding is a logical rule.
 - The MLM head gathers the masked positions before the vocabulary projection:
   with 20 predictions in a 128-token row that is 6x less decoder work.

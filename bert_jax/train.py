@@ -202,8 +202,8 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> BertConf
 
 
 def make_data(config: ml_collections.ConfigDict) -> Data:
-  """The prepared data's iterators (bert_jax.input_pipeline) for this process."""
-  from bert_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  """The prepared data's iterators (bert_jax.data.input_pipeline) for this process."""
+  from bert_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 
   if not config.train_data:
     raise UserError("config.train_data is empty: give a directory written by "
@@ -234,7 +234,7 @@ def make_data(config: ml_collections.ConfigDict) -> Data:
 
 def load_init_params(path: str, bert_config: BertConfig, abstract_params: Any) -> Any:
   """Unrolled params of any model path, in this config's layout, shapes checked by name."""
-  from bert_jax import convert  # pylint: disable=g-import-not-at-top
+  from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
 
   pretrained = convert.from_pretrained(path, with_tokenizer=False)  # weights only
   loaded = to_layout(pretrained.params, bert_config)

@@ -17,7 +17,7 @@ import sentencepiece as spm
 from tokenizers import trainers
 
 from bert_jax import files as files_lib
-from bert_jax import text_corpus
+from bert_jax.data import text_corpus
 from bert_jax import tokenization
 from bert_jax.errors import UserError
 from bert_jax.tokenization import (CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK,

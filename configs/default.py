@@ -138,7 +138,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.compilation_cache_dir = ""
   # Seed of parameter init, dropout and data order/masking.
   c.seed = 0
-  # Start from this model (any path bert_jax.convert.from_pretrained reads) with fresh
+  # Start from this model (any path bert_jax.formats.convert.from_pretrained reads) with fresh
   # optimizer state; '' = random init. Ignored when WORKDIR already has a checkpoint.
   c.init_checkpoint = ""
   return c

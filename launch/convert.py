@@ -9,7 +9,7 @@ and renamed at the end; an existing DIR is refused unless --overwrite.
 
 from absl import flags
 
-from bert_jax import convert
+from bert_jax.formats import convert
 from bert_jax.errors import run_main
 
 _INPUT = flags.DEFINE_string("input", None, "Model path (format detected).", required=True)

@@ -18,7 +18,7 @@ import time
 from absl import flags
 import numpy as np
 
-from bert_jax import convert
+from bert_jax.formats import convert
 from bert_jax import files
 from bert_jax import inference
 from bert_jax.errors import UserError

@@ -10,7 +10,7 @@ import json
 
 from absl import flags
 
-from bert_jax import convert
+from bert_jax.formats import convert
 from bert_jax import inference
 from bert_jax.errors import run_main
 

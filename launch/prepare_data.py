@@ -8,7 +8,7 @@ JSONL with a `text` field (`.jsonl`), `.gz` of either, or a tfds text dataset
 (`--tfds_dataset=wikipedia/20230601.en:train --tfds_text_key=text`, needs the
 `[tf]` extra). On a pod, every host runs it with `--num_shards=N
 --shard_index=I` into the same (shared) output directory; the parts are found
-by `bert_jax.input_pipeline.read_meta`. Masking happens later, at read time.
+by `bert_jax.data.input_pipeline.read_meta`. Masking happens later, at read time.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from absl import flags
 from absl import logging
 
 from bert_jax import files
-from bert_jax import pretraining_data
-from bert_jax import text_corpus
+from bert_jax.data import pretraining_data
+from bert_jax.data import text_corpus
 from bert_jax.errors import UserError, run_main
 
 _INPUT = flags.DEFINE_list("input", [], "Text or JSONL files or globs, comma-separated.")

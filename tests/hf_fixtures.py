@@ -7,7 +7,7 @@ legacy `torch.save` pickles, old gamma/beta names). TensorFlow is not
 installed, so Google checkpoints are written by a small TF V2 bundle writer
 that follows the published on-disk format (LevelDB table + data shard), and a
 re-implementation of transformers v4's `load_tf_weights_in_bert` (removed in
-v5) maps TF names onto a torch model independently of `bert_jax.convert`.
+v5) maps TF names onto a torch model independently of `bert_jax.formats.convert`.
 """
 
 from __future__ import annotations

@@ -11,11 +11,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bert_jax import checkpoint as ckpt_lib
-from bert_jax import synthetic
+from bert_jax.data import synthetic
 from bert_jax import train
 from bert_jax.errors import UserError
-from test_sharding import run_child
-from test_train import read_rows, tiny_config
+from conftest import read_rows, run_child, tiny_config
 
 
 def _params(workdir, step):
@@ -93,6 +92,7 @@ def test_resume_with_a_changed_model_size_names_the_setting(tmp_path):
   assert os.listdir(os.path.join(wd, "checkpoints")) == ["2"]  # nothing was overwritten
 
 
+@pytest.mark.slow
 def test_restore_onto_a_different_mesh(tmp_path):
   out = run_child(__file__, [str(tmp_path)])
   np.testing.assert_allclose(out["resumed"], out["whole"], rtol=5e-5)

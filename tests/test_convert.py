@@ -1,4 +1,4 @@
-"""bert_jax.convert against files written by transformers/torch, and the convert launcher."""
+"""bert_jax.formats.convert against files written by transformers/torch, and the convert launcher."""
 
 import json
 import os
@@ -14,9 +14,9 @@ import safetensors.numpy
 import torch
 import transformers
 
-from bert_jax import convert
+from bert_jax.formats import convert
 from bert_jax import model as model_lib
-from bert_jax import tf_checkpoint
+from bert_jax.formats import tf_checkpoint
 from bert_jax.errors import UserError
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -275,6 +275,7 @@ def _launch(*args):
                         capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_launcher(hf_dirs, tmp_path):
   _, dirs = hf_dirs
   out = str(tmp_path / "exported")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from bert_jax import convert
+from bert_jax.formats import convert
 from bert_jax import inference
 from bert_jax.errors import UserError
 
@@ -122,6 +122,7 @@ def _run(script, *args):
                         capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_embed_launcher_mean_normalized(hf, tmp_path):
   model, directory, _, pre = hf
   source = tmp_path / "in.txt"
@@ -136,6 +137,7 @@ def test_embed_launcher_mean_normalized(hf, tmp_path):
   assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_fill_mask_launcher_json(hf):
   _, directory, _, pre = hf
   done = _run("fill_mask.py", f"--model={directory}", "--text=paris is the [MASK] of france.",
@@ -148,6 +150,7 @@ def test_fill_mask_launcher_json(hf):
   assert table.returncode == 0 and "rank" in table.stdout and len(table.stdout.splitlines()) == 7
 
 
+@pytest.mark.slow
 def test_launcher_errors(hf, tmp_path):
   _, directory, encoder_only, _ = hf
   bad = tmp_path / "bad.txt"

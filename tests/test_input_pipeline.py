@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from bert_jax import input_pipeline
-from bert_jax import pretraining_data as pd
-from bert_jax import text_corpus
+from bert_jax.data import input_pipeline
+from bert_jax.data import pretraining_data as pd
+from bert_jax.data import text_corpus
 from bert_jax.errors import UserError
 
 WORDS = ("the cat dog sat on a mat by river town red blue green went to market and saw big "

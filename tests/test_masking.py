@@ -1,9 +1,9 @@
-"""Statistics and invariants of dynamic MLM masking (bert_jax/masking.py)."""
+"""Statistics and invariants of dynamic MLM masking (bert_jax/data/masking.py)."""
 
 import numpy as np
 import pytest
 
-from bert_jax import masking
+from bert_jax.data import masking
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)

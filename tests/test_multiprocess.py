@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from test_sharding import HERE, run_child
-from test_train import CACHE_ENV
+from conftest import CACHE_ENV, HERE, run_child
 
 
 def _free_port():
@@ -21,6 +21,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -56,8 +57,9 @@ def _child(workdir, port=None, process_id=None):
   if port is not None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", 2, int(process_id))
-  from bert_jax import synthetic, train  # pylint: disable=g-import-not-at-top
-  from test_train import read_rows, tiny_config  # pylint: disable=g-import-not-at-top
+  from bert_jax import train  # pylint: disable=g-import-not-at-top
+  from bert_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from conftest import read_rows, tiny_config  # pylint: disable=g-import-not-at-top
 
   # lr 1e-3 from step 2 on (warmup starts at 0): updates move the loss ~1%, far above rtol.
   c = tiny_config(num_train_steps=4, checkpoint_every_steps=100, learning_rate=1e-3,

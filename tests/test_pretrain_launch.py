@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from test_sharding import HERE
-from test_train import CACHE_ENV
+from conftest import CACHE_ENV, HERE
 
 ROOT = os.path.dirname(HERE)
 
@@ -72,6 +71,7 @@ def test_wrong_config_key_is_one_line(tmp_path, data_dir):
   assert "max_seq_length" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_pretrain_then_sigterm_and_resume(tmp_path, data_dir):
   whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
   r = _launch("pretrain.py", *_args(data_dir, whole))
@@ -83,7 +83,7 @@ def test_pretrain_then_sigterm_and_resume(tmp_path, data_dir):
   assert [row["step"] for row in eval_rows] == [10, 20]
   assert {"mlm_accuracy", "nsp_accuracy", "seq_per_sec", "learning_rate"} <= set(train_rows[-1])
   assert "step 20 | loss" in r.stderr  # the console line
-  from bert_jax import convert  # pylint: disable=g-import-not-at-top
+  from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
   model = convert.from_pretrained(whole)
   assert model.config.vocab_size == 300 and model.config.hidden_size == 32
   assert model.tokenizer.vocab_size == 300

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from bert_jax import input_pipeline
-from bert_jax import pretraining_data as pd
-from bert_jax import sample_corpus
-from bert_jax import text_corpus
+from bert_jax.data import input_pipeline
+from bert_jax.data import pretraining_data as pd
+from bert_jax.data import sample_corpus
+from bert_jax.data import text_corpus
 from bert_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

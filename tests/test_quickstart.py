@@ -9,9 +9,12 @@ import json
 import os
 import subprocess
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_quickstart_script_runs_the_whole_chain(tmp_path):
   workdir = tmp_path / "qs"
   r = subprocess.run(

@@ -7,28 +7,14 @@ rest of the suite runs on one device.
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from conftest import run_child
+
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def run_child(script, args, devices=8, timeout=240):
-  """Runs `script --child ARGS` with `devices` simulated CPU devices; returns its JSON."""
-  from test_train import CACHE_ENV  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", **CACHE_ENV)
-  env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), HERE,
-                                       env.get("PYTHONPATH", "")])
-  proc = subprocess.run([sys.executable, script, "--child", *args], env=env,
-                        capture_output=True, text=True, timeout=timeout)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
 
 def test_resolve_mesh_shape():
   from bert_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -50,6 +36,7 @@ def test_rules_name_unknown_mesh_axes():
     sharding.normalize_rules([("mlp", "model")])
 
 
+@pytest.mark.slow
 def test_same_losses_on_every_mesh_shape(tmp_path):
   out = run_child(__file__, [str(tmp_path)])
   base = out["(8, 1, 1)"]
@@ -70,8 +57,9 @@ def test_same_losses_on_every_mesh_shape(tmp_path):
 def _child(workdir):
   import jax  # pylint: disable=g-import-not-at-top
   from bert_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from bert_jax import sharding, synthetic, train  # pylint: disable=g-import-not-at-top
-  from test_train import read_rows, tiny_config  # pylint: disable=g-import-not-at-top
+  from bert_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from bert_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from conftest import read_rows, tiny_config  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == 8
   out = {"specs": {}, "shards": {}}

@@ -1,9 +1,7 @@
 """Train step and loop on a tiny model: learning, accumulation, non-finite handling, init."""
 
-import importlib.util
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -11,49 +9,11 @@ import numpy as np
 import pytest
 
 from bert_jax import optim
-from bert_jax import synthetic
+from bert_jax.data import synthetic
 from bert_jax import train
 from bert_jax.model import BertForPreTraining
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Tiny runs spend most of their time compiling the same train step again: share compiled
-# executables between runs, test files and child processes (keyed by HLO, so always safe).
-CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(),
-                                                       "bert_jax_test_compilation_cache"),
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-jax.config.update("jax_compilation_cache_dir", CACHE_ENV["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
-def tiny_config(**overrides):
-  """configs/tiny.py shrunk to test size (hidden 32, 2 layers, seq 32, batch 8)."""
-  spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs",
-                                                                         "tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  c.model.update(hidden_size=32, intermediate_size=64, num_heads=2, num_layers=2,
-                 max_position_embeddings=32, hidden_dropout_rate=0.0,
-                 attention_dropout_rate=0.0)
-  # A constant schedule after warmup: runs of any length compile the same train step.
-  c.update(max_seq_length=32, max_predictions_per_seq=5, batch_size=8, num_train_steps=6,
-           learning_rate=1e-3, warmup_steps=2, schedule="constant", log_every_steps=1,
-           eval_every_steps=0,
-           checkpoint_every_steps=2, num_eval_batches=2)
-  for k, v in overrides.items():
-    target = c
-    *path, last = k.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = v
-  return c
-
-
-def read_rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+from conftest import read_rows, tiny_config
 
 
 def test_loop_learns_and_writes_metrics_and_model_files(tmp_path):
@@ -172,7 +132,7 @@ def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
   data.tokenizer_dir = write_vocab(tmp_path / "vocab")
   train.train_and_evaluate(c, str(src), data=data)
   assert (src / "tokenizer" / "vocab.txt").exists()
-  pytest.importorskip("bert_jax.convert")
+  pytest.importorskip("bert_jax.formats.convert")
   wrong = tiny_config(num_train_steps=1, init_checkpoint=str(src))
   wrong.model.intermediate_size = 48
   with pytest.raises(train.UserError,
@@ -183,7 +143,7 @@ def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
   data = synthetic.synthetic_data(ok)
   data.tokenizer_dir = str(tmp_path / "vocab")
   train.train_and_evaluate(ok, str(tmp_path / "ok"), data=data)
-  from bert_jax import convert  # pylint: disable=g-import-not-at-top
+  from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
   a = convert.from_pretrained(str(src)).params
   b = convert.from_pretrained(str(tmp_path / "ok")).params
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):

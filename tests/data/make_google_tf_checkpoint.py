@@ -1,7 +1,7 @@
 r"""Writes tests/data/google_bert_tf/: a tiny BERT in the original Google release layout,
 its checkpoint written by TensorFlow itself (tf.compat.v1.train.Saver, as run_pretraining.py).
 
-Why a committed fixture: the reader in bert_jax/tf_checkpoint.py parses TF's checkpoint
+Why a committed fixture: the reader in bert_jax/formats/tf_checkpoint.py parses TF's checkpoint
 format without TensorFlow, and CI has no TensorFlow; this file is the proof that it reads
 what TensorFlow really writes. The weights are those of `hf_fixtures.make_model(
 'BertForPreTraining', seed=SEED)` under Google's variable names, plus the optimizer slots

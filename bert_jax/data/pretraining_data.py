@@ -16,7 +16,7 @@ Why it looks like this:
 - Packed mode fills each row with consecutive text, one [CLS] ... [SEP]
   sequence per document piece, so nearly no position is padding; the reader
   rebuilds position and packing ids from the [CLS] tokens.
-- Masking is not done here: `bert_jax/masking.py` masks at read time.
+- Masking is not done here: `bert_jax/data/masking.py` masks at read time.
 - A record is a flat uint16 (or uint32 for vocabularies over 65,536) array:
   `[header, ids...]`, header = NSP label (0 = B follows A, 1 = random) or 0.
   This is 2 bytes per token and decodes a whole batch with one `frombuffer`.
@@ -41,7 +41,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 import numpy as np
 
 from bert_jax.errors import UserError
-from bert_jax.text_corpus import ReadStats
+from bert_jax.data.text_corpus import ReadStats
 from bert_jax.tokenization import load_tokenizer
 
 MODES = ("nsp", "packed")

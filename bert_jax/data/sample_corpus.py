@@ -14,7 +14,7 @@ It uses only `random.Random.random()`, whose sequence Python keeps stable, so
 `generate(seed)` gives the same bytes on every platform; the shipped
 `bert_jax/data/sample_corpus.txt` is `generate(0)` (a test checks it):
 
-  python -m bert_jax.sample_corpus bert_jax/data/sample_corpus.txt
+  python -m bert_jax.data.sample_corpus bert_jax/data/sample_corpus.txt
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def generate(seed: int = 0, num_documents: int = 7500) -> str:
 
 def shipped_path() -> str:
   """Path of the shipped corpus, `generate(0)`."""
-  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_corpus.txt")
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_corpus.txt")
 
 
 if __name__ == "__main__":

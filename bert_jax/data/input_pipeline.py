@@ -10,7 +10,7 @@ Why it looks like this:
   `global_batch_size // process_count` rows per batch.
 - The host's records are held in memory when they fit `cache_mb` (else read
   one by one from disk); a batch is decoded with one `frombuffer` and masked
-  by `bert_jax.masking` over the whole batch; masks depend on (seed, epoch,
+  by `bert_jax.data.masking` over the whole batch; masks depend on (seed, epoch,
   global record index) only. A background thread keeps a couple of batches
   ready so the accelerator does not wait.
 - With `drop_remainder=False` (evaluation) every host yields the same number of
@@ -31,8 +31,8 @@ from typing import Optional
 from array_record.python.array_record_module import ArrayRecordReader
 import numpy as np
 
-from bert_jax import masking
-from bert_jax import pretraining_data
+from bert_jax.data import masking
+from bert_jax.data import pretraining_data
 from bert_jax import tokenization
 from bert_jax.errors import UserError
 

@@ -30,10 +30,10 @@ import safetensors.numpy
 from bert_jax import checkpoint
 from bert_jax import files
 from bert_jax import model as model_lib
-from bert_jax import tf_checkpoint
+from bert_jax.formats import tf_checkpoint
 from bert_jax import tokenization
-from bert_jax import torch_pickle
-from bert_jax import weight_names
+from bert_jax.formats import torch_pickle
+from bert_jax.formats import weight_names
 from bert_jax.errors import UserError
 from bert_jax.model import BertConfig
 

@@ -1,0 +1,1 @@
+"""Corpus reading, pretraining data, masking, input pipelines, task readers, sample data."""

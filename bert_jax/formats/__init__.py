@@ -1,0 +1,1 @@
+"""Checkpoint formats: Hugging Face, original Google TF, torch pickles; conversion."""

@@ -1,0 +1,81 @@
+"""Helpers shared by the test modules (imported as `from conftest import ...`).
+
+Tiny runs spend most of their time compiling the same steps again, so every test
+process and child process shares one persistent compilation cache (keyed by HLO,
+so always safe).
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import jax
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(),
+                                                       "bert_jax_test_compilation_cache"),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+jax.config.update("jax_compilation_cache_dir", CACHE_ENV["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def child_env(devices: int = 1, **extra: str) -> dict:
+  """Environment of a child process: `devices` simulated CPU devices, the repo importable."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", **CACHE_ENV, **extra)
+  env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
+  return env
+
+
+def run_child(script, args, devices=8, timeout=240):
+  """Runs `script --child ARGS` with `devices` simulated CPU devices; returns its JSON."""
+  proc = subprocess.run([sys.executable, script, "--child", *args], env=child_env(devices),
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load_config(name: str = "tiny.py", arg: str | None = None):
+  """`configs/NAME` as a user's --config would load it."""
+  spec = importlib.util.spec_from_file_location(f"cfg_{name[:-3]}",
+                                                os.path.join(ROOT, "configs", name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+def override(c, **overrides):
+  """Sets dotted keys (`model.hidden_size=...`) on a ConfigDict; returns it."""
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return c
+
+
+def tiny_config(**overrides):
+  """configs/tiny.py shrunk to test size (hidden 32, 2 layers, seq 32, batch 8)."""
+  c = load_config("tiny.py")
+  c.model.update(hidden_size=32, intermediate_size=64, num_heads=2, num_layers=2,
+                 max_position_embeddings=32, hidden_dropout_rate=0.0,
+                 attention_dropout_rate=0.0)
+  # A constant schedule after warmup: runs of any length compile the same train step.
+  c.update(max_seq_length=32, max_predictions_per_seq=5, batch_size=8, num_train_steps=6,
+           learning_rate=1e-3, warmup_steps=2, schedule="constant", log_every_steps=1,
+           eval_every_steps=0,
+           checkpoint_every_steps=2, num_eval_batches=2)
+  return override(c, **overrides)
+
+
+def read_rows(workdir):
+  """The rows of WORKDIR/metrics.jsonl."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
