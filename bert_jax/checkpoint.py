@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any, Optional, Sequence
 
 from etils import epath
@@ -36,10 +37,15 @@ PARAMS_ITEM = "params"  # the Checkpointer item (and export subdir) that holds t
 
 
 def write_model_doc(directory: str, config: BertConfig, heads: Sequence[str],
-                    num_labels: Optional[int], tokenizer: Optional[str]) -> None:
-  """DIRECTORY/bert_jax_config.json: what `convert.from_pretrained` needs to rebuild a model."""
+                    num_labels: Optional[int], tokenizer: Optional[str],
+                    task: Optional[dict] = None) -> None:
+  """DIRECTORY/bert_jax_config.json: what `convert.from_pretrained` needs to rebuild a model.
+
+  `task` records what a fine-tuned head means (task name, kind, label names,
+  max_seq_length), so predict needs nothing but the model dir.
+  """
   doc = {"format": "bert_jax", "model": dataclasses.asdict(config), "heads": list(heads),
-         "num_labels": num_labels, "tokenizer": tokenizer}
+         "num_labels": num_labels, "tokenizer": tokenizer, "task": task}
   data = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
   files.write_file_atomically(os.path.join(directory, CONFIG_FILE), lambda f: f.write(data))
 
@@ -223,7 +229,7 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 
 
 def write_model_files(workdir: str, config: BertConfig, heads: tuple[str, ...],
-                      tokenizer_dir: Optional[str]) -> None:
+                      tokenizer_dir: Optional[str], task: Optional[dict] = None) -> None:
   """WORKDIR/bert_jax_config.json and WORKDIR/tokenizer/, so from_pretrained(WORKDIR) works.
 
   Process 0 only; each output goes to a temporary name first and is renamed.
@@ -237,4 +243,46 @@ def write_model_files(workdir: str, config: BertConfig, heads: tuple[str, ...],
     final = os.path.join(workdir, TOKENIZER_DIR)
     if not os.path.isdir(final):
       files.write_dir_atomically(final, tokenization.load_tokenizer(tokenizer_dir).save)
-  write_model_doc(workdir, config, heads, None, TOKENIZER_DIR if tokenizer_dir else None)
+  write_model_doc(workdir, config, heads, (task or {}).get("num_labels"),
+                  TOKENIZER_DIR if tokenizer_dir else None, task)
+
+
+def export_model(directory: str, params: Any, config: BertConfig, heads: tuple[str, ...],
+                 tokenizer_dir: Optional[str], task: Optional[dict] = None,
+                 extra_files: Optional[dict[str, str]] = None) -> None:
+  """Writes (or replaces) a bert_jax export dir from a run's live params, atomically.
+
+  Every process takes part in the (sharded) Orbax save into a staging dir; process
+  0 adds the model doc, tokenizer and `extra_files`, then swaps the staging dir in.
+  """
+  directory = os.path.abspath(directory)
+  staging = directory + ".staging"
+  if jax.process_index() == 0 and os.path.exists(staging):
+    shutil.rmtree(staging)
+  _sync("export_model_clean")
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(staging, PARAMS_ITEM), params)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  if jax.process_index() == 0:
+    if tokenizer_dir:
+      tokenization.load_tokenizer(tokenizer_dir).save(os.path.join(staging, TOKENIZER_DIR))
+    write_model_doc(staging, config, heads,
+                    (task or {}).get("num_labels"), TOKENIZER_DIR if tokenizer_dir else None,
+                    task)
+    for name, text in (extra_files or {}).items():
+      with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+        f.write(text)
+    old = directory + ".old"
+    if os.path.exists(directory):
+      os.replace(directory, old)
+    os.replace(staging, directory)
+    if os.path.exists(old):
+      shutil.rmtree(old)
+  _sync("export_model_done")
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

@@ -168,7 +168,7 @@ def format_line(step: int, row: Mapping[str, Any]) -> str:
 
 
 class Accumulator:
-  """Sums per-step metric dicts (numpy scalars) and turns them into averages."""
+  """Sums per-step metric dicts (numpy scalars); `loop.summarize` turns them into a row."""
 
   def __init__(self):
     self.sums: dict[str, float] = {}
@@ -180,30 +180,3 @@ class Accumulator:
     for k, v in metrics.items():
       self.sums[k] = self.sums.get(k, 0.0) + float(v)
       self.last[k] = float(v)
-
-  def summary(self, prefix: str = "") -> dict[str, float]:
-    """Weighted averages: losses and accuracies over their own denominators."""
-    s = self.sums
-    out: dict[str, float] = {}
-
-    def ratio(num, den):
-      return s[num] / s[den] if s.get(den) else float("nan")
-
-    if "mlm_loss_sum" in s:
-      out["mlm_loss"] = ratio("mlm_loss_sum", "mlm_weight")
-      out["mlm_accuracy"] = ratio("mlm_correct", "mlm_weight")
-    if s.get("nsp_count"):
-      out["nsp_loss"] = ratio("nsp_loss_sum", "nsp_count")
-      out["nsp_accuracy"] = ratio("nsp_correct", "nsp_count")
-    if "mlm_loss" in out:
-      out["loss"] = out["mlm_loss"] + out.get("nsp_loss", 0.0)
-    if "grad_norm" in s and self.steps:
-      out["grad_norm"] = s["grad_norm"] / self.steps
-    if "learning_rate" in self.last:  # The rate of the logged step, not a window average.
-      out["learning_rate"] = self.last["learning_rate"]
-    if s.get("nonfinite"):
-      out["nonfinite_steps"] = int(s["nonfinite"])
-    ordered = {k: out[k] for k in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss",
-                                   "nsp_accuracy", "grad_norm", "learning_rate",
-                                   "nonfinite_steps") if k in out}
-    return {prefix + k: v for k, v in ordered.items()}

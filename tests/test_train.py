@@ -11,7 +11,7 @@ import pytest
 from bert_jax import optim
 from bert_jax.data import synthetic
 from bert_jax import train
-from bert_jax.model import BertForPreTraining
+from bert_jax.tasks import pretraining
 
 from conftest import read_rows, tiny_config
 
@@ -42,7 +42,9 @@ def test_loop_learns_and_writes_metrics_and_model_files(tmp_path):
 
 def _step_setup(grad_accum_steps, nonfinite="stop", nsp=True):
   c = tiny_config(grad_accum_steps=grad_accum_steps, nonfinite=nonfinite)
-  model = BertForPreTraining(train.model_config(c, 128), with_nsp=nsp)
+  task = pretraining.PretrainingTask(c)
+  task.bind({"mode": "nsp" if nsp else "packed"})
+  model = task.build_model(train.model_config(c, 128))
   tx, schedule = optim.make_optimizer(c)
   batch = next(synthetic.synthetic_data(c, nsp=nsp).train)
   ids = jnp.asarray(batch["input_ids"])
@@ -52,8 +54,8 @@ def _step_setup(grad_accum_steps, nonfinite="stop", nsp=True):
                                   is_leaf=lambda x: hasattr(x, "value"))
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params))
-  step = jax.jit(train.make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps,
-                                       nonfinite=nonfinite))
+  step = jax.jit(train.make_train_step(task, model, tx, schedule,
+                                       grad_accum_steps=grad_accum_steps, nonfinite=nonfinite))
   return step, state, batch
 
 

@@ -7,13 +7,14 @@ many processes read them. Rows are a function of (seed, batch index) only.
 
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import jax
 import ml_collections
 import numpy as np
 
-from bert_jax.train import Data
+from bert_jax.tasks.base import Data
 
 
 class SyntheticIterator:
@@ -80,9 +81,11 @@ def synthetic_data(config: ml_collections.ConfigDict, vocab_size: int = 128,
                 max_predictions=config.max_predictions_per_seq, nsp=nsp)
   meta = {"vocab_size": vocab_size, "max_seq_length": config.max_seq_length,
           "mode": "nsp" if nsp else "packed"}
+  eval_batches = int(config.get("num_eval_batches", 0) or 0) or 2
+  make_eval = lambda: itertools.islice(SyntheticIterator(  # pylint: disable=g-long-lambda
+      global_batch_size=config.eval_batch_size or config.batch_size,
+      seed=config.seed + 1000003, **common), eval_batches)
   return Data(meta=meta,
               train=SyntheticIterator(global_batch_size=config.batch_size, seed=config.seed,
                                       **common),
-              make_eval=lambda: SyntheticIterator(
-                  global_batch_size=config.eval_batch_size or config.batch_size,
-                  seed=config.seed + 1000003, **common))
+              eval_sets={"": make_eval})

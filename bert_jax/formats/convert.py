@@ -33,6 +33,7 @@ from bert_jax import model as model_lib
 from bert_jax.formats import tf_checkpoint
 from bert_jax import tokenization
 from bert_jax.formats import torch_pickle
+from bert_jax.formats import heads as heads_lib
 from bert_jax.formats import weight_names
 from bert_jax.errors import UserError
 from bert_jax.model import BertConfig
@@ -40,11 +41,6 @@ from bert_jax.model import BertConfig
 # The bert_jax model-dir format is the checkpoint module's: one definition for both.
 CONFIG_FILE, TOKENIZER_DIR = checkpoint.CONFIG_FILE, checkpoint.TOKENIZER_DIR
 CHECKPOINT_DIR, PARAMS_DIR = checkpoint.CHECKPOINT_DIR, checkpoint.PARAMS_ITEM
-HEAD_ORDER = ("mlm", "nsp", "classifier")
-# Hugging Face architecture per head set (what `save_hf` writes in config.json).
-_ARCHITECTURES = {(): "BertModel", ("mlm",): "BertForMaskedLM", ("mlm", "nsp"): "BertForPreTraining",
-                  ("nsp",): "BertForNextSentencePrediction",
-                  ("classifier",): "BertForSequenceClassification"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +50,17 @@ class Pretrained:
   config: BertConfig
   params: dict  # unrolled bert_jax tree of float32 numpy arrays, heads included
   tokenizer: Optional[tokenization.Tokenizer]
-  heads: tuple[str, ...]  # subset of HEAD_ORDER, in that order
+  heads: tuple[str, ...]  # names of bert_jax.formats.heads.HEADS, in registry order
   num_labels: Optional[int] = None
   format: str = ""  # 'bert_jax' | 'bert_jax_workdir' | 'hf' | 'google'
   tokenizer_dir: Optional[str] = None
+  # What a fine-tuned head means: {'name', 'kind', 'labels', 'max_seq_length', ...}
+  # (bert_jax dirs record it; Hugging Face dirs give their id2label).
+  task: Optional[dict] = None
+
+  @property
+  def labels(self) -> Optional[list[str]]:
+    return (self.task or {}).get("labels")
 
 
 # --- Format detection and loading. ---
@@ -128,15 +131,33 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
       raise UserError(f"{path} is not a readable safetensors file: {numpy_error}") from None
 
 
-def _load_hf(path: str) -> tuple[BertConfig, dict, tuple, Optional[int]]:
+def _hf_config(path: str) -> tuple[BertConfig, dict]:
   config_path = os.path.join(path, "config.json")
   hf = _read_json(config_path)
   if hf.get("model_type", "bert") != "bert":
     raise UserError(f"{config_path}: model_type={hf['model_type']!r}, expected 'bert'")
   try:
-    config = BertConfig.from_hf_dict(hf)
+    return BertConfig.from_hf_dict(hf), hf
   except (ValueError, TypeError) as exc:
     raise UserError(f"{config_path}: {exc}") from None
+
+
+def _hf_task(hf: dict, heads: tuple[str, ...], num_labels: Optional[int]) -> Optional[dict]:
+  """Label names (id2label) and kind of a Hugging Face classification head."""
+  head = heads_lib.labelled_head(heads)
+  if head is None or not num_labels:
+    return None
+  id2label = {int(k): str(v) for k, v in (hf.get("id2label") or {}).items()}
+  labels = [id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
+  regression = head == "classifier" and (hf.get("problem_type") == "regression"
+                                         or num_labels == 1)
+  kind = "regression" if regression else ("tagging" if head == "token_classifier"
+                                          else "classification")
+  return {"name": "hf", "kind": kind, "labels": labels, "num_labels": num_labels}
+
+
+def _load_hf(path: str) -> tuple[BertConfig, dict, tuple, Optional[int], Optional[dict]]:
+  config, hf = _hf_config(path)
   state, weights = {}, None
   for name in _HF_WEIGHT_FILES:
     if os.path.exists(os.path.join(path, name)):
@@ -152,9 +173,10 @@ def _load_hf(path: str) -> tuple[BertConfig, dict, tuple, Optional[int]]:
     state.update(_read_safetensors(file) if ".safetensors" in file
                  else torch_pickle.load_state_dict(file))
   num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels")
-  params, heads, num_labels = weight_names.state_to_params(state, config, weights,
-                                                           num_labels=num_labels)
-  return config, params, heads, num_labels
+  architecture = (hf.get("architectures") or [None])[0]
+  params, heads, num_labels = weight_names.state_to_params(
+      state, config, weights, num_labels=num_labels, architecture=architecture)
+  return config, params, heads, num_labels, _hf_task(hf, heads, num_labels)
 
 
 def _load_google(path: str) -> tuple[BertConfig, dict, tuple, Optional[int], str]:
@@ -186,6 +208,23 @@ def _bert_jax_config(path: str) -> tuple[BertConfig, dict]:
   return BertConfig(**{k: v for k, v in doc["model"].items() if k in fields}), doc
 
 
+def read_model_config(path: str) -> BertConfig:
+  """The architecture of any model path, read from its config file only (no weights)."""
+  path = os.fspath(path)
+  fmt = detect_format(path)
+  if fmt in ("bert_jax", "bert_jax_workdir"):
+    config = _bert_jax_config(path)[0]
+  elif fmt == "hf":
+    config = _hf_config(path)[0]
+  else:
+    config_path = os.path.join(os.path.dirname(_google_prefix(path)), "bert_config.json")
+    try:
+      config = BertConfig.from_hf_dict(_read_json(config_path))
+    except (ValueError, TypeError) as exc:
+      raise UserError(f"{config_path}: {exc}") from None
+  return config.replace(scan_layers=False, dtype="float32", param_dtype="float32")
+
+
 def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
   """Loads any supported model directory (format detected from its files).
 
@@ -199,20 +238,21 @@ def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
   """
   path = os.fspath(path)
   fmt = detect_format(path)
-  tokenizer_dir = path
+  tokenizer_dir, task = path, None
   if fmt in ("bert_jax", "bert_jax_workdir"):
     config, doc = _bert_jax_config(path)
     source = (os.path.join(path, PARAMS_DIR) if fmt == "bert_jax"
               else checkpoint.latest_params_dir(path))
     params = model_lib.to_layout(_load_orbax_params(source), config.replace(scan_layers=False))
     params = jax.tree_util.tree_map(np.asarray, params)
-    heads = tuple(h for h in HEAD_ORDER if h in doc.get("heads", []))
-    num_labels = doc.get("num_labels")
-    if "classifier" in params and num_labels is None:
-      num_labels = int(params["classifier"]["bias"].shape[0])
+    heads = heads_lib.ordered(doc.get("heads", []))
+    num_labels, task = doc.get("num_labels"), doc.get("task")
+    labelled = heads_lib.labelled_head(heads)
+    if labelled and num_labels is None:
+      num_labels = int(params[heads_lib.HEADS[labelled].param_key]["bias"].shape[0])
     tokenizer_dir = (os.path.join(path, doc["tokenizer"]) if doc.get("tokenizer") else None)
   elif fmt == "hf":
-    config, params, heads, num_labels = _load_hf(path)
+    config, params, heads, num_labels, task = _load_hf(path)
   else:
     config, params, heads, num_labels, tokenizer_dir = _load_google(path)
   tokenizer = None
@@ -225,7 +265,7 @@ def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
                       f"only {config.vocab_size} embeddings")
   # Params come back unrolled and float32: say so in the config, whatever the run trained with.
   config = config.replace(scan_layers=False, dtype="float32", param_dtype="float32")
-  return Pretrained(config, params, tokenizer, heads, num_labels, fmt, tokenizer_dir)
+  return Pretrained(config, params, tokenizer, heads, num_labels, fmt, tokenizer_dir, task)
 
 
 # --- Writers. ---
@@ -239,7 +279,8 @@ def _write_tokenizer(pre: Pretrained, directory: str) -> None:
 
 def save_bert_jax(pre: Pretrained, directory: str) -> None:
   """bert_jax export dir: bert_jax_config.json + params/ (Orbax) + tokenizer/."""
-  checkpoint.write_model_doc(directory, pre.config, pre.heads, pre.num_labels, TOKENIZER_DIR)
+  checkpoint.write_model_doc(directory, pre.config, pre.heads, pre.num_labels, TOKENIZER_DIR,
+                             pre.task)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.abspath(os.path.join(directory, PARAMS_DIR)), pre.params)
   checkpointer.wait_until_finished()
@@ -248,16 +289,16 @@ def save_bert_jax(pre: Pretrained, directory: str) -> None:
 
 def save_hf(pre: Pretrained, directory: str) -> None:
   """Hugging Face dir: config.json + model.safetensors + vocab.txt (from_pretrained-ready)."""
-  if pre.heads not in [tuple(k) for k in _ARCHITECTURES]:
-    raise UserError(f"no Hugging Face architecture has heads {list(pre.heads)}")
   hf = pre.config.to_hf_dict()
-  architecture = _ARCHITECTURES[pre.heads]
-  if pre.heads == ("classifier",) and "pooler" not in pre.params["bert"]:
-    architecture = "BertForTokenClassification"  # per-token classifier: no pooler
-  hf["architectures"] = [architecture]
+  hf["architectures"] = [heads_lib.architecture(pre.heads)]
   if pre.num_labels is not None:
-    hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(pre.num_labels)}
-    hf["label2id"] = {f"LABEL_{i}": i for i in range(pre.num_labels)}
+    labels = pre.labels or [f"LABEL_{i}" for i in range(pre.num_labels)]
+    hf["id2label"] = {str(i): label for i, label in enumerate(labels)}
+    hf["label2id"] = {label: i for i, label in enumerate(labels)}
+    if (pre.task or {}).get("kind") == "regression":
+      hf["problem_type"] = "regression"
+    elif heads_lib.labelled_head(pre.heads) == "classifier":
+      hf["problem_type"] = "single_label_classification"
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf, f, indent=2)
   state = weight_names.params_to_state(pre.params, pre.config, pre.heads, pre.num_labels)

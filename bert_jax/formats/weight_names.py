@@ -27,6 +27,7 @@ import ml_dtypes
 import numpy as np
 
 from bert_jax.errors import UserError
+from bert_jax.formats import heads as heads_lib
 from bert_jax.model import BertConfig
 
 
@@ -43,41 +44,32 @@ class _Entry:
 def _table(config: BertConfig, heads: tuple[str, ...], pooler: bool,
            num_labels: Optional[int]) -> list[_Entry]:
   e, m, v = config.hidden_size, config.intermediate_size, config.vocab_size
-  rows: list[_Entry] = []
-
-  def dense(hf, path, n_out, n_in, kind="dense", bias_kind="copy", bias_shape=None):
-    rows.append(_Entry(f"{hf}.weight", path + ("kernel",), kind, (n_out, n_in)))
-    rows.append(_Entry(f"{hf}.bias", path + ("bias",), bias_kind, bias_shape or (n_out,)))
-
-  def norm(hf, path):
-    rows.append(_Entry(f"{hf}.weight", path + ("scale",), "copy", (e,)))
-    rows.append(_Entry(f"{hf}.bias", path + ("bias",), "copy", (e,)))
-
+  rows: list[heads_lib.Row] = []
   for name, n in (("word_embeddings", v), ("position_embeddings", config.max_position_embeddings),
                   ("token_type_embeddings", config.type_vocab_size)):
-    rows.append(_Entry(f"embeddings.{name}.weight", ("bert", "embeddings", name, "embedding"),
-                       "copy", (n, e)))
-  norm("embeddings.LayerNorm", ("bert", "embeddings", "layer_norm"))
+    rows.append((f"embeddings.{name}.weight", ("bert", "embeddings", name, "embedding"),
+                 "copy", (n, e)))
+  rows += heads_lib.norm_rows("embeddings.LayerNorm", ("bert", "embeddings", "layer_norm"), e)
   for i in range(config.num_layers):
     hf, path = f"encoder.layer.{i}", ("bert", "encoder", f"layer_{i}")
     for name in ("query", "key", "value"):
-      dense(f"{hf}.attention.self.{name}", path + ("attention", name), e, e, "qkv", "qkv_bias")
-    dense(f"{hf}.attention.output.dense", path + ("attention", "output"), e, e, "attn_out")
-    norm(f"{hf}.attention.output.LayerNorm", path + ("attention_layer_norm",))
-    dense(f"{hf}.intermediate.dense", path + ("intermediate",), m, e)
-    dense(f"{hf}.output.dense", path + ("output",), e, m)
-    norm(f"{hf}.output.LayerNorm", path + ("output_layer_norm",))
+      rows += heads_lib.dense_rows(f"{hf}.attention.self.{name}", path + ("attention", name), e,
+                                   e, "qkv", "qkv_bias")
+    rows += heads_lib.dense_rows(f"{hf}.attention.output.dense", path + ("attention", "output"),
+                                 e, e, "attn_out")
+    rows += heads_lib.norm_rows(f"{hf}.attention.output.LayerNorm",
+                                path + ("attention_layer_norm",), e)
+    rows += heads_lib.dense_rows(f"{hf}.intermediate.dense", path + ("intermediate",), m, e)
+    rows += heads_lib.dense_rows(f"{hf}.output.dense", path + ("output",), e, m)
+    rows += heads_lib.norm_rows(f"{hf}.output.LayerNorm", path + ("output_layer_norm",), e)
   if pooler:
-    dense("pooler.dense", ("bert", "pooler"), e, e)
-  if "mlm" in heads:
-    dense("cls.predictions.transform.dense", ("mlm", "transform"), e, e)
-    norm("cls.predictions.transform.LayerNorm", ("mlm", "layer_norm"))
-    rows.append(_Entry("cls.predictions.bias", ("mlm", "output_bias"), "copy", (v,)))
-  if "nsp" in heads:
-    dense("cls.seq_relationship", ("nsp",), 2, e)
-  if "classifier" in heads:
-    dense("classifier", ("classifier",), num_labels, e)
-  return rows
+    rows += heads_lib.dense_rows("pooler.dense", ("bert", "pooler"), e, e)
+  for head in heads:
+    rows += heads_lib.HEADS[head].rows(config, num_labels)
+  return [_Entry(*row) for row in rows]
+
+
+_HEAD_PREFIXES = tuple(sorted({h.hf_prefix for h in heads_lib.HEADS.values()}))
 
 
 def _to_jax(x: np.ndarray, kind: str, config: BertConfig) -> np.ndarray:
@@ -118,7 +110,8 @@ _HARMLESS = re.compile(r"(^|\.)position_ids$")
 
 def state_to_params(state: dict[str, np.ndarray], config: BertConfig, source: str,
                     names: Optional[dict[str, str]] = None, num_labels: Optional[int] = None,
-                    tf_names: bool = False) -> tuple[dict, tuple[str, ...], Optional[int]]:
+                    tf_names: bool = False, architecture: Optional[str] = None,
+                    ) -> tuple[dict, tuple[str, ...], Optional[int]]:
   """Canonical flat dict -> (bert_jax params, heads, num_labels), with every check.
 
   Args:
@@ -128,6 +121,8 @@ def state_to_params(state: dict[str, np.ndarray], config: BertConfig, source: st
     names: canonical name -> name in the file, for error messages (TF names).
     num_labels: expected classifier size from the model's config, if it says.
     tf_names: name missing tensors as TF variables (for Google checkpoints).
+    architecture: the Hugging Face architecture named by config.json, which tells
+      heads that share tensor names apart (sequence vs token classifier).
   """
   names = dict(names or {})
   flat: dict[str, np.ndarray] = {}
@@ -135,9 +130,7 @@ def state_to_params(state: dict[str, np.ndarray], config: BertConfig, source: st
     canonical = _normalize(key)
     names.setdefault(canonical, names.get(key, key))
     flat[canonical] = value
-  heads = tuple(h for h, prefix in (("mlm", "cls.predictions."), ("nsp", "cls.seq_relationship."),
-                                     ("classifier", "classifier."))
-                if any(k.startswith(prefix) for k in flat))
+  heads = heads_lib.heads_in_state(flat, architecture)
   tied = {}
   for extra, twin in (("cls.predictions.decoder.weight", "embeddings.word_embeddings.weight"),
                       ("cls.predictions.decoder.bias", "cls.predictions.bias")):
@@ -149,19 +142,21 @@ def state_to_params(state: dict[str, np.ndarray], config: BertConfig, source: st
                                  and np.array_equal(tied[extra], flat[twin])):
         raise UserError(f"{source}: {names[extra]} differs from {names.get(twin, twin)}: an untied "
                         "MLM decoder is not supported (bert_jax ties it to the word embeddings)")
-  if "classifier.weight" in flat:
-    found = flat["classifier.weight"].shape[0]
+  labelled = heads_lib.labelled_head(heads)
+  weight = labelled and heads_lib.HEADS[labelled].hf_prefix + "weight"
+  if labelled is not None and weight in flat:
+    found = flat[weight].shape[0]
     if num_labels is not None and num_labels != found:
-      raise UserError(f"{source}: classifier.weight has {found} rows but the config says "
+      raise UserError(f"{source}: {weight} has {found} rows but the config says "
                       f"num_labels={num_labels}")
     num_labels = found
   else:
     num_labels = None
-  pooler = any(k.startswith("pooler.") for k in flat) or "nsp" in heads
+  pooler = any(k.startswith("pooler.") for k in flat) or heads_lib.uses_pooler(heads)
   table = _table(config, heads, pooler, num_labels)
   known = {entry.hf for entry in table}
   prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
-  missing = [entry.hf if entry.hf.startswith(("cls.", "classifier.")) else prefix + entry.hf
+  missing = [entry.hf if entry.hf.startswith(_HEAD_PREFIXES) else prefix + entry.hf
              for entry in table if entry.hf not in flat]
   if tf_names:
     missing = [_tf_name(name) for name in missing]
@@ -199,7 +194,7 @@ def params_to_state(params: dict, config: BertConfig, heads: tuple[str, ...],
     node = params
     for key in entry.path:
       node = node[key]
-    name = entry.hf if entry.hf.startswith(("cls.", "classifier.")) else prefix + entry.hf
+    name = entry.hf if entry.hf.startswith(_HEAD_PREFIXES) else prefix + entry.hf
     state[name] = _to_hf(np.asarray(node), entry.kind)
   return state
 
