@@ -431,6 +431,23 @@ class BertForTokenClassification(nn.Module):
         jnp.float32)
 
 
+class BertForQuestionAnswering(nn.Module):
+  """Extractive QA: a 2-output linear layer on the sequence output -> start/end logits [B, L]."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
+               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True):
+    cfg = self.config
+    out = BertModel(cfg, add_pooling_layer=False, name="bert")(
+        input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
+        packing_ids_BxL, deterministic=deterministic)
+    logits_BxLx2 = _dense(2, ("embed", None), cfg, "qa_outputs")(out.sequence_output).astype(
+        jnp.float32)
+    return dict(start_logits=logits_BxLx2[..., 0], end_logits=logits_BxLx2[..., 1])
+
+
 # --- Parameter-tree helpers shared by the converter, checkpoints and trainer. ---
 
 def stack_layers(encoder_params: dict, num_layers: int) -> dict:

@@ -30,7 +30,8 @@ VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
          + list("abcdefghijklmnopqrstuvwxyz.,!?'")
          + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"] + ["##s", "##ing", "##ed"])
 VOCAB = list(dict.fromkeys(VOCAB))
-ARCHS = ("BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification")
+ARCHS = ("BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
+         "BertForTokenClassification", "BertForQuestionAnswering")
 
 
 def tiny_config(**overrides) -> transformers.BertConfig:
@@ -281,6 +282,11 @@ def torch_outputs(model, ids, types, mask) -> dict[str, np.ndarray]:
       result["nsp_logits"] = full.seq_relationship_logits.numpy()
     elif isinstance(model, transformers.BertForMaskedLM):
       result["mlm_logits"] = model(**args).logits.numpy()
-    elif isinstance(model, transformers.BertForSequenceClassification):
+    elif isinstance(model, (transformers.BertForSequenceClassification,
+                            transformers.BertForTokenClassification)):
       result["logits"] = model(**args).logits.numpy()
+    elif isinstance(model, transformers.BertForQuestionAnswering):
+      full = model(**args)
+      result["start_logits"] = full.start_logits.numpy()
+      result["end_logits"] = full.end_logits.numpy()
   return result

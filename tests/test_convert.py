@@ -32,6 +32,7 @@ IDS = np.array([[2, 10, 11, 12, 13, 4, 14, 3, 20, 21, 22, 3],
                 [2, 50, 51, 52, 3, 0, 0, 0, 0, 0, 0, 0]], np.int32)
 TYPES = np.array([[0] * 8 + [1] * 4, [0] * 7 + [1] * 3 + [0] * 2, [0] * 12], np.int32)
 MASK = (IDS != 0).astype(np.int32)
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +45,13 @@ def hf_dirs(tmp_path_factory):
                                    ("BertForPreTraining", "legacy_bin", True),
                                    ("BertForMaskedLM", "safetensors", False),
                                    ("BertForSequenceClassification", "bin", False),
+                                   ("BertForTokenClassification", "safetensors", False),
+                                   ("BertForQuestionAnswering", "bin", False),
                                    ("BertModel", "safetensors", False)]:
     key = f"{arch}-{serialization}" + ("-old_names" if old else "")
     kwargs = {"num_labels": 3} if arch == "BertForSequenceClassification" else {}
+    if arch == "BertForTokenClassification":
+      kwargs = {"id2label": dict(enumerate(TAGS))}
     models[key] = hf_fixtures.make_model(arch, seed=len(dirs), **kwargs)
     dirs[key] = hf_fixtures.save_hf_dir(models[key], str(root / key), serialization, old)
   return models, dirs
@@ -54,6 +59,15 @@ def hf_dirs(tmp_path_factory):
 
 def jax_outputs(pre: convert.Pretrained) -> dict:
   cfg, params = pre.config, {"params": pre.params}
+  sequence = model_lib.BertModel(cfg, add_pooling_layer=False).apply(
+      {"params": pre.params["bert"]}, IDS, TYPES, MASK).sequence_output
+  if "token_classifier" in pre.heads:
+    logits = model_lib.BertForTokenClassification(cfg, pre.num_labels).apply(
+        params, IDS, TYPES, MASK)
+    return {"logits": logits, "sequence_output": sequence}
+  if "qa" in pre.heads:
+    return {**model_lib.BertForQuestionAnswering(cfg).apply(params, IDS, TYPES, MASK),
+            "sequence_output": sequence}
   if "classifier" in pre.heads:
     logits = model_lib.BertForSequenceClassification(cfg, pre.num_labels).apply(
         params, IDS, TYPES, MASK)
@@ -70,8 +84,8 @@ def jax_outputs(pre: convert.Pretrained) -> dict:
 def assert_parity(name: str, pre: convert.Pretrained, torch_model) -> None:
   want = hf_fixtures.torch_outputs(torch_model, IDS, TYPES, MASK)
   got = jax_outputs(pre)
-  keys = [k for k in ("sequence_output", "pooled_output", "mlm_logits", "nsp_logits", "logits")
-          if k in want]
+  keys = [k for k in ("sequence_output", "pooled_output", "mlm_logits", "nsp_logits", "logits",
+                      "start_logits", "end_logits") if k in want]
   assert keys and all(got.get(k) is not None for k in keys), (keys, list(got))
   diffs = {k: float(np.max(np.abs(np.asarray(got[k]) - want[k]))) for k in keys}
   PARITY[name] = diffs
@@ -83,16 +97,23 @@ def assert_parity(name: str, pre: convert.Pretrained, torch_model) -> None:
 @pytest.mark.parametrize("key", ["BertForPreTraining-safetensors", "BertForPreTraining-bin",
                                  "BertForPreTraining-legacy_bin-old_names",
                                  "BertForMaskedLM-safetensors",
-                                 "BertForSequenceClassification-bin", "BertModel-safetensors"])
+                                 "BertForSequenceClassification-bin",
+                                 "BertForTokenClassification-safetensors",
+                                 "BertForQuestionAnswering-bin", "BertModel-safetensors"])
 def test_hf_parity(hf_dirs, key):
   models, dirs = hf_dirs
   pre = convert.from_pretrained(dirs[key])
   expected_heads = {"BertForPreTraining": ("mlm", "nsp"), "BertForMaskedLM": ("mlm",),
-                    "BertForSequenceClassification": ("classifier",), "BertModel": ()}
+                    "BertForSequenceClassification": ("classifier",),
+                    "BertForTokenClassification": ("token_classifier",),
+                    "BertForQuestionAnswering": ("qa",), "BertModel": ()}
   assert pre.format == "hf" and pre.heads == expected_heads[key.split("-")[0]]
   assert pre.tokenizer.vocab_size == len(hf_fixtures.VOCAB)
   if "classifier" in pre.heads:
     assert pre.num_labels == 3
+  if "token_classifier" in pre.heads:
+    assert pre.num_labels == len(TAGS) and pre.labels == TAGS
+    assert pre.task["kind"] == "tagging"
   assert_parity(key, pre, models[key])
 
 
@@ -131,7 +152,8 @@ def test_reads_a_checkpoint_written_by_tensorflow():
 def test_hf_round_trip_is_bit_exact(hf_dirs, tmp_path):
   models, dirs = hf_dirs
   for key in ("BertForPreTraining-safetensors", "BertForMaskedLM-safetensors",
-              "BertForSequenceClassification-bin", "BertModel-safetensors"):
+              "BertForSequenceClassification-bin", "BertForTokenClassification-safetensors",
+              "BertForQuestionAnswering-bin", "BertModel-safetensors"):
     exported, back = str(tmp_path / key / "bert_jax"), str(tmp_path / key / "hf")
     convert.convert(dirs[key], exported, "bert_jax")
     assert convert.detect_format(exported) == "bert_jax"
@@ -152,6 +174,8 @@ def test_hf_round_trip_is_bit_exact(hf_dirs, tmp_path):
         np.testing.assert_array_equal(got[k], want[k], err_msg=f"{key} {k}")
     with open(os.path.join(back, "vocab.txt"), encoding="utf-8") as f:
       assert f.read().split("\n")[:-1] == hf_fixtures.VOCAB
+    if arch == "BertForTokenClassification":  # label names survive both conversions
+      assert reloaded.config.id2label == dict(enumerate(TAGS))
 
 
 def test_training_workdir_latest_step_scanned(hf_dirs, tmp_path):

@@ -57,6 +57,8 @@ HEADS: dict[str, Head] = {h.name: h for h in (
          lambda c, n: dense_rows("classifier", ("classifier",), n, c.hidden_size)),
     Head("token_classifier", "classifier.", "classifier", False, True,
          lambda c, n: dense_rows("classifier", ("classifier",), n, c.hidden_size)),
+    Head("qa", "qa_outputs.", "qa_outputs", False, False,
+         lambda c, _: dense_rows("qa_outputs", ("qa_outputs",), 2, c.hidden_size)),
 )}
 ORDER = tuple(HEADS)
 
@@ -68,6 +70,7 @@ ARCHITECTURES: dict[tuple[str, ...], str] = {
     ("nsp",): "BertForNextSentencePrediction",
     ("classifier",): "BertForSequenceClassification",
     ("token_classifier",): "BertForTokenClassification",
+    ("qa",): "BertForQuestionAnswering",
 }
 
 
