@@ -16,9 +16,23 @@ def _pretraining(config):
   return pretraining.PretrainingTask(config)
 
 
+def _tagging(config):
+  from bert_jax.tasks import tagging  # pylint: disable=g-import-not-at-top
+  return tagging.TaggingTask(config)
+
+
+def _qa(config):
+  from bert_jax.tasks import qa  # pylint: disable=g-import-not-at-top
+  return qa.QATask(config)
+
+
 # config.task (or its prefix before '/') -> factory(config).
 _REGISTRY = {
     "pretraining": _pretraining,
+    "conll": _tagging,  # CoNLL files
+    "conll2003": _tagging,  # tfds
+    "squad_json": _qa,  # SQuAD v1.1/v2.0 JSON files
+    "squad": _qa,  # tfds squad/v1.1, squad/v2.0
 }
 
 

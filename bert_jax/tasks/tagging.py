@@ -1,0 +1,147 @@
+"""Token classification (NER, tagging) as a task of the trainer.
+
+Data: `config.task=conll` reads CoNLL files (`train_file`, `validation_file`,
+`test_file`); `config.task=conll2003` reads tfds `conll2003` (train/dev/test).
+The label set is the init checkpoint's when it is a tagging model (so a tagger
+is fine-tuned further with its own labels; a label outside them is an error),
+else the training data's. Rows are windows of whole words with the label on
+each word's first piece (`bert_jax.data.conll`).
+
+Metrics: the loss and token accuracy (`eval_accuracy`, over labelled words) are
+sums in the step; entity precision/recall/F1 (seqeval's default mode,
+`tasks.entities`) need whole sentences, so the eval step returns each row's
+predicted ids and `score` puts them back on the words. Main metric: f1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bert_jax.data import conll
+from bert_jax.errors import UserError
+from bert_jax.model import BertForTokenClassification
+from bert_jax.tasks import base
+from bert_jax.tasks import entities
+from bert_jax.tasks import finetune_data
+
+
+class TaggingTask:
+  """BertForTokenClassification on word-labelled sentences."""
+
+  heads = ("token_classifier",)
+  loss_terms = (("tag_loss_sum", "tag_count"),)
+  main_metric = "f1"
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.name = config.task
+    self.labels: list[str] = []
+    self.max_seq_length = int(config.max_seq_length)
+    # Evaluation sets: feature ids are unique over all sets, so `score` knows which set it sees.
+    self._eval: list[tuple[int, conll.TaggingFeatures, list[conll.Sentence]]] = []
+    self._tfds_labels: Optional[list[str]] = None
+
+  def bind(self, meta: dict) -> None:
+    self.labels = list(meta["labels"])
+
+  def build_model(self, bert_config) -> BertForTokenClassification:
+    return BertForTokenClassification(bert_config, num_labels=len(self.labels))
+
+  def init_inputs(self, config) -> dict[str, jax.Array]:
+    ids = jnp.zeros((1, config.max_seq_length), jnp.int32)
+    return dict(input_ids=ids, token_type_ids=ids, attention_mask=ids)
+
+  def init(self, model, rng, inputs) -> Any:
+    return model.init({"params": rng}, inputs["input_ids"], inputs["token_type_ids"],
+                      inputs["attention_mask"])
+
+  def _weights(self, batch: base.Batch) -> jax.Array:
+    w_B = finetune_data.example_weights(batch)
+    return (batch["label_ids"] >= 0).astype(jnp.float32) * w_B[:, None]
+
+  def sums(self, model, params, batch: base.Batch, rng: Optional[jax.Array]) -> dict:
+    logits_BxLxC = base.apply_model(model, params, batch, rng)
+    labels_BxL = jnp.maximum(batch["label_ids"], 0)
+    w_BxL = self._weights(batch)
+    xent_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxC, labels_BxL)
+    correct_BxL = (jnp.argmax(logits_BxLxC, -1) == labels_BxL).astype(jnp.float32)
+    return dict(tag_loss_sum=jnp.sum(xent_BxL * w_BxL), tag_count=jnp.sum(w_BxL),
+                tag_correct=jnp.sum(correct_BxL * w_BxL))
+
+  def denominators(self, batch: base.Batch) -> dict:
+    return dict(tag_count=jnp.sum(self._weights(batch)))
+
+  def summarize(self, sums: Mapping[str, float]) -> dict[str, float]:
+    return {"accuracy": base.ratio(sums, "tag_correct", "tag_count")} if "tag_count" in sums else {}
+
+  def predictions(self, model, params, batch) -> dict:
+    logits_BxLxC = base.apply_model(model, params, batch, None)
+    pred_BxL = jnp.argmax(logits_BxLxC, -1).astype(jnp.int32)
+    pad = self.max_seq_length - pred_BxL.shape[1]  # length buckets: one width for the host
+    return dict(pred_ids=jnp.pad(pred_BxL, ((0, 0), (0, pad))),
+                feature_index=batch["feature_index"],
+                weights=finetune_data.example_weights(batch))
+
+  def score(self, gathered: dict[str, np.ndarray]) -> dict[str, float]:
+    keep = gathered["weights"] > 0
+    index = gathered["feature_index"][keep].astype(np.int64)
+    if not len(index):
+      return {}
+    offset, features, sentences = next(e for e in reversed(self._eval) if e[0] <= index.min())
+    words = conll.word_predictions(features, sentences, index - offset,
+                                   gathered["pred_ids"][keep])
+    predicted = [[self.labels[i] if i >= 0 else "O" for i in s] for s in words]
+    return entities.precision_recall_f1([s.labels for s in sentences], predicted)
+
+  def model_info(self) -> dict:
+    return {"name": self.name, "kind": "tagging", "labels": list(self.labels),
+            "num_labels": len(self.labels), "max_seq_length": self.max_seq_length}
+
+  def flops_per_sequence(self, bert_config, config) -> float:
+    return finetune_data.encoder_flops_per_sequence(bert_config, config.max_seq_length)
+
+  # --- Data. ---
+
+  def _read(self, config, split: str) -> Optional[list[conll.Sentence]]:
+    if self.name == "conll":
+      path = config.get(f"{split}_file", "")
+      return conll.read_conll(path) if path else None
+    tfds_split = {"train": "train", "validation": "dev", "test": "test"}[split]
+    sentences, names = conll.read_conll2003_tfds(tfds_split, config.get("tfds_data_dir") or None,
+                                                 self.name)
+    self._tfds_labels = names
+    return sentences
+
+  def make_data(self, config: ml_collections.ConfigDict) -> base.Data:
+    if self.name == "conll" and not config.get("train_file"):
+      raise UserError("config.task=conll needs config.train_file (a CoNLL file: a token and its "
+                      "label per line, a blank line between sentences)")
+    tokenizer, tokenizer_dir = finetune_data.load_tokenizer(config)
+    train = self._read(config, "train")
+    labels = finetune_data.init_checkpoint_labels(config, "tagging")
+    if labels is None:
+      labels = self._tfds_labels or conll.label_list(train)
+    label_to_id = {l: i for i, l in enumerate(labels)}
+    source = config.get("train_file") or f"{self.name}:train"
+    train_features = conll.encode(train, tokenizer, label_to_id, self.max_seq_length, source)
+    eval_sets, self._eval, offset = {}, [], 0
+    for split, infix in (("validation", ""), ("test", "test")):
+      sentences = self._read(config, split)
+      if sentences is None:
+        continue
+      source = config.get(f"{split}_file") or f"{self.name}:{split}"
+      features = conll.encode(sentences, tokenizer, label_to_id, self.max_seq_length, source)
+      self._eval.append((offset, features, sentences))
+      eval_sets[infix] = finetune_data.eval_factory(features.records(), config, offset)
+      offset += len(features)
+    meta = dict(vocab_size=tokenizer.vocab_size, max_seq_length=self.max_seq_length,
+                labels=labels, num_train_examples=len(train_features))
+    return base.Data(meta=meta,
+                     train=finetune_data.train_iterator(train_features.records(), config),
+                     eval_sets=eval_sets, tokenizer_dir=tokenizer_dir)
