@@ -81,15 +81,18 @@ def read_conll2003_tfds(split: str, data_dir: Optional[str] = None,
                     "tensorflow-datasets") from None
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    names = list(tfds.builder(name, data_dir=data_dir).info.features["ner"].feature.names)
   except Exception as exc:  # tfds raises many types for a missing dataset
     reason = " ".join(str(exc).split()).split(". ")[0]
     raise UserError(f"tfds dataset {name}:{split} cannot be read ({reason}); prepare it with "
                     f"`tfds build {name} --file_format=array_record`") from None
-  names = list(source.dataset_info.features["ner"].feature.names)
   sentences = []
   for i in range(len(source)):
     example = source[i]
     words = [w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in example["tokens"]]
+    if len(words) != len(example["ner"]):
+      raise UserError(f"tfds {name}:{split} example {i} has {len(words)} tokens but "
+                      f"{len(example['ner'])} ner tags")
     sentences.append(Sentence(words, [names[int(t)] for t in example["ner"]]))
   return sentences, names
 
