@@ -1,0 +1,113 @@
+r"""SQuAD-style QA fine-tuning: bert_jax (`launch/finetune.py --config.task=squad_json`) vs
+transformers' BertForQuestionAnswering, same Hugging Face BERT dir, same JSON files, same recipe.
+
+  python bench/qa_vs_transformers.py --model=HF_BERT_DIR [--data=DIR] [--epochs=3]
+
+`--model`: any Hugging Face BERT dir (offline: see bench/tagging_vs_transformers.py).
+`--data` holds {train,validation}.json in SQuAD v1.1/v2.0 format (default: the
+sample QA set of `bert_jax.data.sample_tasks`, v2.0 with unanswerable questions).
+Both sides train on the same rows (BERT's windows from `bert_jax.data.squad`:
+max_seq_length 96, doc_stride 32, max_query_length 24; [CLS] for no answer) with
+the recipe of `bench/finetune_common.py`, and both are scored the same way
+(BERT's n-best selection, null threshold 0, the official EM/F1), so the figures
+compare the training, not the pre/postprocessing. Prints seq/s and exact match
+of both sides, the ratios, and the machine load.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import finetune_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+MAX_SEQ, STRIDE, MAX_QUERY = 96, 32, 24
+
+
+def _features(path, tok, training):
+  from bert_jax.data import squad  # pylint: disable=g-import-not-at-top
+  examples, stats = squad.read_squad_json(path)
+  examples = squad.check_examples(examples, stats, path, training)
+  return examples, squad.encode(examples, tok, MAX_SEQ, STRIDE, MAX_QUERY, path)
+
+
+def run_transformers(model_dir, paths, steps):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
+  from bert_jax.tasks import squad_eval  # pylint: disable=g-import-not-at-top
+
+  tok = tokenization.load_tokenizer(model_dir)
+  _, train = _features(paths["train"], tok, True)
+  model = transformers.BertForQuestionAnswering.from_pretrained(
+      model_dir, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+
+  def inputs(idx):
+    ids = common.pad([train.input_ids[i] for i in idx])
+    return dict(input_ids=ids, token_type_ids=common.pad([train.token_type_ids[i] for i in idx]),
+                attention_mask=(ids != 0).long(),
+                start_positions=torch.tensor(train.start_positions[idx], dtype=torch.long),
+                end_positions=torch.tensor(train.end_positions[idx], dtype=torch.long))
+
+  seq_per_sec = common.torch_train(model, inputs, len(train), steps)
+  examples, dev = _features(paths["validation"], tok, False)
+  start = np.full((len(dev), MAX_SEQ), -1e9, np.float32)
+  end = start.copy()
+  for i in range(0, len(dev), 64):
+    idx = np.arange(i, min(i + 64, len(dev)))
+    ids = common.pad([dev.input_ids[j] for j in idx])
+    with torch.no_grad():
+      out = model(input_ids=ids, token_type_ids=common.pad([dev.token_type_ids[j] for j in idx]),
+                  attention_mask=(ids != 0).long())
+    for b, j in enumerate(idx):
+      n = len(dev.input_ids[j])
+      start[j, :n], end[j, :n] = out.start_logits[b, :n].numpy(), out.end_logits[b, :n].numpy()
+  version_2 = any(ex.is_impossible for ex in examples)
+  answers = squad_eval.best_answers(examples, dev, np.arange(len(dev)), start, end,
+                                    version_2=version_2)
+  return {"seq_per_sec": seq_per_sec, **squad_eval.score(examples, answers)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", required=True, help="Hugging Face BERT dir")
+  parser.add_argument("--data", default="", help="dir with train.json and validation.json")
+  parser.add_argument("--epochs", type=float, default=3.0)
+  args = parser.parse_args()
+  from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
+  from bert_jax.data import sample_tasks  # pylint: disable=g-import-not-at-top
+
+  with tempfile.TemporaryDirectory() as tmp:
+    if args.data:
+      paths = {s: os.path.join(args.data, f"{s}.json") for s in ("train", "validation")}
+    else:
+      paths = sample_tasks.write(os.path.join(tmp, "data"))["squad"]
+    rows = len(_features(paths["train"], tokenization.load_tokenizer(args.model), True)[1])
+    steps = common.steps_for(rows, args.epochs)
+    print(f"{rows} training rows, {steps} steps of {common.RECIPE['batch_size']}; "
+          f"{common.load_line()}")
+    ours = common.run_bert_jax(os.path.join(tmp, "run"), {
+        "task": "squad_json", "init_checkpoint": args.model, "train_file": paths["train"],
+        "validation_file": paths["validation"], "max_seq_length": MAX_SEQ,
+        "doc_stride": STRIDE, "max_query_length": MAX_QUERY,
+        "num_train_steps": steps, "eval_every_steps": steps, "batch_size":
+        common.RECIPE["batch_size"], "learning_rate": common.RECIPE["learning_rate"],
+        "warmup_ratio": common.RECIPE["warmup_ratio"], "warmup_steps": -1,
+        "log_every_steps": max(1, steps // 10), "checkpoint_every_steps": steps})
+    theirs = run_transformers(args.model, paths, steps)
+  em, f1 = ours["eval"]["eval_exact_match"], ours["eval"]["eval_f1"]
+  print(f"bert_jax     : {ours['seq_per_sec']:8.1f} seq/s  EM {em:.4f}  F1 {f1:.4f}  "
+        f"(launch/finetune.py, {ours['wall_s']:.0f} s wall incl. start-up and compile)")
+  print(f"transformers : {theirs['seq_per_sec']:8.1f} seq/s  EM {theirs['exact_match']:.4f}  "
+        f"F1 {theirs['f1']:.4f}  (BertForQuestionAnswering)")
+  print(f"ratio bert_jax / transformers: speed {ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x, "
+        f"EM {em / max(theirs['exact_match'], 1e-9):.3f}; {common.load_line()}")
+
+
+if __name__ == "__main__":
+  main()
