@@ -104,7 +104,9 @@ class QATask:
         gathered["end_logits"][keep], n_best=self.n_best,
         max_answer_length=self.max_answer_length, version_2=self.version_2,
         null_score_diff_threshold=self.threshold)
-    return squad_eval.score(examples, answers)
+    # Only questions this pass reached (config.num_eval_batches may cap a pass).
+    seen = sorted(set(features.example_index[index - offset].tolist()))
+    return squad_eval.score([examples[k] for k in seen], answers)
 
   def model_info(self) -> dict:
     return {"name": self.name, "kind": "qa", "version_2": self.version_2,

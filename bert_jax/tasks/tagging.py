@@ -96,8 +96,10 @@ class TaggingTask:
     offset, features, sentences = next(e for e in reversed(self._eval) if e[0] <= index.min())
     words = conll.word_predictions(features, sentences, index - offset,
                                    gathered["pred_ids"][keep])
-    predicted = [[self.labels[i] if i >= 0 else "O" for i in s] for s in words]
-    return entities.precision_recall_f1([s.labels for s in sentences], predicted)
+    # Only sentences this pass reached (config.num_eval_batches may cap a pass).
+    seen = sorted(set(features.sentence_index[index - offset].tolist()))
+    predicted = [[self.labels[i] if i >= 0 else "O" for i in words[k]] for k in seen]
+    return entities.precision_recall_f1([sentences[k].labels for k in seen], predicted)
 
   def model_info(self) -> dict:
     return {"name": self.name, "kind": "tagging", "labels": list(self.labels),
