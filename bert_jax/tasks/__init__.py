@@ -16,9 +16,16 @@ def _pretraining(config):
   return pretraining.PretrainingTask(config)
 
 
+def _sequence(config):
+  from bert_jax.tasks import classification  # pylint: disable=g-import-not-at-top
+  return classification.SequenceTask(config)
+
+
 # config.task (or its prefix before '/') -> factory(config).
 _REGISTRY = {
     "pretraining": _pretraining,
+    "glue": _sequence,  # glue/cola, glue/sst2, ... (tensorflow-datasets)
+    "local": _sequence,  # CSV / TSV / JSONL files with sentence(s) and label
 }
 
 
