@@ -6,9 +6,10 @@ Why this layout (WORKDIR/checkpoints/<step>/{params,train_state,data_iterator}):
 - `train_state` holds step, optimizer state and the base rng; restoring it onto
   abstract arrays that carry shardings puts each shard straight on its device,
   on whatever mesh the new run has (a checkpoint moves between mesh shapes).
-- `data_iterator` holds each process's input-iterator state as JSON
-  (`process_<i>-of-<n>.json`), so a resumed run sees exactly the batches an
-  uninterrupted one would.
+- `data_iterator` holds the input-iterator state as JSON, one file per process
+  (`process_<i>-of-<n>.json`); the state is global (the same on every
+  process), so a run resumed with another process count reads any of them and
+  sees exactly the batches an uninterrupted one would.
 Orbax writes into a temporary directory and renames it when complete, so a
 checkpoint killed mid-save is never listed, and the previous one is restored.
 """
@@ -73,7 +74,7 @@ def latest_params_dir(workdir: str) -> str:
 
 
 class IteratorStateHandler(ocp.CheckpointHandler):
-  """Saves one JSON state per process (the input pipeline is per host)."""
+  """Saves the JSON iterator state of each process; restores with any process count."""
 
   def _file(self, directory: epath.Path) -> epath.Path:
     return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
@@ -83,10 +84,15 @@ class IteratorStateHandler(ocp.CheckpointHandler):
 
   def restore(self, directory: epath.Path, args: Optional["IteratorStateRestore"] = None) -> Any:
     path = self._file(directory)
-    if not path.exists():
-      raise UserError(f"checkpoint has no input-iterator state {path} (was it written by a run "
-                      "with a different number of processes?)")
-    return json.loads(path.read_text())
+    if not path.exists():  # written with another process count: the state is global
+      written = sorted(directory.glob("process_*-of-*.json"))
+      if not written:
+        raise UserError(f"checkpoint has no input-iterator state in {directory}")
+      path = written[0]
+    try:
+      return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+      raise UserError(f"input-iterator state {path} is not valid JSON: {exc}") from None
 
   def structure(self, directory: epath.Path) -> Any:
     return None

@@ -231,7 +231,7 @@ class Loop:
         self.writer.write(step, row)
         self.last_row.update(row)
         self._maybe_export_best(step, state.params, row)
-        self.window_start = None  # do not count eval time as training time
+        self.window_start, self.window_steps = None, 0  # eval time is not training time
       if checkpoint_due:
         self._save(step, state, rng, data.train.get_state())
       if step_hook is not None:

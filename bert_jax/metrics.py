@@ -171,12 +171,15 @@ class Accumulator:
   """Sums per-step metric dicts (numpy scalars); `loop.summarize` turns them into a row."""
 
   def __init__(self):
-    self.sums: dict[str, float] = {}
-    self.last: dict[str, float] = {}
+    self.sums: dict[str, Any] = {}
+    self.last: dict[str, Any] = {}
     self.steps = 0
 
   def add(self, metrics: Mapping[str, Any]) -> None:
+    """Adds one step's sums (scalars, or arrays such as a confusion matrix) in float64."""
     self.steps += 1
     for k, v in metrics.items():
-      self.sums[k] = self.sums.get(k, 0.0) + float(v)
-      self.last[k] = float(v)
+      v = np.asarray(v, np.float64)
+      v = float(v) if v.ndim == 0 else v
+      self.sums[k] = self.sums.get(k, 0.0) + v
+      self.last[k] = v

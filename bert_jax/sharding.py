@@ -10,8 +10,10 @@ jit(init, out_shardings)), so full parameters never land on one host.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 from jax.experimental import mesh_utils
@@ -108,15 +110,45 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, grad_accum_steps: int =
                     f"{jax.process_count()} processes")
 
 
+@functools.lru_cache(maxsize=16)
+def process_rows(mesh: Mesh, num_rows: int) -> tuple[int, ...]:
+  """Global batch rows held by this process's devices (ascending).
+
+  `make_array_from_process_local_data` fills them, in this order, from the
+  process's local rows.
+  """
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((num_rows,))
+  rows = set()
+  for index in index_map.values():
+    rows.update(range(*index[0].indices(num_rows)))
+  return tuple(sorted(rows))
+
+
 def make_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Host-local numpy rows -> global jax.Arrays sharded on the batch axes.
 
   Each process passes its own `global_batch_size // process_count` rows; the
-  global array is their concatenation in process order.
+  global array is their concatenation in process order (the input pipeline
+  reads block `process_index` of each global batch) when each process's
+  devices hold that block, as on CPU and GPU meshes (process-major device
+  order). A topology-ordered TPU mesh may place a block elsewhere: every step
+  then still sees the same examples, in another row order (warned once).
   """
   sharding = batch_sharding(mesh)
+  num_local = len(next(iter(local_batch.values())))
+  _check_process_rows(mesh, num_local * jax.process_count())
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _check_process_rows(mesh: Mesh, num_rows: int) -> None:
+  start = jax.process_index() * num_rows // jax.process_count()
+  block = tuple(range(start, start + num_rows // jax.process_count()))
+  if process_rows(mesh, num_rows) != block:
+    logging.warning("the mesh places process %d's rows outside block %d of the global batch: "
+                    "steps see the same examples, in another row order", jax.process_index(),
+                    jax.process_index())
 
 
 def create_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Callable, Optional
 
 from absl import logging
@@ -257,6 +258,11 @@ def resolve_schedule(config: ml_collections.ConfigDict, num_train_examples: Opti
     c.warmup_steps = int(round(ratio * c.num_train_steps))
   if c.warmup_steps is None or c.warmup_steps < 0:
     raise UserError("set config.warmup_steps (or config.warmup_ratio)")
+  for key in ("eval_every_steps", "checkpoint_every_steps"):
+    if c.get(key) == -1:  # once per epoch
+      if not num_train_examples:
+        raise UserError(f"config.{key}=-1 (once per epoch) needs a training set of known size")
+      c[key] = max(1, math.ceil(num_train_examples / c.batch_size))
   return c
 
 
@@ -330,6 +336,22 @@ def _initial_state(config, setup: _Setup, checkpointer: ckpt_lib.Checkpointer,
   return state, jax.device_put(rng, rep), None
 
 
+def _finish(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """After a complete fine-tuning run: WORKDIR/best_hf and test-file predictions (process 0)."""
+  best = os.path.join(workdir, loop_lib.BEST_DIR)
+  if jax.process_index() != 0 or not os.path.isdir(best):
+    return
+  if config.get("export_hf"):
+    from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
+    convert.convert(best, os.path.join(workdir, "best_hf"), "hf", overwrite=True)
+    logging.info("exported %s as a Hugging Face dir: %s", best, os.path.join(workdir, "best_hf"))
+  if config.get("test_file"):
+    from bert_jax import predict  # pylint: disable=g-import-not-at-top
+    out = os.path.join(workdir, "test_predictions.tsv")
+    predict.predict_file(best, config.test_file, out)
+    logging.info("predictions of %s -> %s", config.test_file, out)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        data: Optional[Data] = None,
                        step_hook: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
@@ -370,7 +392,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                             out_shardings=rep)
       with loop_lib.Loop(config, task, setup.bert_config, workdir, checkpointer, mesh,
                          restored, data.tokenizer_dir) as loop:
-        return loop.run(state, rng, data, p_train_step, p_eval_step, preemption, step_hook)
+        result = loop.run(state, rng, data, p_train_step, p_eval_step, preemption, step_hook)
+    if not result["preempted"]:
+      _finish(config, workdir)
+    return result
   finally:
     preemption.uninstall()
     checkpointer.close()

@@ -17,6 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   # --- Data ---------------------------------------------------------------
+  # What to train: 'pretraining' (MLM+NSP on prepared data); configs/finetune.py sets others.
+  c.task = "pretraining"
   # Directory written by launch/prepare_data.py (meta.json, tokenizer/, *.array_record).
   c.train_data = ""
   # Split of `train_data` to train on.
@@ -38,7 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   # Size preset of bert_jax.model.PRESETS: tiny, mini, small, medium, base, large.
   c.model.preset = "base"
-  # Optional size overrides of the preset (None = the preset's value).
+  # Optional size overrides of the preset (None = the preset's value; with an empty preset the
+  # size comes from init_checkpoint).
   c.model.num_layers = config_dict.placeholder(int)
   # Hidden (embedding) width.
   c.model.hidden_size = config_dict.placeholder(int)
@@ -117,13 +120,14 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Logging, evaluation, checkpoints ------------------------------------
   # Steps between metric lines (metrics.jsonl, TensorBoard, console).
   c.log_every_steps = 100
-  # Steps between evaluations (0 = never).
+  # Steps between evaluations (0 = never, -1 = once per epoch of the training set).
   c.eval_every_steps = 10_000
-  # Batches per evaluation (fixed, with deterministic masks, so evals are comparable).
+  # Batches per evaluation, from the start of the eval split in order, with deterministic masks
+  # (0 = one exact pass over the whole split).
   c.num_eval_batches = 50
   # Global batch size of evaluation (0 = batch_size).
   c.eval_batch_size = 0
-  # Steps between (asynchronous) checkpoints.
+  # Steps between (asynchronous) checkpoints (-1 = once per epoch of the training set).
   c.checkpoint_every_steps = 10_000
   # Checkpoints kept (the newest K).
   c.keep_checkpoints = 3

@@ -3,10 +3,12 @@
 import collections
 import gc
 import json
+import os
 import random
 import threading
 import time
 
+from array_record.python.array_record_module import ArrayRecordReader
 import numpy as np
 import pytest
 
@@ -61,6 +63,20 @@ def _rows(batch):
   return [r.tobytes() for r in ids]
 
 
+def _file_rows(path):
+  """input_ids rows of the train split read straight from its shards, in meta.json order."""
+  meta = input_pipeline.read_meta(path)
+  records = []
+  for shard in meta["splits"]["train"]["shards"]:
+    reader = ArrayRecordReader(os.path.join(path, shard["file"]))
+    records += reader.read(0, reader.num_records())
+    reader.close()
+  ids = pd.decode_records(records, dtype=np.dtype(meta.get("id_dtype", "uint16")),
+                          max_seq_length=meta["max_seq_length"], mode=meta["mode"],
+                          **{f"{k}_id": meta["special_ids"][k] for k in ("pad", "cls", "sep")})
+  return [r.tobytes() for r in ids["input_ids"]]
+
+
 def _same(a, b):
   return sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -90,28 +106,73 @@ def test_batch_contract(data, mode):
     assert (batch["token_type_ids"].sum(1) > 0).all()
 
 
-def test_two_hosts_read_disjoint_halves(data):
-  def epoch_rows(**kwargs):
-    it = _it(data["nsp"], global_batch_size=8, shuffle=False, num_epochs=1,
-             drop_remainder=False, prefetch=0, **kwargs)
-    rows = []
-    for batch in it:
-      rows += [r for r, w in zip(_rows(batch), batch["example_weights"]) if w]
-    return rows, it.batches_per_epoch
+def _global(path, hosts, batches, state=None, **kwargs):
+  """`batches` global batches read by `hosts` simulated hosts (their rows concatenated)."""
+  its = [_it(path, process_index=h, process_count=hosts, **kwargs) for h in range(hosts)]
+  if state is not None:
+    for it in its:
+      it.set_state(state)
+  out = []
+  for _ in range(batches):
+    parts = [next(it) for it in its]
+    out.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+  states = [it.get_state() for it in its]
+  assert all(s == states[0] for s in states)   # the state is global
+  for it in its:
+    it.close()
+  return out, states[0]
 
-  host0, n0 = epoch_rows(process_index=0, process_count=2)
-  host1, n1 = epoch_rows(process_index=1, process_count=2)
-  everything, _ = epoch_rows()
-  assert n0 == n1                       # hosts stay in step
+
+@pytest.mark.parametrize("mode", ["nsp", "packed"])
+def test_global_batches_do_not_depend_on_the_host_count(data, mode):
+  total = input_pipeline.read_meta(data[mode])["splits"]["train"]["num_examples"]
+  batches = -(-2 * total // 8) + 1                         # past two epoch boundaries
+  reference, state = _global(data[mode], 1, batches)
+  assert state["position"] == batches * 8 and state["epoch"] == batches * 8 // total
+  for hosts in (2, 4):
+    batches_h, state_h = _global(data[mode], hosts, batches)
+    assert state_h == state
+    for a, b in zip(batches_h, reference):
+      assert _same(a, b)                                   # rows, masks, labels
+  # One host's rows are its block of the global batch, 8 // hosts rows.
+  batch = next(_it(data[mode], process_index=1, process_count=2, prefetch=0))
+  assert _same(batch, {k: v[4:] for k, v in reference[0].items()})
+
+
+def test_state_saved_with_two_hosts_restores_with_one_and_four(data):
+  _, state = _global(data["packed"], 2, 7)
+  state = json.loads(json.dumps(state))
+  expected, _ = _global(data["packed"], 1, 20)
+  for hosts in (1, 4):
+    for prefetch in (0, 2):
+      resumed, _ = _global(data["packed"], hosts, 5, state=state, prefetch=prefetch)
+      for a, b in zip(resumed, expected[7:12]):
+        assert _same(a, b)
+
+
+@pytest.mark.parametrize("hosts", [1, 2, 4])
+def test_evaluation_is_one_exact_pass_for_any_host_count(data, hosts):
   total = input_pipeline.read_meta(data["nsp"])["splits"]["train"]["num_examples"]
-  assert len(host0) + len(host1) == len(everything) == total
-  assert sorted(host0 + host1) == sorted(everything)
-  assert abs(len(host0) - len(host1)) <= 1
-  # Disjoint record indices, not just distinct contents.
-  assert input_pipeline.host_range(total, 0, 2)[1] == input_pipeline.host_range(total, 1, 2)[0]
-  # Host batches are global_batch_size // process_count rows.
-  batch = next(_it(data["nsp"], global_batch_size=8, process_index=1, process_count=2))
-  assert batch["input_ids"].shape[0] == 4
+  everything = _file_rows(data["nsp"])
+  batches, _ = _global(data["nsp"], hosts, -(-total // 8), shuffle=False, num_epochs=1,
+                       drop_remainder=False)
+  for h in range(hosts):                                   # every host yields as many batches
+    assert len(list(_it(data["nsp"], shuffle=False, num_epochs=1, drop_remainder=False,
+                        process_index=h, process_count=hosts))) == len(batches)
+  rows = [r for b in batches for r, w in zip(_rows(b), b["example_weights"]) if w]
+  assert rows == everything and len(rows) == total        # every example once, in file order
+  weights = np.concatenate([b["example_weights"] for b in batches])
+  assert weights.sum() == total and (weights[:total] == 1).all()
+  last = batches[-1]
+  assert (last["masked_weights"][last["example_weights"] == 0] == 0).all()
+
+
+def test_old_per_host_state_is_a_user_error(data):
+  it = _it(data["nsp"], prefetch=0)
+  with pytest.raises(UserError, match="old per-host format"):
+    it.set_state({"epoch": 1, "batch_index": 3})
+  with pytest.raises(UserError, match="not valid"):
+    it.set_state({"position": -1})
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
@@ -160,22 +221,20 @@ def test_dropped_iterator_stops_its_thread(data):
 
 def test_epochs_reshuffle_and_remask(data):
   it = _it(data["nsp"], prefetch=0)
-  n = it.batches_per_epoch
-  epoch0 = [next(it) for _ in range(n)]
-  epoch1 = [next(it) for _ in range(n)]
-  rows0 = [r for b in epoch0 for r in _rows(b)]
-  rows1 = [r for b in epoch1 for r in _rows(b)]
-  assert rows0 != rows1
-  # The same records, except the few dropped at each epoch's end (drop_remainder).
-  total = input_pipeline.read_meta(data["nsp"])["splits"]["train"]["num_examples"]
-  dropped = total - len(rows0)
-  assert dropped < 8
-  common = collections.Counter(rows0) & collections.Counter(rows1)
-  assert sum(common.values()) >= len(rows0) - dropped
-  positions0 = np.concatenate([b["masked_positions"] for b in epoch0])
-  positions1 = np.concatenate([b["masked_positions"] for b in epoch1])
-  assert not np.array_equal(positions0, positions1)
-  assert it.get_state() == {"epoch": 1, "batch_index": n}
+  total = it.num_records
+  batches = [next(it) for _ in range(-(-2 * total // 8))]   # full batches straddle epochs
+  assert it.get_state() == {"position": len(batches) * 8, "epoch": len(batches) * 8 // total}
+  rows = [r for b in batches for r in _rows(b)]
+  epoch0, epoch1 = rows[:total], rows[total:2 * total]
+  # Each epoch is every record exactly once (nothing dropped), in a new order.
+  assert collections.Counter(epoch0) == collections.Counter(epoch1) == collections.Counter(
+      _file_rows(data["nsp"]))
+  assert epoch0 != epoch1
+  # The same record gets a new mask in the next epoch.
+  positions = np.concatenate([b["masked_positions"] for b in batches])
+  mask0 = {r: p.tobytes() for r, p in zip(epoch0, positions[:total])}
+  mask1 = {r: p.tobytes() for r, p in zip(epoch1, positions[total:2 * total])}
+  assert np.mean([mask0[r] != mask1[r] for r in mask0]) > 0.5
 
 
 def test_num_epochs_and_padded_last_batch(data):

@@ -150,3 +150,18 @@ def test_bad_arguments():
     _masker(whole_word=True)
   with pytest.raises(ValueError, match="shape"):
     _masker(whole_word=True, word_start_table=np.ones(5, bool))
+
+
+def test_per_example_epochs_equal_one_call_per_epoch():
+  """A batch that straddles two epochs masks each row as its own epoch would."""
+  ids = _batch(np.random.default_rng(1), batch=64)
+  examples = np.arange(100, 164)
+  epochs = np.where(np.arange(64) < 40, 2, 3)
+  mixed = _masker()(ids, examples, epochs)
+  for epoch in (2, 3):
+    rows = epochs == epoch
+    alone = _masker()(ids[rows], examples[rows], epoch)
+    for key, value in alone.items():
+      np.testing.assert_array_equal(mixed[key][rows], value)
+  assert not np.array_equal(mixed["masked_positions"],
+                            _masker()(ids, examples, 2)["masked_positions"])

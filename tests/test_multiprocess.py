@@ -1,6 +1,8 @@
-"""Two processes x 2 CPU devices (jax.distributed on loopback, gloo collectives) train like
-one process with 4 devices on the same global batch, through a SIGTERM that reaches one
-process only (both agree on the step, save it, and resume)."""
+"""Two processes x 2 CPU devices (jax.distributed on loopback, gloo collectives) train on
+real prepared data, through the real input pipeline, exactly like one process with 4
+devices: the same global batches, the same loss at every step; a SIGTERM that reaches one
+process only stops both at the same step, and the run resumes on 1 process x 4 devices
+and ends with the loss of the uninterrupted run."""
 
 import json
 import os
@@ -8,11 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import CACHE_ENV, HERE, run_child
+from conftest import CACHE_ENV, HERE, child_env, prepare_sample_data
+
+STEPS, PREEMPT_AT = 6, 4
 
 
 def _free_port():
@@ -21,66 +26,115 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _result(proc):
+  """The JSON line(s) a child printed last (a list when it printed several)."""
+  try:
+    stdout, stderr = proc.communicate(timeout=240)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, stderr[-3000:]
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one_and_resume_on_one(tmp_path):
+  data = prepare_sample_data(tmp_path / "data")
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", **CACHE_ENV)
   env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), HERE, env.get("PYTHONPATH", "")])
   multi = str(tmp_path / "multi")
-  procs = [subprocess.Popen([sys.executable, __file__, "--child", multi, str(port), str(i)],
+  procs = [subprocess.Popen([sys.executable, __file__, "--child", "preempt", multi, data,
+                             str(port), str(i)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
-  single = run_child(__file__, [str(tmp_path / "single")], devices=4)
-  outs = []
-  for p in procs:
-    try:
-      stdout, stderr = p.communicate(timeout=240)
-    finally:
-      p.kill()
-    assert p.returncode == 0, stderr[-3000:]
-    outs.append(json.loads(stdout.strip().splitlines()[-1]))
+  # One process with 4 devices: an uninterrupted run, then (once the two processes have
+  # stopped) it resumes their run from their checkpoint.
+  done = tmp_path / "two_processes_done"
+  single_proc = subprocess.Popen([sys.executable, __file__, "--child", "whole",
+                                  str(tmp_path / "single"), data, multi, str(done)],
+                                 env=child_env(4), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+  outs = [_result(p) for p in procs]
+  done.write_text("")
+  single, resumed = _result(single_proc)
   assert outs[0]["process_count"] == 2 and outs[0]["device_count"] == 4
-  assert single["device_count"] == 4
-  # SIGTERM reached process 1 only; both agreed to stop and save at step 2, then resumed.
-  assert [(o["first_step"], o["first_preempted"]) for o in outs] == [(2, True), (2, True)]
-  np.testing.assert_allclose(outs[0]["losses"], single["losses"], rtol=5e-5)
-  assert len(single["losses"]) == 4
-  # Both processes wrote their input-iterator state into the preemption checkpoint.
-  files = sorted(f for f in os.listdir(tmp_path / "multi" / "checkpoints" / "2" /
-                                      "data_iterator") if f.startswith("process_"))
+  assert single["process_count"] == 1 and single["device_count"] == 4
+  # Each process's devices hold its block of the global batch, and the global batch the two
+  # processes assemble from the real pipeline is the one a single process reads.
+  assert [o["rows"] for o in outs] == [[0, 4], [4, 8]]
+  assert all(o["same_global_batch"] for o in outs)
+  # SIGTERM reached process 1 only; both agreed to stop and save at the same step.
+  assert [(o["step"], o["preempted"]) for o in outs] == [(PREEMPT_AT, True)] * 2
+  assert len(single["losses"]) == STEPS
+  np.testing.assert_allclose(outs[0]["losses"], single["losses"][:PREEMPT_AT], rtol=1e-5)
+  # Resumed on 1 process x 4 devices from the 2-process checkpoint: the same stream.
+  assert (resumed["step"], resumed["preempted"]) == (STEPS, False)
+  np.testing.assert_allclose(resumed["losses"], single["losses"], rtol=1e-5)
+  # The losses move far more than the tolerance: equal losses mean equal batches.
+  assert np.ptp(single["losses"]) > 100 * 1e-5 * np.max(single["losses"])
+  files = sorted(f for f in os.listdir(os.path.join(multi, "checkpoints", str(PREEMPT_AT),
+                                                    "data_iterator")) if f.startswith("process_"))
   assert files == ["process_0-of-2.json", "process_1-of-2.json"]
 
 
-def _child(workdir, port=None, process_id=None):
+def _same_global_batch(c):
+  """Whether the global batch assembled from this process's rows equals a 1-process read."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from bert_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from bert_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  data = train.make_data(c)
+  mesh = sharding.make_mesh(c.mesh_shape)
+  local = next(data.train)
+  data.train.close()
+  assembled = multihost_utils.process_allgather(sharding.make_global_batch(local, mesh),
+                                                tiled=True)
+  whole = next(input_pipeline.make_pretraining_iterator(
+      c.train_data, c.train_split, global_batch_size=c.batch_size, seed=c.seed, prefetch=0,
+      max_predictions_per_seq=c.max_predictions_per_seq, process_index=0, process_count=1))
+  rows = sharding.process_rows(mesh, c.batch_size)
+  return (all(np.array_equal(assembled[k], whole[k]) for k in whole),
+          [rows[0], rows[-1] + 1])
+
+
+def _child(kind, workdir, data_dir, *rest):
   import jax  # pylint: disable=g-import-not-at-top
-  if port is not None:
+  if kind == "preempt":
+    port, process_id = rest
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", 2, int(process_id))
   from bert_jax import train  # pylint: disable=g-import-not-at-top
-  from bert_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from conftest import read_rows, tiny_config  # pylint: disable=g-import-not-at-top
 
-  # lr 1e-3 from step 2 on (warmup starts at 0): updates move the loss ~1%, far above rtol.
-  c = tiny_config(num_train_steps=4, checkpoint_every_steps=100, learning_rate=1e-3,
-                  warmup_steps=1, preemption_check_every_steps=1)
-  first = {}
-  if port is not None:
-    # Only process 1 is told to stop (after step 2): both must save step 2 and stop there.
+  c = tiny_config(train_data=data_dir, num_train_steps=STEPS, checkpoint_every_steps=100,
+                  learning_rate=1e-3, warmup_steps=1, preemption_check_every_steps=1)
+
+  def run(workdir, step_hook=None):
+    result = train.train_and_evaluate(c, workdir, step_hook=step_hook)
+    return {"process_count": jax.process_count(), "device_count": jax.device_count(),
+            "step": result["step"], "preempted": result["preempted"],
+            "losses": ([r["loss"] for r in read_rows(workdir) if "loss" in r]
+                       if jax.process_index() == 0 else [])}
+
+  if kind == "preempt":
+    same, rows = _same_global_batch(c)
+
+    # Only process 1 is told to stop: both must save the same step and stop there.
     def sigterm_on_process_1(step):
-      if step == 2 and jax.process_index() == 1:
+      if step == PREEMPT_AT and jax.process_index() == 1:
         os.kill(os.getpid(), signal.SIGTERM)
 
-    first = train.train_and_evaluate(c, workdir, data=synthetic.synthetic_data(c),
-                                     step_hook=sigterm_on_process_1)
-  train.train_and_evaluate(c, workdir, data=synthetic.synthetic_data(c))  # (resumes)
-  losses = ([r["loss"] for r in read_rows(workdir) if "loss" in r]
-            if jax.process_index() == 0 else [])
-  print(json.dumps({"losses": losses, "process_count": jax.process_count(),
-                    "device_count": jax.device_count(), "first_step": first.get("step"),
-                    "first_preempted": first.get("preempted")}))
-  if port is not None:
+    out = dict(run(workdir, sigterm_on_process_1), same_global_batch=same, rows=rows)
+    print(json.dumps(out))
     jax.distributed.shutdown()
+  else:
+    whole = run(workdir)
+    preempted_dir, done = rest
+    deadline = time.time() + 200
+    while not os.path.exists(done) and time.time() < deadline:
+      time.sleep(0.2)
+    print(json.dumps([whole, run(preempted_dir)]))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:

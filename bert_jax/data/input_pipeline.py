@@ -1,20 +1,23 @@
-"""Reads prepared pretraining shards: per-host split, shuffle, repeat, mask, batch.
+"""Reads prepared pretraining shards: one global order, host rows, mask, batch.
 
 Why it looks like this:
-- A plain index permutation over ArrayRecord files instead of a generic data
-  loader: the whole state is (epoch, batch index), so a restored iterator yields
+- A plain index order over ArrayRecord files instead of a generic data loader:
+  the whole state is one stream position, so a restored iterator yields
   exactly what an uninterrupted one would, and nothing has to be pickled.
-- Each host owns one contiguous, disjoint range of the global record index (the
-  shards in `meta.json` order, like `tfds.even_splits`), shuffles it with a
-  permutation seeded by (seed, epoch, process_index) and reads
-  `global_batch_size // process_count` rows per batch.
-- The host's records are held in memory when they fit `cache_mb` (else read
-  one by one from disk); a batch is decoded with one `frombuffer` and masked
-  by `bert_jax.data.masking` over the whole batch; masks depend on (seed, epoch,
-  global record index) only. A background thread keeps a couple of batches
-  ready so the accelerator does not wait.
-- With `drop_remainder=False` (evaluation) every host yields the same number of
-  full-size batches; rows past the end are padding with `example_weights` 0.
+- The order is global (`bert_jax.data.stream.GlobalOrder`): epoch `e` is a
+  permutation of all records seeded by (seed, e), global batch `b` is stream
+  positions `[b*B, (b+1)*B)`, and host `h` of `H` reads rows
+  `[h*B/H, (h+1)*B/H)` of it by random access. The global batches (and the
+  saved state) are the same for any number of hosts, so a run resumed on
+  another slice shape continues the same stream.
+- Every host may be asked for any record: the split is held in memory when it
+  fits `cache_mb` (else read record by record from disk); a batch is decoded
+  with one `frombuffer` and masked by `bert_jax.data.masking` over the whole
+  batch; masks depend on (seed, epoch, record index) only. A background thread
+  keeps a couple of batches ready so the accelerator does not wait.
+- Training batches are always full and may straddle two epochs. With
+  `drop_remainder=False` (evaluation) batches stop at each epoch's end: one
+  exact pass, the last global batch padded with `example_weights` 0 rows.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 
 from bert_jax.data import masking
 from bert_jax.data import pretraining_data
+from bert_jax.data import stream
 from bert_jax import tokenization
 from bert_jax.errors import UserError
 
@@ -83,42 +87,31 @@ def read_meta(data_dir: str) -> dict:
   return meta
 
 
-def host_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """[start, end) of the records a host reads: even, contiguous, disjoint."""
-  base, extra = divmod(num_examples, process_count)
-  start = process_index * base + min(process_index, extra)
-  return start, start + base + (process_index < extra)
-
-
 class _ShardedSource:
-  """Records of several ArrayRecord shards by global index, for one host's range.
+  """Records of several ArrayRecord shards by global index (any record of the split).
 
-  Random single-record reads cost tens of microseconds each, so when the host's
-  part of the data fits in `cache_bytes` each shard's part is read once with a
-  fast sequential range read and kept in memory (about 300 bytes per sequence
-  of 128: 10M sequences are ~3 GB); larger parts are read record by record.
+  Random single-record reads cost tens of microseconds each, so when the whole
+  split fits in `cache_bytes` each shard is read once with a fast sequential
+  range read and kept in memory (about 300 bytes per sequence of 128: 10M
+  sequences are ~3 GB); larger splits are read record by record, with one range
+  read where a shard's requested records are consecutive (unshuffled reading).
   """
 
-  def __init__(self, data_dir: str, shards: list[dict], host_start: int, host_end: int,
-               cache_bytes: int):
+  def __init__(self, data_dir: str, shards: list[dict], cache_bytes: int):
     self._paths = [os.path.join(data_dir, s["file"]) for s in shards]
     for path in self._paths:
       if not os.path.exists(path):
         raise FileNotFoundError(f"shard listed in meta.json is missing: {path}")
-    counts = np.array([s["num_examples"] for s in shards], np.int64)
-    self._starts = np.concatenate([[0], np.cumsum(counts)])
-    self._lo = np.clip(host_start - self._starts[:-1], 0, counts)
-    self._hi = np.clip(host_end - self._starts[:-1], 0, counts)
-    host_bytes = sum(os.path.getsize(p) * (hi - lo) / max(1, n)
-                     for p, lo, hi, n in zip(self._paths, self._lo, self._hi, counts))
-    self.cached = host_bytes <= cache_bytes
+    self._counts = np.array([s["num_examples"] for s in shards], np.int64)
+    self._starts = np.concatenate([[0], np.cumsum(self._counts)])
+    self.cached = sum(os.path.getsize(p) for p in self._paths) <= cache_bytes
     self._readers = [None] * len(shards)
     self._cache = [None] * len(shards)
 
   def _records(self, shard: int) -> list[bytes]:
     if self._cache[shard] is None:
       reader = ArrayRecordReader(self._paths[shard])
-      self._cache[shard] = reader.read(int(self._lo[shard]), int(self._hi[shard]))
+      self._cache[shard] = reader.read(0, int(self._counts[shard]))
       reader.close()
     return self._cache[shard]
 
@@ -129,29 +122,34 @@ class _ShardedSource:
     return self._readers[shard]
 
   def read(self, indices: np.ndarray) -> list[bytes]:
-    """The records at global `indices` (all inside this host's range), in order."""
+    """The records at global `indices`, in order."""
     shard_N = np.searchsorted(self._starts, indices, side="right") - 1
     position_N = indices - self._starts[shard_N]
     out = [b""] * len(indices)
     for shard in np.unique(shard_N).tolist():
       where = np.flatnonzero(shard_N == shard)
+      positions = position_N[where]
       if self.cached:
         records = self._records(shard)
-        lo = int(self._lo[shard])
-        for k, p in zip(where.tolist(), position_N[where].tolist()):
-          out[k] = records[p - lo]
+        for k, p in zip(where.tolist(), positions.tolist()):
+          out[k] = records[p]
+        continue
+      first = int(positions[0])
+      if np.array_equal(positions, np.arange(first, first + len(positions))):
+        records = self._reader(shard).read(first, first + len(positions))
       else:
-        records = self._reader(shard).read(position_N[where].tolist())
-        for k, record in zip(where.tolist(), records):
-          out[k] = record
+        records = self._reader(shard).read(positions.tolist())
+      for k, record in zip(where.tolist(), records):
+        out[k] = record
     return out
 
 
 class PretrainingIterator:
   """Host-local numpy batches of a prepared dataset; checkpointable.
 
-  `get_state()` is a small JSON-serialisable dict; after `set_state(state)` the
-  iterator yields exactly the batches that followed when the state was taken.
+  `get_state()` is a small JSON-serialisable dict, the same on every host and
+  for any number of hosts; after `set_state(state)` the iterator yields exactly
+  the batches that followed when the state was taken (with any process count).
   """
 
   def __init__(self, data_dir: str, split: str, *, global_batch_size: int, seed: int,
@@ -162,29 +160,29 @@ class PretrainingIterator:
     self.meta = meta = read_meta(data_dir)
     if split not in meta["splits"]:
       raise UserError(f"{data_dir} has no split {split!r}; it has {sorted(meta['splits'])}")
-    if global_batch_size % process_count:
+    if global_batch_size <= 0 or global_batch_size % process_count:
       raise UserError(f"global batch size {global_batch_size} is not divisible by "
                       f"{process_count} processes")
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     self.batch_size = global_batch_size // process_count
+    self.global_batch_size = global_batch_size
     self.mode = meta["mode"]
     self.max_seq_length = meta["max_seq_length"]
     self._special = meta["special_ids"]
     self._dtype = np.dtype(meta.get("id_dtype", "uint16"))
     shards = meta["splits"][split]["shards"]
-    total = sum(s["num_examples"] for s in shards)
-    self._start, end = host_range(total, process_index, process_count)
-    self._num_local = end - self._start
-    self._source = _ShardedSource(data_dir, shards, self._start, end, cache_mb << 20)
-    smallest, largest = total // process_count, -(-total // process_count)
-    self.batches_per_epoch = (smallest // self.batch_size if drop_remainder
-                              else -(-largest // self.batch_size))
-    if self.batches_per_epoch == 0:
-      raise UserError(f"split {split!r} of {data_dir} has {total} examples: too few for "
-                      f"{process_count} host(s) with batches of {self.batch_size}")
-    self._seed, self._shuffle, self._num_epochs = seed, shuffle, num_epochs
-    self._process_index = process_index
+    self.num_records = total = sum(s["num_examples"] for s in shards)
+    if drop_remainder and total < global_batch_size:
+      raise UserError(f"split {split!r} of {data_dir} has {total} examples: fewer than one "
+                      f"global batch of {global_batch_size}")
+    self.order = stream.GlobalOrder(total, global_batch_size, seed, shuffle)
+    self._source = _ShardedSource(data_dir, shards, cache_mb << 20)
+    # Full batches straddle epochs (nothing dropped); padded batches stop at each epoch's end.
+    self.batches_per_epoch = (total // global_batch_size if drop_remainder
+                              else -(-total // global_batch_size))
+    self._row_offset = process_index * self.batch_size
+    self._num_epochs = num_epochs
     self._drop_remainder = drop_remainder
     word_start = None
     if whole_word_mask:
@@ -194,64 +192,81 @@ class PretrainingIterator:
         vocab_size=meta["vocab_size"], mask_id=self._special["mask"],
         special_ids=self._special.values(), max_predictions=max_predictions_per_seq,
         rate=mask_rate, word_start_table=word_start, whole_word=whole_word_mask, seed=seed)
-    self._perm_epoch, self._perm = None, None
     self._prefetch = prefetch
-    self._epoch, self._batch = 0, 0
+    self._position = 0  # the stream position of the next global batch
     self._thread, self._queue, self._stop = None, None, None
 
   # -- state
 
   def get_state(self) -> dict:
-    return dict(epoch=self._epoch, batch_index=self._batch)
+    """{"position": stream position of the next global batch, "epoch": its epoch}."""
+    return dict(position=self._position, epoch=self._position // self.num_records)
 
   def set_state(self, state: dict) -> None:
+    position = state.get("position") if isinstance(state, dict) else None
+    if not isinstance(position, int) or position < 0:
+      if isinstance(state, dict) and "batch_index" in state:
+        raise UserError(f"input-iterator state {state} is in the old per-host format (each host "
+                        "shuffled its own part of the data); this version cannot continue that "
+                        "stream: resume with the version that wrote it, or start a new workdir")
+      raise UserError(f"input-iterator state {state!r} is not valid: expected "
+                      "{'position': <non-negative int>}")
     self._stop_thread()
-    self._epoch, self._batch = int(state["epoch"]), int(state["batch_index"])
+    self._position = position
 
   # -- iteration
+
+  def _span(self, position: int) -> Optional[tuple[int, int]]:
+    """(start, end of its real rows) of the global batch at `position`; None past the end."""
+    if self._drop_remainder:
+      end = position + self.global_batch_size
+      limit = None if self._num_epochs is None else self._num_epochs * self.num_records
+      return None if limit is not None and end > limit else (position, end)
+    epoch = position // self.num_records
+    if self._num_epochs is not None and epoch >= self._num_epochs:
+      return None
+    return position, min(position + self.global_batch_size, (epoch + 1) * self.num_records)
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    epoch, batch = self._epoch, self._batch
-    if batch >= self.batches_per_epoch:
-      epoch, batch = epoch + 1, 0
-    if self._num_epochs is not None and epoch >= self._num_epochs:
+    span = self._span(self._position)
+    if span is None:
       raise StopIteration
     if self._prefetch > 0:
       if self._thread is None:
-        self._start_thread(epoch, batch)
+        self._start_thread(self._position)
       item = self._queue.get()
       if isinstance(item, BaseException):
         self._stop_thread()
         raise item
-      (epoch, batch), out = item
+      (start, end), out = item
     else:
-      out = self.batch_at(epoch, batch)
-    self._epoch, self._batch = epoch, batch + 1
+      (start, end), out = span, self.batch_at(*span)
+    self._position = end
     return out
 
-  def _start_thread(self, epoch: int, batch: int) -> None:
+  def _start_thread(self, position: int) -> None:
     self._queue, self._stop = queue.Queue(self._prefetch), threading.Event()
     stop, out_queue = self._stop, self._queue
-    per_epoch, num_epochs = self.batches_per_epoch, self._num_epochs
     # A weak reference: an iterator dropped without close() is collected and
     # its __del__ stops the thread.
     iterator_ref = weakref.ref(self)
 
     def work():
-      nonlocal epoch, batch
+      nonlocal position
       try:
-        while num_epochs is None or epoch < num_epochs:
+        while True:
           iterator = iterator_ref()
           if iterator is None:
             return
-          item = ((epoch, batch), iterator.batch_at(epoch, batch))
+          span = iterator._span(position)  # pylint: disable=protected-access
+          if span is None:
+            return
+          item = (span, iterator.batch_at(*span))
           del iterator
-          batch += 1
-          if batch >= per_epoch:
-            epoch, batch = epoch + 1, 0
+          position = span[1]
           while not stop.is_set():
             try:
               out_queue.put(item, timeout=0.1)
@@ -283,34 +298,25 @@ class PretrainingIterator:
     except Exception:  # pylint: disable=broad-except
       pass
 
-  # -- the pure part: a batch is a function of (epoch, batch index)
+  # -- the pure part: a batch is a function of its stream positions
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if self._perm_epoch != epoch:
-      if self._shuffle:
-        rng = np.random.default_rng([self._seed, epoch, self._process_index])
-        self._perm = rng.permutation(self._num_local).astype(np.int64)
-      else:
-        self._perm = np.arange(self._num_local, dtype=np.int64)
-      self._perm_epoch = epoch
-    return self._perm
+  def batch_at(self, start: int, end: int) -> dict[str, np.ndarray]:
+    """This host's rows of the global batch at stream positions [start, start + B).
 
-  def batch_at(self, epoch: int, batch: int) -> dict[str, np.ndarray]:
-    """The batch number `batch` of epoch `epoch` (no iterator state involved)."""
-    perm = self._permutation(epoch)
-    local = perm[batch * self.batch_size:(batch + 1) * self.batch_size]
-    num_real = len(local)
-    if num_real < self.batch_size:  # Only with drop_remainder=False: pad with row 0.
-      local = np.concatenate([local, np.zeros(self.batch_size - num_real, np.int64)])
-    indices = self._start + local
-    if self._num_local:
-      records = self._source.read(indices)
-    else:
-      records = [np.zeros(1, self._dtype).tobytes()] * self.batch_size
+    Positions from `end` on are padding (`example_weights` 0; only when
+    `drop_remainder=False`, at an epoch's end).
+    """
+    first = start + self._row_offset
+    positions = np.arange(first, first + self.batch_size, dtype=np.int64)
+    num_real = int(np.clip(end - first, 0, self.batch_size))
+    if num_real < self.batch_size:  # Pad with the batch's last real record.
+      positions[num_real:] = end - 1
+    indices, epochs = self.order.records(positions)
+    records = self._source.read(indices)
     out = pretraining_data.decode_records(
         records, dtype=self._dtype, max_seq_length=self.max_seq_length, mode=self.mode,
         pad_id=self._special["pad"], cls_id=self._special["cls"], sep_id=self._special["sep"])
-    out.update(self._masker(out["input_ids"], indices, epoch))
+    out.update(self._masker(out["input_ids"], indices, epochs))
     if not self._drop_remainder:
       weights = (np.arange(self.batch_size) < num_real).astype(np.float32)
       out["masked_weights"] = out["masked_weights"] * weights[:, None]
@@ -332,7 +338,8 @@ def make_pretraining_iterator(data_dir: str, split: str, *, global_batch_size: i
     data_dir: output directory of `launch/prepare_data.py`.
     split: 'train' or 'eval'.
     global_batch_size: rows per step over all hosts; each host yields
-      `global_batch_size // process_count` rows.
+      `global_batch_size // process_count` rows, block `process_index` of the
+      global batch.
     seed: shuffling and masking seed.
     max_predictions_per_seq: P, the prediction slots per row.
     mask_rate: fraction of tokens selected for prediction (0.15 .. 0.4).
@@ -341,11 +348,14 @@ def make_pretraining_iterator(data_dir: str, split: str, *, global_batch_size: i
     num_epochs: stop after this many epochs; None repeats forever.
     process_index: this host; default `jax.process_index()`.
     process_count: number of hosts; default `jax.process_count()`.
-    drop_remainder: drop the last partial batch of an epoch; if False it is
-      padded and every batch has `example_weights`.
+    drop_remainder: True: every batch is full, a batch may straddle two epochs
+      (with `num_epochs`, the last partial batch is dropped). False: an
+      epoch's last batch is padded and every batch has `example_weights`
+      (evaluation: an exact pass over every example).
     prefetch: batches prepared ahead in a background thread (0: none).
-    cache_mb: keep this host's records in memory when they fit in this many
-      MB (fast); otherwise read each record from disk.
+    cache_mb: keep the split's records in memory when they fit in this many
+      MB (fast; every host may be asked for any record); otherwise read each
+      record from disk.
   """
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top

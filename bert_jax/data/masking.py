@@ -31,21 +31,24 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-def _mix(z: np.ndarray) -> np.ndarray:
+def mix64(z: np.ndarray) -> np.ndarray:
   """splitmix64 finaliser: a well-mixed 64-bit hash of each element."""
   z = (z ^ (z >> np.uint64(30))) * _M1
   z = (z ^ (z >> np.uint64(27))) * _M2
   return z ^ (z >> np.uint64(31))
 
 
-def token_hashes(seed: int, epoch: int, example_ids_B: np.ndarray, positions_BxN: np.ndarray,
+def token_hashes(seed: int, epoch, example_ids_B: np.ndarray, positions_BxN: np.ndarray,
                  stream: int) -> np.ndarray:
-  """uint64 [B, N] hashes, a pure function of (seed, epoch, example, position, stream)."""
+  """uint64 [B, N] hashes, a pure function of (seed, epoch, example, position, stream).
+
+  `epoch` is an int or one per example (int [B]: a batch that straddles epochs).
+  """
   with np.errstate(over="ignore"):
-    base = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream))
-    base = _mix(base ^ (np.uint64(epoch) * _GOLDEN))
-    base_B = _mix(base ^ (np.asarray(example_ids_B, np.uint64) * _M2))
-    return _mix(base_B[:, None] + np.asarray(positions_BxN, np.uint64) * _GOLDEN)
+    base = mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream))
+    base = mix64(base ^ (np.asarray(epoch, np.uint64) * _GOLDEN))
+    base_B = mix64(base ^ (np.asarray(example_ids_B, np.uint64) * _M2))
+    return mix64(base_B[:, None] + np.asarray(positions_BxN, np.uint64) * _GOLDEN)
 
 
 def _uniform(h: np.ndarray) -> np.ndarray:
@@ -108,13 +111,14 @@ class Masker:
     self.word_start_table = word_start_table
 
   def __call__(self, input_ids_BxL: np.ndarray, example_ids_B: np.ndarray,
-               epoch: int) -> dict[str, np.ndarray]:
+               epoch) -> dict[str, np.ndarray]:
     """Masks a batch.
 
     Args:
       input_ids_BxL: int token ids, padding included (padding is a special id).
       example_ids_B: a stable index of each example (the record index).
-      epoch: the epoch; a new epoch draws new masks.
+      epoch: the epoch (an int, or int [B] per example); a new epoch draws
+        new masks.
 
     Returns:
       dict with `input_ids` int32 [B, L] (masked copy), `masked_positions`

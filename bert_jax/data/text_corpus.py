@@ -126,17 +126,11 @@ def tfds_texts(spec: str, key: str = "text", data_dir: Optional[str] = None) -> 
   prepared tfds dataset needs nothing beyond tensorflow-datasets; datasets stored as
   TFRecord fall back to `tfds.load`, which needs TensorFlow (the `[tf]` extra).
   """
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise UserError("--tfds_dataset needs tensorflow-datasets: pip install tensorflow-datasets"
-                    ) from None
-  name, _, split = spec.partition(":")
-  split = split or "train"
+  name = spec.partition(":")[0]
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)  # tfds logs each lookup it tries at INFO.
   try:
-    examples = _tfds_examples(tfds, spec, name, split, data_dir)
+    examples = tfds_examples(spec, data_dir)
   finally:
     logging.set_verbosity(verbosity)
   for example in examples:
@@ -145,7 +139,19 @@ def tfds_texts(spec: str, key: str = "text", data_dir: Optional[str] = None) -> 
     yield example[key]
 
 
-def _tfds_examples(tfds, spec: str, name: str, split: str, data_dir: Optional[str]):
+def tfds_examples(spec: str, data_dir: Optional[str] = None):
+  """Examples (dicts of numpy values) of a tfds dataset `NAME[:SPLIT]`, in stored order.
+
+  Through `tfds.data_source` (no TensorFlow); TFRecord datasets fall back to
+  `tfds.load` when TensorFlow is installed.
+  """
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f"tfds dataset {spec!r} needs tensorflow-datasets: pip install "
+                    "tensorflow-datasets") from None
+  name, _, split = spec.partition(":")
+  split = split or "train"
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     return (source[i] for i in range(len(source)))

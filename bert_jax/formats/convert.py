@@ -225,6 +225,35 @@ def read_model_config(path: str) -> BertConfig:
   return config.replace(scan_layers=False, dtype="float32", param_dtype="float32")
 
 
+def model_tokenizer_dir(path: str) -> str:
+  """The directory holding the tokenizer of any model path (no weights are read)."""
+  path = os.fspath(path)
+  fmt = detect_format(path)
+  if fmt in ("bert_jax", "bert_jax_workdir"):
+    doc = checkpoint.read_model_doc(path)
+    if not doc.get("tokenizer"):
+      raise UserError(f"{path} has no tokenizer (its {CONFIG_FILE} names none)")
+    return os.path.join(path, doc["tokenizer"])
+  if fmt == "hf":
+    return path
+  return os.path.dirname(_google_prefix(path))
+
+
+def read_model_task(path: str) -> Optional[dict]:
+  """What a model dir says its head means (labels, kind), without reading weights."""
+  fmt = detect_format(os.fspath(path))
+  if fmt in ("bert_jax", "bert_jax_workdir"):
+    return checkpoint.read_model_doc(path).get("task")
+  if fmt == "hf":
+    _, hf = _hf_config(path)
+    names = hf.get("architectures") or []
+    head = {"BertForSequenceClassification": "classifier",
+            "BertForTokenClassification": "token_classifier"}.get(names[0] if names else "")
+    num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels")
+    return _hf_task(hf, (head,), num_labels) if head else None
+  return None
+
+
 def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
   """Loads any supported model directory (format detected from its files).
 

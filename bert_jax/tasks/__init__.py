@@ -16,6 +16,11 @@ def _pretraining(config):
   return pretraining.PretrainingTask(config)
 
 
+def _sequence(config):
+  from bert_jax.tasks import classification  # pylint: disable=g-import-not-at-top
+  return classification.SequenceTask(config)
+
+
 def _tagging(config):
   from bert_jax.tasks import tagging  # pylint: disable=g-import-not-at-top
   return tagging.TaggingTask(config)
@@ -29,6 +34,8 @@ def _qa(config):
 # config.task (or its prefix before '/') -> factory(config).
 _REGISTRY = {
     "pretraining": _pretraining,
+    "glue": _sequence,  # glue/cola, glue/sst2, ... (tensorflow-datasets)
+    "local": _sequence,  # CSV / TSV / JSONL files with sentence(s) and label
     "conll": _tagging,  # CoNLL files
     "conll2003": _tagging,  # tfds
     "squad_json": _qa,  # SQuAD v1.1/v2.0 JSON files

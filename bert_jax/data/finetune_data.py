@@ -1,0 +1,132 @@
+"""Fine-tuning input: encoded examples in memory, a (seed, step) training stream, exact eval.
+
+Why it looks like this:
+- Fine-tuning sets are small (GLUE's largest, QQP/MNLI, is ~400k rows), so
+  examples are encoded once into padded int arrays held in memory; each host
+  encodes the whole set (it is cheap) and reads its rows by index.
+- The training stream follows `bert_jax.data.stream.GlobalOrder`: global batch
+  `b` is a pure function of (seed, b), host `h` of `H` takes block `h` of it,
+  and the only state is `b`. A run resumed on another number of hosts sees the
+  same batches.
+- Length buckets: a global batch is cut to the smallest bucket that holds its
+  longest row (computed from the whole global batch, so every host agrees), so
+  short-sentence tasks run at ~their real length with a handful of compiled
+  shapes instead of always `max_seq_length`.
+- Evaluation is one exact pass in length order (fewer padded tokens), full-size
+  batches, rows past the end are padding with `example_weights` 0; identical
+  for any number of hosts and devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from bert_jax.data.stream import GlobalOrder
+from bert_jax.errors import UserError
+
+# Bucket lengths (cut at max_seq_length, which is always the last bucket).
+BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+@dataclasses.dataclass
+class Encoded:
+  """N encoded examples: fields [N, L] (sequence) or [N, ...] (per row), and their lengths."""
+
+  seq_fields: dict[str, np.ndarray]  # input_ids, token_type_ids, ... [N, max_seq_length]
+  row_fields: dict[str, np.ndarray]  # labels, example ids, ... [N, ...]
+  lengths: np.ndarray  # [N] real tokens per row
+
+  def __len__(self) -> int:
+    return int(self.lengths.shape[0])
+
+
+def encode_texts(tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]],
+                 max_seq_length: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """[CLS] a [SEP] (b [SEP]) padded to max_seq_length: (input_ids, token_type_ids), lengths."""
+  out = tokenizer.encode_batch(list(texts), None if pairs is None else list(pairs),
+                               max_length=max_seq_length, padding="max_length")
+  lengths = out["attention_mask"].sum(axis=1).astype(np.int32)
+  return ({"input_ids": out["input_ids"], "token_type_ids": out["token_type_ids"]}, lengths)
+
+
+def bucket_length(longest: int, max_seq_length: int,
+                  buckets: Sequence[int] = BUCKETS) -> int:
+  """The smallest bucket >= `longest` (max_seq_length when none is smaller)."""
+  return next((b for b in buckets if longest <= b < max_seq_length), max_seq_length)
+
+
+def _batch(data: Encoded, rows: np.ndarray, length: int, weights: np.ndarray) -> dict:
+  out = {k: v[rows, :length] for k, v in data.seq_fields.items()}
+  out["attention_mask"] = (np.arange(length)[None] < data.lengths[rows][:, None]).astype(np.int32)
+  out.update({k: v[rows] for k, v in data.row_fields.items()})
+  out["example_weights"] = weights.astype(np.float32)
+  return out
+
+
+class TrainStream:
+  """Host-local training batches, a pure function of (seed, step); checkpointable."""
+
+  def __init__(self, data: Encoded, *, global_batch_size: int, seed: int, max_seq_length: int,
+               process_index: int = 0, process_count: int = 1,
+               buckets: Sequence[int] = BUCKETS):
+    if len(data) == 0:
+      raise UserError("the training set is empty")
+    self.data = data
+    self.order = GlobalOrder(len(data), global_batch_size, seed)
+    self.max_seq_length = max_seq_length
+    self.process_index, self.process_count = process_index, process_count
+    self.buckets = buckets
+    self.step = 0
+
+  def __iter__(self):
+    return self
+
+  def batch_at(self, step: int) -> dict[str, np.ndarray]:
+    """Global batch `step`, this host's rows."""
+    everyone, _ = self.order.host_rows(step)  # the global batch, for the shared bucket
+    length = bucket_length(int(self.data.lengths[everyone].max()), self.max_seq_length,
+                           self.buckets)
+    rows, _ = self.order.host_rows(step, self.process_index, self.process_count)
+    return _batch(self.data, rows, length, np.ones(len(rows)))
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    out = self.batch_at(self.step)
+    self.step += 1
+    return out
+
+  def get_state(self) -> dict:
+    return {"step": self.step}
+
+  def set_state(self, state: dict) -> None:
+    if "step" not in state:
+      raise UserError(f"input-iterator state {state} is not a fine-tuning stream's state")
+    self.step = int(state["step"])
+
+
+def eval_batches(data: Encoded, *, global_batch_size: int, max_seq_length: int,
+                 process_index: int = 0, process_count: int = 1,
+                 buckets: Sequence[int] = BUCKETS) -> Iterator[dict[str, np.ndarray]]:
+  """One exact pass in length order; every host yields the same number of equal-size batches.
+
+  Rows carry `example_index` (their position in `data`), so gathered predictions
+  can be put back in input order.
+  """
+  if global_batch_size % process_count:
+    raise UserError(f"eval batch size {global_batch_size} must be divisible by the "
+                    f"{process_count} processes")
+  per_host = global_batch_size // process_count
+  order = np.argsort(data.lengths, kind="stable")
+  n = len(order)
+  for start in range(0, n, global_batch_size):
+    rows_all = order[start:start + global_batch_size]
+    length = bucket_length(int(data.lengths[rows_all].max()), max_seq_length, buckets)
+    real = np.zeros(global_batch_size, bool)
+    real[:len(rows_all)] = True
+    padded = np.concatenate([rows_all, np.zeros(global_batch_size - len(rows_all), np.int64)])
+    mine = slice(process_index * per_host, (process_index + 1) * per_host)
+    out = _batch(data, padded[mine], length, real[mine])
+    out["example_index"] = np.where(real[mine], padded[mine], -1).astype(np.int32)
+    yield out

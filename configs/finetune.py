@@ -1,0 +1,95 @@
+r"""Fine-tuning: the BERT paper's GLUE recipe (AdamW, lr 2e-5, batch 32, 3 epochs, 10% warmup).
+
+  python launch/finetune.py --config=configs/finetune.py --workdir=/tmp/ft_sst2 \
+      --config.task=glue/sst2 --config.init_checkpoint=bert-base-uncased/
+
+  python launch/finetune.py --config=configs/finetune.py --workdir=/tmp/ft_sample \
+      --config.task=local --config.init_checkpoint=/tmp/bert_quickstart/pretrain \
+      --config.train_file=/tmp/bert_quickstart/pairs/train.jsonl \
+      --config.validation_file=/tmp/bert_quickstart/pairs/validation.jsonl
+
+The model's size and vocabulary come from `init_checkpoint` (a Hugging Face or Google BERT dir,
+a bert_jax export or a pretraining workdir); its encoder is loaded and the classifier is new
+(or kept, when the checkpoint has one with the same labels). The best model by the task's main
+metric (GLUE's: MCC for CoLA, F1 for MRPC/QQP, Pearson for STS-B, accuracy otherwise) is
+exported to WORKDIR/best, a model dir that launch/predict.py reads.
+
+Expected, on the project's own sample pair task (`bash launch/quickstart.sh` then
+`bash launch/finetune_sample.sh`, 2-core CPU): see README "Fine-tuning"; both the figure and
+transformers' own figure with the same recipe come from bench/finetune_vs_transformers.py.
+"""
+
+import importlib.util
+import os
+
+# Load default.py next to this file (config files are loaded by path, not as a package).
+_spec = importlib.util.spec_from_file_location(
+    "bert_jax_configs_default", os.path.join(os.path.dirname(__file__), "default.py"))
+default = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(default)
+
+
+def get_config():
+  """Fine-tuning defaults; pretraining-only keys removed."""
+  c = default.get_config()
+  for key in ("train_data", "train_split", "eval_data", "eval_split", "max_predictions_per_seq",
+              "mask_rate", "whole_word_mask"):
+    del c[key]
+  # glue/<cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte|wnli> (tensorflow-datasets) or local (files).
+  c.task = "glue/sst2"
+  # Labelled training file for task=local: .csv, .tsv or .jsonl with 'sentence' (or
+  # 'sentence1' and 'sentence2') and 'label'.
+  c.train_file = ""
+  # Labelled evaluation file for task=local ('' = no evaluation).
+  c.validation_file = ""
+  # Unlabelled (or labelled) file to predict after training, written as WORKDIR/test_predictions.tsv.
+  c.test_file = ""
+  # tensorflow-datasets data_dir for glue/* ('' = tfds' default).
+  c.tfds_data_dir = ""
+  # Labels (1 = regression); 0 = derived from the data.
+  c.num_labels = 0
+  # Model to start from (required): any model path; its architecture is used as is.
+  c.init_checkpoint = ""
+  # The size comes from init_checkpoint.
+  c.model.preset = ""
+  # BERT's fine-tuning dropout (hidden states and attention probabilities).
+  c.model.hidden_dropout_rate = 0.1
+  # Dropout on attention probabilities.
+  c.model.attention_dropout_rate = 0.1
+  # The position table is the checkpoint's.
+  c.model.max_position_embeddings = None
+  # Rows per step (global).
+  c.batch_size = 32
+  # Tokens per row at most; batches are cut to length buckets (16, 32, 48, 64, 96, 128, ...).
+  c.max_seq_length = 128
+  # Epochs over the training set (used when num_train_steps <= 0).
+  c.num_epochs = 3.0
+  # Optimizer steps (-1 = from num_epochs).
+  c.num_train_steps = -1
+  # Peak learning rate.
+  c.learning_rate = 2e-5
+  # Warmup steps (-1 = warmup_ratio of the steps).
+  c.warmup_steps = -1
+  # Fraction of the steps spent warming up.
+  c.warmup_ratio = 0.1
+  # AdamW weight decay (not on LayerNorm and biases).
+  c.weight_decay = 0.01
+  # BERT's fine-tuning Adam epsilon.
+  c.adam_eps = 1e-6
+  # Linear decay to 0 after warmup.
+  c.schedule = "linear"
+  # Steps between metric lines.
+  c.log_every_steps = 50
+  # Evaluate once per epoch (-1) or every N steps; one exact pass over the validation set.
+  c.eval_every_steps = -1
+  # Whole validation set.
+  c.num_eval_batches = 0
+  # Global batch of evaluation (0 = batch_size).
+  c.eval_batch_size = 64
+  # Checkpoint once per epoch (-1) or every N steps.
+  c.checkpoint_every_steps = -1
+  # Checkpoints kept.
+  c.keep_checkpoints = 2
+  # Also write WORKDIR/best_hf, a Hugging Face dir (BertForSequenceClassification with id2label).
+  c.export_hf = False
+  return c

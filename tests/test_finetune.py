@@ -1,0 +1,209 @@
+"""Sequence fine-tuning: metrics against scikit-learn/scipy, local files end to end, resume,
+heads loaded or fresh, predictions against transformers' text-classification pipeline."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import scipy.stats
+import sklearn.metrics
+
+import hf_fixtures
+from bert_jax import predict
+from bert_jax import train
+from bert_jax.data import sample_pairs
+from bert_jax.data import task_readers
+from bert_jax.errors import UserError
+from bert_jax.formats import convert
+from bert_jax.tasks import classification
+from conftest import load_config, override, read_rows
+
+
+def finetune_config(**overrides):
+  """configs/finetune.py at test size: batch 8, seq 32, a few steps, eval at the end."""
+  c = load_config("finetune.py")
+  c.update(task="local", batch_size=8, eval_batch_size=16, max_seq_length=32,
+           num_train_steps=6, warmup_steps=1, learning_rate=1e-3, log_every_steps=1,
+           eval_every_steps=6, checkpoint_every_steps=2, schedule="constant")
+  return override(c, **overrides)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  """A tiny random Hugging Face BERT dir and small sample-pair files."""
+  root = tmp_path_factory.mktemp("ft")
+  hf_fixtures.save_hf_dir(hf_fixtures.make_model("BertModel", seed=0), str(root / "hf"))
+  paths = {}
+  for split, count in (("train", 40), ("validation", 21)):
+    path = root / f"{split}.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in sample_pairs.examples(
+        7 if split == "train" else 8, count)))
+    paths[split] = str(path)
+  paths["hf"] = str(root / "hf")
+  return paths
+
+
+def _local(files, **overrides):
+  return finetune_config(**{"init_checkpoint": files["hf"], "train_file": files["train"],
+                            "validation_file": files["validation"], **overrides})
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_classification_metrics_equal_sklearn(num_labels):
+  rs = np.random.default_rng(num_labels)
+  y, p = rs.integers(0, num_labels, 500), rs.integers(0, num_labels, 500)
+  p[:200] = y[:200]  # better than chance
+  confusion = np.zeros((num_labels, num_labels))
+  np.add.at(confusion, (y, p), 1)
+  got = classification.classification_metrics(confusion)
+  average = "binary" if num_labels == 2 else "macro"
+  assert got["accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(y, p), abs=1e-12)
+  assert got["f1"] == pytest.approx(sklearn.metrics.f1_score(y, p, average=average), abs=1e-12)
+  assert got["mcc"] == pytest.approx(sklearn.metrics.matthews_corrcoef(y, p), abs=1e-12)
+
+
+def test_regression_metrics_equal_scipy():
+  rs = np.random.default_rng(0)
+  y = np.round(rs.uniform(0, 5, 300), 1)  # ties, as STS-B's labels
+  p = np.round(y + rs.normal(0, 1, 300), 1)
+  sums = dict(example_weight=300.0, sum_p=p.sum(), sum_y=y.sum(), sum_pp=(p * p).sum(),
+              sum_yy=(y * y).sum(), sum_py=(p * y).sum())
+  assert classification.pearson_from_moments(sums) == pytest.approx(
+      scipy.stats.pearsonr(p, y)[0], abs=1e-9)
+  assert classification.spearman(p, y) == pytest.approx(scipy.stats.spearmanr(p, y)[0],
+                                                         abs=1e-12)
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def test_local_pairs_train_evaluate_export_and_predict(files, tmp_path):
+  workdir = str(tmp_path / "run")
+  result = train.train_and_evaluate(_local(files), workdir)
+  assert result["step"] == 6 and not result["preempted"]
+  rows = read_rows(workdir)
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+  evals = [r for r in rows if "eval_accuracy" in r]
+  assert len(evals) == 1 and {"eval_loss", "eval_f1", "eval_mcc"} <= set(evals[0])
+  # The best model is a model dir with its labels, and predicting the validation file with
+  # it gives the metrics the trainer logged (one exact pass: 21 rows, 2 batches of 16).
+  best = convert.from_pretrained(os.path.join(workdir, "best"))
+  assert best.labels == sorted(sample_pairs.LABELS) and best.heads == ("classifier",)
+  assert best.task["kind"] == "classification" and best.task["text_pair"]
+  examples = task_readers.read_local(files["validation"])
+  got = predict.SequencePredictor(best).predict(examples.texts, examples.pairs)
+  labels = [best.labels.index(label) for label in examples.labels]
+  preds = [best.labels.index(g["label"]) for g in got]
+  assert evals[0]["eval_accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(labels, preds))
+  assert evals[0]["eval_mcc"] == pytest.approx(sklearn.metrics.matthews_corrcoef(labels, preds))
+  assert evals[0]["eval_f1"] == pytest.approx(
+      sklearn.metrics.f1_score(labels, preds, average="macro"))
+  assert json.loads((tmp_path / "run" / "best" / "best.json").read_text())["step"] == 6
+
+
+def test_sigterm_then_resume_is_bit_identical(files, tmp_path):
+  c = _local(files, num_train_steps=8, eval_every_steps=4, checkpoint_every_steps=4)
+  whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+  train.train_and_evaluate(c, whole)
+
+  def sigterm_at_3(step):
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  first = train.train_and_evaluate(c, cut, step_hook=sigterm_at_3)
+  assert first["preempted"] and first["step"] == 3
+  state = json.loads((tmp_path / "cut" / "checkpoints" / "3" / "data_iterator" /
+                      "process_0-of-1.json").read_text())
+  assert state == {"step": 3}
+  train.train_and_evaluate(c, cut)
+  timing = ("seq_per_sec", "tokens_per_sec", "mfu")  # absent after a restart: no window yet
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in timing}  # noqa: E731
+                        for r in rows]
+  assert strip(read_rows(cut)) == strip(read_rows(whole))  # every loss and eval metric, bit for bit
+  a = convert.from_pretrained(os.path.join(whole, "best")).params
+  b = convert.from_pretrained(os.path.join(cut, "best")).params
+  for x, y in zip(*(jax_leaves(t) for t in (a, b))):
+    np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_epochs_and_warmup_ratio_resolve_to_steps(files):
+  c = train.resolve_schedule(_local(files, num_train_steps=-1, num_epochs=2.0, warmup_steps=-1,
+                                    warmup_ratio=0.1, eval_every_steps=-1), 40)
+  assert (c.num_train_steps, c.warmup_steps, c.eval_every_steps) == (10, 1, 5)
+
+
+def test_classifier_with_the_same_labels_is_kept_and_others_are_fresh(files, tmp_path):
+  labels = sorted(sample_pairs.LABELS)
+  hf = hf_fixtures.make_model("BertForSequenceClassification", seed=5, num_labels=3,
+                              id2label=dict(enumerate(labels)),
+                              label2id={l: i for i, l in enumerate(labels)})
+  hf_dir = str(tmp_path / "hf_cls")
+  hf_fixtures.save_hf_dir(hf, hf_dir)
+  kept = train.train_and_evaluate(
+      _local(files, init_checkpoint=hf_dir, learning_rate=0.0, num_train_steps=1,
+             eval_every_steps=1), str(tmp_path / "kept"))
+  assert kept["step"] == 1
+  params = convert.from_pretrained(str(tmp_path / "kept" / "best")).params
+  np.testing.assert_array_equal(params["classifier"]["kernel"],
+                                hf.classifier.weight.detach().numpy().T)
+  # Other label names: a fresh classifier of the data's labels.
+  other = hf_fixtures.make_model("BertForSequenceClassification", seed=5, num_labels=3,
+                                 id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1,
+                                                                               "c": 2})
+  other_dir = str(tmp_path / "hf_other")
+  hf_fixtures.save_hf_dir(other, other_dir)
+  train.train_and_evaluate(_local(files, init_checkpoint=other_dir, learning_rate=0.0,
+                                  num_train_steps=1, eval_every_steps=1), str(tmp_path / "fresh"))
+  fresh = convert.from_pretrained(str(tmp_path / "fresh" / "best"))
+  assert fresh.labels == labels
+  assert not np.allclose(fresh.params["classifier"]["kernel"],
+                         other.classifier.weight.detach().numpy().T)
+  np.testing.assert_array_equal(fresh.params["bert"]["pooler"]["kernel"],
+                                other.bert.pooler.dense.weight.detach().numpy().T)
+
+
+def test_predictions_equal_transformers_pipeline(files, tmp_path):
+  import transformers  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_local(files, export_hf=True), workdir)
+  hf_dir = os.path.join(workdir, "best_hf")
+  config = json.loads(open(os.path.join(hf_dir, "config.json")).read())
+  assert config["architectures"] == ["BertForSequenceClassification"]
+  assert config["id2label"] == {str(i): l for i, l in enumerate(sorted(sample_pairs.LABELS))}
+  examples = task_readers.read_local(files["validation"])
+  ours = predict.SequencePredictor(convert.from_pretrained(hf_dir), max_seq_length=32).predict(
+      examples.texts, examples.pairs)
+  pipe = transformers.pipeline("text-classification", model=hf_dir, top_k=None, device="cpu")
+  theirs = pipe([{"text": t, "text_pair": p} for t, p in zip(examples.texts, examples.pairs)],
+                truncation=True, max_length=32)  # the fine-tuning length, as ours
+  for o, t in zip(ours, theirs):
+    assert o["label"] == t[0]["label"]
+    for entry in t:
+      assert o["probabilities"][entry["label"]] == pytest.approx(entry["score"], abs=1e-5)
+
+
+def test_bad_local_files_name_the_culprit(files, tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"text": "no sentence column", "label": "x"}\n')
+  with pytest.raises(UserError, match=r"bad.jsonl: expected a 'sentence' column"):
+    task_readers.read_local(str(bad))
+  tsv = tmp_path / "short.tsv"
+  tsv.write_text("sentence\tlabel\nonly one column\n")
+  with pytest.raises(UserError, match=r"short.tsv:2: 1 columns where the header has 2"):
+    task_readers.read_local(str(tsv))
+  latin = tmp_path / "latin.csv"
+  latin.write_bytes(b"sentence,label\ncaf\xe9,1\n")
+  with pytest.raises(UserError, match=r"latin.csv:2: not UTF-8"):
+    task_readers.read_local(str(latin))
+  with pytest.raises(UserError, match="num_labels=5 but the data has 3 labels"):
+    train.train_and_evaluate(_local(files, num_labels=5), str(tmp_path / "x"))
