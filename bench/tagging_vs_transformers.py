@@ -7,7 +7,7 @@ BertForTokenClassification, same Hugging Face BERT dir, same CoNLL files, same r
 config on the sample corpus and converting it:
   bash launch/quickstart.sh /tmp/qs && \
   python launch/convert.py --input=/tmp/qs/run --output=/tmp/qs_hf --to=hf
-`--data` holds {train,validation}.txt CoNLL files (default: the sample NER set of
+`--data` holds {train,validation}.conll CoNLL files (default: the sample NER set of
 `bert_jax.data.sample_tasks`, generated into a temporary dir). Recipe:
 `bench/finetune_common.py` (batch 32, lr 1e-4, 10% warmup, max_seq_length 64).
 transformers labels each word's first piece (word_ids), as bert_jax does, and is
@@ -75,14 +75,14 @@ def run_transformers(model_dir, paths, labels, steps):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", required=True, help="Hugging Face BERT dir")
-  parser.add_argument("--data", default="", help="dir with train.txt and validation.txt")
+  parser.add_argument("--data", default="", help="dir with train.conll and validation.conll")
   parser.add_argument("--epochs", type=float, default=3.0)
   args = parser.parse_args()
   from bert_jax.data import conll, sample_tasks  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as tmp:
     if args.data:
-      paths = {s: os.path.join(args.data, f"{s}.txt") for s in ("train", "validation")}
+      paths = {s: os.path.join(args.data, f"{s}.conll") for s in ("train", "validation")}
     else:
       paths = sample_tasks.write(os.path.join(tmp, "data"))["ner"]
     train = conll.read_conll(paths["train"])

@@ -8,7 +8,10 @@ outputs come back in input order.
 
 Sequence classification gives the label, its probability and every label's
 probability (softmax of the logits, as transformers' text-classification
-pipeline with `top_k=None`); regression gives the value.
+pipeline with `top_k=None`); regression gives the value. Token-level heads
+(`span_inference`): a tagger gives the entities of a text (or a label per word
+of pre-split CoNLL input), a QA model the answer span of a question in its
+context.
 """
 
 from __future__ import annotations
@@ -112,11 +115,23 @@ def read_inputs(source: str) -> tuple[list[str], Optional[list[str]]]:
 
 
 def _prediction_text(p: dict) -> str:
+  if "entities" in p:
+    return " ".join(f"{e['word']}/{e['label']}" for e in p["entities"])
+  if "labels" in p:
+    return " ".join(p["labels"])
+  if "answer" in p:
+    return p["answer"].replace("\t", " ").replace("\n", " ")
   return str(p["value"]) if "value" in p else p["label"]
 
 
 def write_predictions(path: str, results: list[dict]) -> None:
-  """FILE.tsv: GLUE's submission format (`index<TAB>prediction`); else JSON lines. Atomic."""
+  """FILE.tsv: GLUE's submission format (`index<TAB>prediction`; a tagger's labels separated
+  by spaces, a QA answer); FILE.json of QA answers: SQuAD's `{id: answer}`; else JSON lines.
+  Atomic."""
+  if path.endswith(".json") and results and all("id" in p for p in results):
+    data = json.dumps({p["id"]: p["answer"] for p in results}, ensure_ascii=False).encode()
+    files.write_file_atomically(path, lambda f: f.write(data))
+    return
   if path.endswith(".tsv"):
     lines = ["index\tprediction"] + [f"{i}\t{_prediction_text(p)}"
                                      for i, p in enumerate(results)]
@@ -129,7 +144,80 @@ def write_predictions(path: str, results: list[dict]) -> None:
 def predict_file(model_path: str, source: str, output: str) -> int:
   """Predicts every input of `source` with the model at `model_path` into `output`."""
   from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
-  texts, pairs = read_inputs(source)
-  results = SequencePredictor(convert.from_pretrained(model_path)).predict(texts, pairs)
+  pre = convert.from_pretrained(model_path)
+  if "token_classifier" in pre.heads or "qa" in pre.heads:
+    results = predict_spans(pre, source)
+  else:
+    texts, pairs = read_inputs(source)
+    results = SequencePredictor(pre).predict(texts, pairs)
   write_predictions(output, results)
   return len(results)
+
+
+# --------------------------------------------------------------------------- token-level heads
+
+
+def read_tagging_inputs(source: str) -> tuple[Optional[list[str]], Optional[list[list[str]]]]:
+  """(texts, None) from JSONL with `text`, or (None, word lists) from a CoNLL file (labels
+  optional: a token per line, a blank line between sentences)."""
+  from bert_jax.data import conll  # pylint: disable=g-import-not-at-top
+  if source.endswith(".jsonl"):
+    return [r["text"] for r in _jsonl(source, ("text",))], None
+  return None, [s.words for s in conll.read_conll(source, require_labels=False)]
+
+
+def read_qa_inputs(source: str) -> tuple[list[str], list[str], list[str]]:
+  """(ids, questions, contexts) from JSONL with `question` and `context` (`id` optional) or a
+  SQuAD JSON file."""
+  if source.endswith(".jsonl"):
+    rows = _jsonl(source, ("question", "context"))
+    return ([str(r.get("id", i)) for i, r in enumerate(rows)], [r["question"] for r in rows],
+            [r["context"] for r in rows])
+  from bert_jax.data import squad  # pylint: disable=g-import-not-at-top
+  examples, _ = squad.read_squad_json(source)
+  return ([e.qid for e in examples], [e.question for e in examples],
+          [e.context for e in examples])
+
+
+def _jsonl(path: str, keys: Sequence[str]) -> list[dict]:
+  from bert_jax import inference  # pylint: disable=g-import-not-at-top
+  rows = []
+  for number, line in enumerate(inference.read_lines(path), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as exc:
+      raise UserError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
+    if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in keys):
+      raise UserError(f"{path}:{number}: expected a JSON object with string fields "
+                      f"{list(keys)}")
+    rows.append(row)
+  return rows
+
+
+def predict_spans(pre: Pretrained, source: str, top_k: int = 1, max_answer_length: int = 15,
+                  max_seq_length: Optional[int] = None) -> list[dict]:
+  """Per input of `source`: {'entities'} or {'words', 'labels', 'scores'} (tagger), or
+  {'id', 'answer', 'score', 'start', 'end'} (+ 'top_k' when top_k > 1) for QA."""
+  from bert_jax import span_inference  # pylint: disable=g-import-not-at-top
+  if "token_classifier" in pre.heads:
+    texts, sentences = read_tagging_inputs(source)
+    if texts is not None:
+      return [{"entities": e} for e in span_inference.tag(pre, texts, max_seq_length)]
+    tagged = span_inference.tag_words(pre, sentences, max_seq_length)
+    return [{"words": list(words), "labels": [l for l, _ in t], "scores": [p for _, p in t]}
+            for words, t in zip(sentences, tagged)]
+  ids, questions, contexts = read_qa_inputs(source)
+  answers = span_inference.answer(pre, questions, contexts, top_k, max_answer_length,
+                                  max_seq_length)
+  return [qa_result(a, top_k, qid) for qid, a in zip(ids, answers)]
+
+
+def qa_result(answers: list[dict], top_k: int, qid: Optional[str] = None) -> dict:
+  """The best answer's fields (empty answer when none), plus all `top_k` when more than one."""
+  best = answers[0] if answers else {"answer": "", "score": 0.0, "start": -1, "end": -1}
+  out = ({"id": qid} if qid is not None else {}) | best
+  if top_k > 1:
+    out["top_k"] = answers
+  return out

@@ -28,6 +28,7 @@ import numpy as np
 
 from bert_jax import inference
 from bert_jax import model as model_lib
+from bert_jax.data import conll
 from bert_jax.data import squad
 from bert_jax.errors import UserError
 from bert_jax.formats.convert import Pretrained
@@ -127,6 +128,26 @@ def tag(pre: Pretrained, texts: Sequence[str], max_seq_length: Optional[int] = N
                     "score": score})
     results.append(found)
   return results
+
+
+def tag_words(pre: Pretrained, sentences: Sequence[Sequence[str]],
+              max_seq_length: Optional[int] = None) -> list[list[tuple[str, float]]]:
+  """(label, score) of every word of pre-split sentences (CoNLL input), as in training."""
+  if "token_classifier" not in pre.heads:
+    raise UserError(f"this model has no token-classification head (heads: {list(pre.heads)})")
+  labels = pre.labels or [f"LABEL_{i}" for i in range(pre.num_labels)]
+  max_length = inference.default_max_length(
+      pre.config, max_seq_length or _task_setting(pre, "max_seq_length", 0) or None)
+  items = [conll.Sentence(list(words), [""] * len(words)) for words in sentences]
+  features = conll.encode(items, pre.tokenizer, None, max_length, "input")
+  probs = _run(pre, "tagging", [(ids, np.zeros_like(ids)) for ids in features.input_ids],
+               max_length)
+  out: list[list[tuple[str, float]]] = [[("O", 0.0)] * len(s) for s in sentences]
+  for f, p in enumerate(probs):
+    si, w0 = int(features.sentence_index[f]), int(features.first_word[f])
+    for k, pos in enumerate(features.positions[f]):
+      out[si][w0 + k] = (labels[int(np.argmax(p[pos]))], float(np.max(p[pos])))
+  return out
 
 
 # --- Question answering. ---

@@ -35,7 +35,9 @@ def get_config():
   for key in ("train_data", "train_split", "eval_data", "eval_split", "max_predictions_per_seq",
               "mask_rate", "whole_word_mask"):
     del c[key]
-  # glue/<cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte|wnli> (tensorflow-datasets) or local (files).
+  # glue/<cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte|wnli> (tensorflow-datasets) or local (files);
+  # tagging: conll (CoNLL files) or conll2003 (tfds); extractive QA: squad_json (SQuAD v1.1/v2.0
+  # JSON files) or squad/v1.1, squad/v2.0 (tfds).
   c.task = "glue/sst2"
   # Labelled training file for task=local: .csv, .tsv or .jsonl with 'sentence' (or
   # 'sentence1' and 'sentence2') and 'label'.
@@ -90,6 +92,17 @@ def get_config():
   c.checkpoint_every_steps = -1
   # Checkpoints kept.
   c.keep_checkpoints = 2
-  # Also write WORKDIR/best_hf, a Hugging Face dir (BertForSequenceClassification with id2label).
+  # --- Extractive QA (squad_json, squad/*): BERT's SQuAD recipe. ---
+  # Context windows start every doc_stride pieces.
+  c.doc_stride = 128
+  # Question pieces kept (longer questions are truncated and counted).
+  c.max_query_length = 64
+  # Longest answer span (pieces) the evaluation considers.
+  c.max_answer_length = 30
+  # Start and end candidates per window in the evaluation's n-best search.
+  c.n_best_size = 20
+  # SQuAD v2.0: predict no answer when null score - best span score > this.
+  c.null_score_diff_threshold = 0.0
+  # Also write WORKDIR/best_hf, a Hugging Face dir (BertFor<head> with id2label).
   c.export_hf = False
   return c

@@ -187,7 +187,7 @@ def test_tfds_squad(tmp_path, tok_dir):
                                   stored["validation"][0]["answers"]["answer_start"][0])]
   assert sorted(data.eval_sets) == [""] and not data.meta["version_2"]
   batch = next(data.train)
-  assert batch["input_ids"].shape == (8, 64) and batch["start_positions"].max() > 0
+  assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] <= 64 and batch["start_positions"].max() > 0
 
 
 def _raw(doc):

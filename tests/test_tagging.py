@@ -169,7 +169,7 @@ def test_label_outside_the_init_models_label_set(tmp_path):
       "BertForTokenClassification", max_position_embeddings=128,
       id2label=dict(enumerate(["O", "B-PER", "I-PER"]))), init)
   task = tagging.TaggingTask(_config(tmp_path, paths, init))
-  with pytest.raises(UserError, match=r"train.txt: sentence \d+ has label\(s\) \['B-\w+'.*"
+  with pytest.raises(UserError, match=r"train.conll: sentence \d+ has label\(s\) \['B-\w+'.*"
                      r"outside the model's label set \['O', 'B-PER', 'I-PER'\]"):
     task.make_data(task.config)
 
@@ -194,4 +194,4 @@ def test_tfds_conll2003(tmp_path, hf_vocab_dir):
   assert [s.words for s in sentences] == [list(e["tokens"]) for e in stored["dev"]]
   assert [s.labels for s in sentences] == [[names[i] for i in e["ner"]] for e in stored["dev"]]
   batch = next(data.train)
-  assert batch["input_ids"].shape == (8, 64) and (batch["label_ids"] >= 0).any()
+  assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] <= 64 and (batch["label_ids"] >= 0).any()

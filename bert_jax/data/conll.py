@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 
+from bert_jax.data import finetune_data
 from bert_jax.errors import UserError
 
 IGNORE = -1  # label id of pieces that are not a word's first piece
@@ -31,12 +32,12 @@ class Sentence:
   labels: list[str]
 
 
-def read_conll(path: str) -> list[Sentence]:
+def read_conll(path: str, require_labels: bool = True) -> list[Sentence]:
   """Sentences of a CoNLL file: a token per line, its label in the last column.
 
   Columns are separated by whitespace; a blank line ends a sentence; `-DOCSTART-`
   lines are skipped. A line with a single column is an error naming the file and
-  line.
+  line, unless `require_labels` is False (a file to predict: its labels are '').
   """
   sentences, words, labels = [], [], []
   try:
@@ -52,11 +53,11 @@ def read_conll(path: str) -> list[Sentence]:
             words, labels = [], []
           continue
         columns = line.split()
-        if len(columns) < 2:
+        if len(columns) < 2 and require_labels:
           raise UserError(f"{path}:{line_number}: no label column in {line!r} (expected a token "
                           "and its label, separated by whitespace)")
         words.append(columns[0])
-        labels.append(columns[-1])
+        labels.append(columns[-1] if len(columns) > 1 else "")
   except IsADirectoryError:
     raise UserError(f"{path} is a directory, expected a CoNLL file") from None
   if words:
@@ -128,11 +129,22 @@ class TaggingFeatures:
   def __len__(self) -> int:
     return len(self.input_ids)
 
-  def records(self) -> list[dict[str, np.ndarray]]:
-    """One dict of arrays per row (what the fine-tuning batcher pads)."""
-    return [dict(input_ids=ids, token_type_ids=np.zeros_like(ids), label_ids=labels,
-                 feature_index=np.asarray(i, np.int32))
-            for i, (ids, labels) in enumerate(zip(self.input_ids, self.label_ids))]
+  def encoded(self, max_seq_length: int, offset: int = 0) -> finetune_data.Encoded:
+    """Rows padded to `max_seq_length` for the fine-tuning stream; `feature_index` (a row
+    field) is the row number plus `offset`, unique over a task's evaluation sets."""
+    ids = _padded(self.input_ids, max_seq_length, 0)
+    return finetune_data.Encoded(
+        {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
+         "label_ids": _padded(self.label_ids, max_seq_length, IGNORE)},
+        {"feature_index": np.arange(offset, offset + len(self), dtype=np.int32)},
+        np.asarray([len(r) for r in self.input_ids], np.int32))
+
+
+def _padded(rows: Sequence[np.ndarray], length: int, fill: int) -> np.ndarray:
+  out = np.full((len(rows), length), fill, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
 
 
 def word_pieces(tokenizer, words: Sequence[str]) -> list[np.ndarray]:

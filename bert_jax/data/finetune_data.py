@@ -130,3 +130,18 @@ def eval_batches(data: Encoded, *, global_batch_size: int, max_seq_length: int,
     out = _batch(data, padded[mine], length, real[mine])
     out["example_index"] = np.where(real[mine], padded[mine], -1).astype(np.int32)
     yield out
+
+
+def make_streams(config, train: Encoded, evals: dict[str, Encoded]):
+  """(training stream, {eval infix: factory of one exact pass}) of this process for `config`."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  where = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  length = int(config.max_seq_length)
+  eval_batch = config.get("eval_batch_size") or config.batch_size
+  eval_sets = {infix: functools.partial(eval_batches, data, global_batch_size=eval_batch,
+                                        max_seq_length=length, **where)
+               for infix, data in evals.items()}
+  stream = TrainStream(train, global_batch_size=config.batch_size, seed=config.seed,
+                       max_seq_length=length, **where)
+  return stream, eval_sets

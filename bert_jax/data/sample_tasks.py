@@ -8,7 +8,7 @@ PER (people), LOC (towns, rivers), ORG (companies) and MISC (animals) in IOB2;
 QA contexts state a person's facts and the questions ask for one of them, with
 some questions about facts the context leaves out (no answer, for v2.0).
 
-  python -m bert_jax.data.sample_tasks OUT_DIR   # OUT_DIR/{ner,squad}/{train,validation}.*
+  python -m bert_jax.data.sample_tasks OUT_DIR   # OUT_DIR/ner/*.conll, OUT_DIR/squad/*.json
 """
 
 from __future__ import annotations
@@ -125,11 +125,11 @@ def squad_json(seed: int, num_paragraphs: int, version_2: bool = False) -> dict:
 
 def write(directory: str, num_train: int = 600, num_eval: int = 150,
           version_2: bool = True) -> dict[str, dict[str, str]]:
-  """Writes ner/{train,validation,test}.txt and squad/{...}.json; returns their paths."""
+  """Writes ner/{train,validation,test}.conll and squad/{...}.json; returns their paths."""
   sizes = {"train": num_train, "validation": num_eval, "test": num_eval}
   paths: dict[str, dict[str, str]] = {"ner": {}, "squad": {}}
   for k, split in enumerate(_SPLITS):
-    ner = os.path.join(directory, "ner", f"{split}.txt")
+    ner = os.path.join(directory, "ner", f"{split}.conll")
     os.makedirs(os.path.dirname(ner), exist_ok=True)
     text = conll_text(100 + k, sizes[split]).encode("utf-8")
     files.write_file_atomically(ner, lambda f, text=text: f.write(text))

@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 
+from bert_jax.data import finetune_data
 from bert_jax.errors import UserError
 
 
@@ -152,13 +153,17 @@ class QAFeatures:
   def __len__(self) -> int:
     return len(self.input_ids)
 
-  def records(self) -> list[dict[str, np.ndarray]]:
-    """One dict of arrays per row (what the fine-tuning batcher pads)."""
-    return [dict(input_ids=ids, token_type_ids=types,
-                 start_positions=np.asarray(self.start_positions[i], np.int32),
-                 end_positions=np.asarray(self.end_positions[i], np.int32),
-                 feature_index=np.asarray(i, np.int32))
-            for i, (ids, types) in enumerate(zip(self.input_ids, self.token_type_ids))]
+  def encoded(self, max_seq_length: int, offset: int = 0) -> finetune_data.Encoded:
+    """Rows padded to `max_seq_length` for the fine-tuning stream; `feature_index` (a row
+    field) is the row number plus `offset`, unique over a task's evaluation sets."""
+    seq = {k: np.zeros((len(self), max_seq_length), np.int32)
+           for k in ("input_ids", "token_type_ids")}
+    for i, (ids, types) in enumerate(zip(self.input_ids, self.token_type_ids)):
+      seq["input_ids"][i, :len(ids)], seq["token_type_ids"][i, :len(ids)] = ids, types
+    rows = {"start_positions": self.start_positions, "end_positions": self.end_positions,
+            "feature_index": np.arange(offset, offset + len(self), dtype=np.int32)}
+    return finetune_data.Encoded(seq, rows, np.asarray([len(r) for r in self.input_ids],
+                                                       np.int32))
 
 
 def _windows(num_pieces: int, room: int, stride: int) -> list[tuple[int, int]]:

@@ -22,11 +22,14 @@ import ml_collections
 import numpy as np
 import optax
 
+from bert_jax import metrics as metrics_lib
+from bert_jax import tokenization
+from bert_jax.data import finetune_data
 from bert_jax.data import squad
 from bert_jax.errors import UserError
+from bert_jax.formats import convert
 from bert_jax.model import BertForQuestionAnswering
 from bert_jax.tasks import base
-from bert_jax.tasks import finetune_data
 from bert_jax.tasks import squad_eval
 
 _NEG = -1e9  # logits of padding positions beyond a length bucket
@@ -48,7 +51,7 @@ class QATask:
     self.max_answer_length = int(config.get("max_answer_length", 30))
     self.n_best = int(config.get("n_best_size", 20))
     self.threshold = float(config.get("null_score_diff_threshold", 0.0))
-    self.version_2 = bool(config.get("version_2_with_negative", False)) or self.name.endswith("2.0")
+    self.version_2 = self.name.endswith("2.0")  # or any unanswerable question in the data
     self._eval: list[tuple[int, squad.QAFeatures, list[squad.QAExample]]] = []
 
   def bind(self, meta: dict) -> None:
@@ -67,7 +70,7 @@ class QATask:
 
   def sums(self, model, params, batch: base.Batch, rng: Optional[jax.Array]) -> dict:
     out = base.apply_model(model, params, batch, rng)
-    w_B = finetune_data.example_weights(batch)
+    w_B = batch["example_weights"].astype(jnp.float32)
     start_B = optax.softmax_cross_entropy_with_integer_labels(out["start_logits"],
                                                               batch["start_positions"])
     end_B = optax.softmax_cross_entropy_with_integer_labels(out["end_logits"],
@@ -78,7 +81,7 @@ class QATask:
                 qa_span_correct=jnp.sum(exact_B.astype(jnp.float32) * w_B))
 
   def denominators(self, batch: base.Batch) -> dict:
-    return dict(qa_count=jnp.sum(finetune_data.example_weights(batch)))
+    return dict(qa_count=jnp.sum(batch["example_weights"].astype(jnp.float32)))
 
   def summarize(self, sums: Mapping[str, float]) -> dict[str, float]:
     if "qa_count" not in sums:
@@ -91,7 +94,7 @@ class QATask:
     return dict(start_logits=jnp.pad(out["start_logits"], pad, constant_values=_NEG),
                 end_logits=jnp.pad(out["end_logits"], pad, constant_values=_NEG),
                 feature_index=batch["feature_index"],
-                weights=finetune_data.example_weights(batch))
+                weights=batch["example_weights"].astype(jnp.float32))
 
   def score(self, gathered: dict[str, np.ndarray]) -> dict[str, float]:
     keep = gathered["weights"] > 0
@@ -116,7 +119,8 @@ class QATask:
             "null_score_diff_threshold": self.threshold}
 
   def flops_per_sequence(self, bert_config, config) -> float:
-    return finetune_data.encoder_flops_per_sequence(bert_config, config.max_seq_length)
+    return metrics_lib.pretraining_flops_per_sequence(bert_config, config.max_seq_length, 0,
+                                                      with_nsp=False)
 
   # --- Data. ---
 
@@ -138,23 +142,27 @@ class QATask:
     return squad.check_examples(examples, stats, source, training)
 
   def make_data(self, config: ml_collections.ConfigDict) -> base.Data:
+    if not config.get("init_checkpoint"):
+      raise UserError("config.init_checkpoint is empty: fine-tuning starts from a model path "
+                      "(a Hugging Face or Google BERT dir, a bert_jax export or workdir)")
     if self.name == "squad_json" and not config.get("train_file"):
       raise UserError("config.task=squad_json needs config.train_file (SQuAD v1.1/v2.0 JSON)")
-    tokenizer, tokenizer_dir = finetune_data.load_tokenizer(config)
+    tokenizer_dir = convert.model_tokenizer_dir(config.init_checkpoint)
+    tokenizer = tokenization.load_tokenizer(tokenizer_dir)
     args = (tokenizer, self.max_seq_length, self.doc_stride, self.max_query_length)
     train = self._read(config, "train", training=True)
     train_features = squad.encode(train, *args, source=config.get("train_file") or self.name)
-    eval_sets, self._eval, offset = {}, [], 0
+    evals, self._eval, offset = {}, [], 0
     for split, infix in (("validation", ""), ("test", "test")):
       examples = self._read(config, split, training=False)
-      if examples is None:
-        continue
+      if examples is None or (split == "test" and not any(ex.answers for ex in examples)):
+        continue  # an unanswered test file is only predicted after training
       features = squad.encode(examples, *args, source=config.get(f"{split}_file") or self.name)
       self._eval.append((offset, features, examples))
-      eval_sets[infix] = finetune_data.eval_factory(features.records(), config, offset)
+      evals[infix] = features.encoded(self.max_seq_length, offset)
       offset += len(features)
+    stream, eval_sets = finetune_data.make_streams(
+        config, train_features.encoded(self.max_seq_length), evals)
     meta = dict(vocab_size=tokenizer.vocab_size, max_seq_length=self.max_seq_length,
                 version_2=self.version_2, num_train_examples=len(train_features))
-    return base.Data(meta=meta,
-                     train=finetune_data.train_iterator(train_features.records(), config),
-                     eval_sets=eval_sets, tokenizer_dir=tokenizer_dir)
+    return base.Data(meta=meta, train=stream, eval_sets=eval_sets, tokenizer_dir=tokenizer_dir)

@@ -23,12 +23,15 @@ import ml_collections
 import numpy as np
 import optax
 
+from bert_jax import metrics as metrics_lib
+from bert_jax import tokenization
 from bert_jax.data import conll
+from bert_jax.data import finetune_data
 from bert_jax.errors import UserError
+from bert_jax.formats import convert
 from bert_jax.model import BertForTokenClassification
 from bert_jax.tasks import base
 from bert_jax.tasks import entities
-from bert_jax.tasks import finetune_data
 
 
 class TaggingTask:
@@ -62,7 +65,7 @@ class TaggingTask:
                       inputs["attention_mask"])
 
   def _weights(self, batch: base.Batch) -> jax.Array:
-    w_B = finetune_data.example_weights(batch)
+    w_B = batch["example_weights"].astype(jnp.float32)
     return (batch["label_ids"] >= 0).astype(jnp.float32) * w_B[:, None]
 
   def sums(self, model, params, batch: base.Batch, rng: Optional[jax.Array]) -> dict:
@@ -86,7 +89,7 @@ class TaggingTask:
     pad = self.max_seq_length - pred_BxL.shape[1]  # length buckets: one width for the host
     return dict(pred_ids=jnp.pad(pred_BxL, ((0, 0), (0, pad))),
                 feature_index=batch["feature_index"],
-                weights=finetune_data.example_weights(batch))
+                weights=batch["example_weights"].astype(jnp.float32))
 
   def score(self, gathered: dict[str, np.ndarray]) -> dict[str, float]:
     keep = gathered["weights"] > 0
@@ -106,44 +109,57 @@ class TaggingTask:
             "num_labels": len(self.labels), "max_seq_length": self.max_seq_length}
 
   def flops_per_sequence(self, bert_config, config) -> float:
-    return finetune_data.encoder_flops_per_sequence(bert_config, config.max_seq_length)
+    return metrics_lib.pretraining_flops_per_sequence(bert_config, config.max_seq_length, 0,
+                                                      with_nsp=False)
 
   # --- Data. ---
 
   def _read(self, config, split: str) -> Optional[list[conll.Sentence]]:
     if self.name == "conll":
       path = config.get(f"{split}_file", "")
-      return conll.read_conll(path) if path else None
+      # A test file may be unlabelled (then it is only predicted after training).
+      return conll.read_conll(path, require_labels=split != "test") if path else None
     tfds_split = {"train": "train", "validation": "dev", "test": "test"}[split]
     sentences, names = conll.read_conll2003_tfds(tfds_split, config.get("tfds_data_dir") or None,
                                                  self.name)
     self._tfds_labels = names
     return sentences
 
+  def resolve_labels(self, config, train: list[conll.Sentence]) -> list[str]:
+    """The init checkpoint's labels when it is a tagger (its head is kept), else the data's."""
+    path = config.get("init_checkpoint") or ""
+    task = (convert.read_model_task(path) if path else None) or {}
+    labels = task.get("labels") if task.get("kind") == "tagging" else None
+    if labels and not all(l == f"LABEL_{i}" for i, l in enumerate(labels)):
+      return list(labels)
+    return self._tfds_labels or conll.label_list(train)
+
   def make_data(self, config: ml_collections.ConfigDict) -> base.Data:
+    if not config.get("init_checkpoint"):
+      raise UserError("config.init_checkpoint is empty: fine-tuning starts from a model path "
+                      "(a Hugging Face or Google BERT dir, a bert_jax export or workdir)")
     if self.name == "conll" and not config.get("train_file"):
       raise UserError("config.task=conll needs config.train_file (a CoNLL file: a token and its "
                       "label per line, a blank line between sentences)")
-    tokenizer, tokenizer_dir = finetune_data.load_tokenizer(config)
+    tokenizer_dir = convert.model_tokenizer_dir(config.init_checkpoint)
+    tokenizer = tokenization.load_tokenizer(tokenizer_dir)
     train = self._read(config, "train")
-    labels = finetune_data.init_checkpoint_labels(config, "tagging")
-    if labels is None:
-      labels = self._tfds_labels or conll.label_list(train)
+    labels = self.resolve_labels(config, train)
     label_to_id = {l: i for i, l in enumerate(labels)}
     source = config.get("train_file") or f"{self.name}:train"
     train_features = conll.encode(train, tokenizer, label_to_id, self.max_seq_length, source)
-    eval_sets, self._eval, offset = {}, [], 0
+    evals, self._eval, offset = {}, [], 0
     for split, infix in (("validation", ""), ("test", "test")):
       sentences = self._read(config, split)
-      if sentences is None:
+      if sentences is None or not all(all(s.labels) for s in sentences):
         continue
       source = config.get(f"{split}_file") or f"{self.name}:{split}"
       features = conll.encode(sentences, tokenizer, label_to_id, self.max_seq_length, source)
       self._eval.append((offset, features, sentences))
-      eval_sets[infix] = finetune_data.eval_factory(features.records(), config, offset)
+      evals[infix] = features.encoded(self.max_seq_length, offset)
       offset += len(features)
+    stream, eval_sets = finetune_data.make_streams(
+        config, train_features.encoded(self.max_seq_length), evals)
     meta = dict(vocab_size=tokenizer.vocab_size, max_seq_length=self.max_seq_length,
                 labels=labels, num_train_examples=len(train_features))
-    return base.Data(meta=meta,
-                     train=finetune_data.train_iterator(train_features.records(), config),
-                     eval_sets=eval_sets, tokenizer_dir=tokenizer_dir)
+    return base.Data(meta=meta, train=stream, eval_sets=eval_sets, tokenizer_dir=tokenizer_dir)
