@@ -17,6 +17,8 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
+from bert_jax.errors import UserError
+
 IMPLEMENTATIONS = ("xla", "cudnn")
 
 # Finite large negative: fully masked rows (padding queries in packed rows)
@@ -107,7 +109,7 @@ def dot_product_attention(
 ) -> jax.Array:
   """Scaled dot-product attention, [B, L, H, D] in and out."""
   if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"attention_impl={implementation!r} is not one of {IMPLEMENTATIONS}")
+    raise UserError(f"attention_impl={implementation!r} is not one of {IMPLEMENTATIONS}")
   uses_dropout = not deterministic and dropout_rate > 0.0
   if implementation == "cudnn" and uses_dropout:
     _warn_once("cuDNN attention has no attention-probability dropout; using the XLA kernel "

@@ -1,9 +1,10 @@
 """User-facing errors and the launcher wrapper that turns them into one stderr line.
 
 Why: a researcher who passes a wrong path should read one sentence naming the
-path, not a 40-frame traceback. Library code raises `UserError` (or the usual
-FileNotFoundError / ValueError / KeyError with a clear message); launchers call
-`run_main(main)`, which prints `error: <message>` and exits 1.
+path, not a 40-frame traceback. Library code turns bad user input into
+`UserError` where it detects it; launchers call `run_main(main)`, which prints
+`error: <message>` and exits 1 for those (and for file-system errors on paths
+the user gave). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from absl import flags
 from absl import logging
 
 
-class UserError(Exception):
-  """Bad input from a user: the message names the culprit and what was expected."""
+class UserError(ValueError):
+  """Bad input from a user: the message names the culprit and what was expected.
+
+  A ValueError, so code that validates values keeps catching it as one.
+  """
 
 
 _USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                PermissionError, ValueError, KeyError, UnicodeDecodeError)
+                PermissionError)
 
 
 def _one_line(exc: BaseException) -> str:
-  message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+  message = str(exc)
   if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
     if exc.filename and exc.strerror:
       message = f"{exc.strerror}: {exc.filename}"

@@ -82,7 +82,8 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> list[list[dict]]:
     raise UserError(f"the text has no {tok.convert_ids_to_tokens(tok.mask_id)[0]} token "
                     "(after truncation)")
   # Pad to a bucket length (padding keys are masked out): one compile serves many texts.
-  length = min([b for b in BUCKETS if b >= ids.size] or [ids.size])
+  limit = pre.config.max_position_embeddings
+  length = min([b for b in BUCKETS if ids.size <= b <= limit] or [ids.size])
   pad = length - ids.size
   row = lambda x: np.pad(np.asarray(x, np.int32), (0, pad))[None]
   logits = _mlm_forward(pre.config, "nsp" in pre.heads)(

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax import attention as attention_lib
+from bert_jax.errors import UserError
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
@@ -77,14 +78,14 @@ class BertConfig:
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
-      raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+      raise UserError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
     if self.hidden_act not in ACTIVATIONS:
-      raise ValueError(f"hidden_act={self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+      raise UserError(f"hidden_act={self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
     if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl={self.attention_impl!r} is not one of "
+      raise UserError(f"attention_impl={self.attention_impl!r} is not one of "
                        f"{attention_lib.IMPLEMENTATIONS}")
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
+      raise UserError(f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
 
   @property
   def head_dim(self) -> int:
@@ -101,7 +102,7 @@ class BertConfig:
   def preset(cls, name: str, **overrides: Any) -> "BertConfig":
     """A named size (tiny, mini, small, medium, base, large) with overrides."""
     if name not in PRESETS:
-      raise ValueError(f"unknown model size {name!r}; expected one of {sorted(PRESETS)}")
+      raise UserError(f"unknown model size {name!r}; expected one of {sorted(PRESETS)}")
     return cls(**{**PRESETS[name], **overrides})
 
   # Hugging Face `config.json` <-> BertConfig.
@@ -123,9 +124,9 @@ class BertConfig:
                                      "num_attention_heads", "intermediate_size")
                if theirs not in hf]
     if missing:
-      raise ValueError(f"BERT config is missing keys {missing}")
+      raise UserError(f"BERT config is missing keys {missing}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
-      raise ValueError(f"position_embedding_type={hf['position_embedding_type']!r} is not "
+      raise UserError(f"position_embedding_type={hf['position_embedding_type']!r} is not "
                        "supported (only 'absolute', as BERT)")
     return cls(**{**kwargs, **overrides})
 
@@ -319,7 +320,7 @@ class BertModel(nn.Module):
     cfg = self.config
     batch, length = input_ids_BxL.shape
     if length > cfg.max_position_embeddings:
-      raise ValueError(f"sequence length {length} exceeds the position table "
+      raise UserError(f"sequence length {length} exceeds the position table "
                        f"(max_position_embeddings={cfg.max_position_embeddings})")
     if token_type_ids_BxL is None:
       token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)

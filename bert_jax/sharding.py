@@ -11,7 +11,7 @@ jit(init, out_shardings)), so full parameters never land on one host.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -149,16 +149,3 @@ def _check_process_rows(mesh: Mesh, num_rows: int) -> None:
     logging.warning("the mesh places process %d's rows outside block %d of the global batch: "
                     "steps see the same examples, in another row order", jax.process_index(),
                     jax.process_index())
-
-
-def create_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules,
-                   *args: Any) -> tuple[Any, Any]:
-  """Runs `init_fn(*args)` so that its (boxed) outputs are born sharded.
-
-  Returns (unboxed tree of jax.Arrays, tree of NamedShardings).
-  """
-  abstract = jax.eval_shape(init_fn, *args)
-  shardings = logical_to_sharding(abstract, mesh, rules)
-  with mesh, nn.logical_axis_rules(normalize_rules(rules)):
-    tree = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
-  return tree, shardings

@@ -301,6 +301,12 @@ def _setup(config: ml_collections.ConfigDict, task, meta: dict) -> _Setup:
                 abs_state)
 
 
+def fresh_params(setup: _Setup, rng: jax.Array) -> Any:
+  """Randomly initialised params, each shard born on its device (never whole on one host)."""
+  return jax.jit(lambda r: nn.unbox(setup.init_params(r)),
+                 out_shardings=setup.state_sharding.params)(rng)
+
+
 def _initial_state(config, setup: _Setup, checkpointer: ckpt_lib.Checkpointer,
                    data: Data) -> tuple[TrainState, jax.Array, Optional[int]]:
   """(state, base rng, restored step): the newest checkpoint, else init_checkpoint, else init.
@@ -322,8 +328,7 @@ def _initial_state(config, setup: _Setup, checkpointer: ckpt_lib.Checkpointer,
                        opt_state=train_item["opt_state"])
     return state, train_item["rng"], latest
   init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  fresh = lambda: jax.jit(lambda r: nn.unbox(s.init_params(r)),  # pylint: disable=g-long-lambda
-                          out_shardings=s.state_sharding.params)(init_rng)
+  fresh = lambda: fresh_params(s, init_rng)  # pylint: disable=g-long-lambda
   if config.init_checkpoint:
     params = load_init_params(config.init_checkpoint, s.bert_config, s.abstract_state.params,
                               fresh, s.task.model_info())

@@ -20,3 +20,24 @@ def test_flag_errors_are_one_line(argv, culprit):
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1
   assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("raised,one_line", [
+    ("UserError('config.x=3 is not allowed')", True),
+    ("FileNotFoundError(2, 'No such file', '/no/such')", True),
+    ("ValueError('an internal bug')", False),
+    ("KeyError('k')", False),
+])
+def test_only_user_errors_are_one_line(raised, one_line):
+  """A bug keeps its traceback; bad input (UserError, a missing path) is one line."""
+  script = ("from bert_jax.errors import UserError, run_main\n"
+            f"def main(argv):\n  raise {raised}\n"
+            "run_main(main)\n")
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 1
+  lines = r.stderr.strip().splitlines()
+  if one_line:
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+  else:
+    assert "Traceback" in r.stderr and not lines[-1].startswith("error: "), r.stderr

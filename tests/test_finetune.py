@@ -207,3 +207,45 @@ def test_bad_local_files_name_the_culprit(files, tmp_path):
     task_readers.read_local(str(latin))
   with pytest.raises(UserError, match="num_labels=5 but the data has 3 labels"):
     train.train_and_evaluate(_local(files, num_labels=5), str(tmp_path / "x"))
+
+
+# --------------------------------------------------------------------------- GLUE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(task_readers.GLUE_FEATURES))
+def test_glue_task_end_to_end_on_mock_data(name, files, tmp_path):
+  """Every GLUE task trains and evaluates; its logged metrics equal scikit-learn/scipy on the
+  predictions of the exported model over the same validation split(s)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / name)
+  c = finetune_config(task=f"glue/{name}", init_checkpoint=files["hf"], num_train_steps=2,
+                      eval_every_steps=2, checkpoint_every_steps=2, eval_batch_size=8)
+  with tfds.testing.mock_data(num_examples=20):
+    result = train.train_and_evaluate(c, workdir)
+    splits = task_readers.GLUE_EVAL_SPLITS.get(name, {"": "validation"})
+    evals = {infix: task_readers.read_glue(name, split) for infix, split in splits.items()}
+  assert result["step"] == 2
+  best = convert.from_pretrained(os.path.join(workdir, "best"))
+  row = [r for r in read_rows(workdir) if any(k.startswith("eval_") for k in r)][-1]
+  for infix, examples in evals.items():
+    prefix = f"eval_{infix}_" if infix else "eval_"
+    got = predict.SequencePredictor(best).predict(examples.texts, examples.pairs)
+    if name == "stsb":
+      values = np.asarray([g["value"] for g in got])
+      assert row[prefix + "pearson"] == pytest.approx(
+          scipy.stats.pearsonr(values, examples.labels)[0], abs=1e-5)
+      assert row[prefix + "spearman"] == pytest.approx(
+          scipy.stats.spearmanr(values, examples.labels)[0], abs=1e-5)
+      continue
+    preds = [best.labels.index(g["label"]) for g in got]
+    average = "binary" if len(best.labels) == 2 else "macro"
+    assert row[prefix + "accuracy"] == pytest.approx(
+        sklearn.metrics.accuracy_score(examples.labels, preds), abs=1e-9)
+    assert row[prefix + "f1"] == pytest.approx(
+        sklearn.metrics.f1_score(examples.labels, preds, average=average, zero_division=0.0),
+        abs=1e-9)
+    assert row[prefix + "mcc"] == pytest.approx(
+        sklearn.metrics.matthews_corrcoef(examples.labels, preds), abs=1e-9)
+  if name == "mnli":
+    assert "eval_mismatched_accuracy" in row

@@ -117,6 +117,19 @@ def test_fill_mask_matches_transformers_pipeline(hf):
     np.testing.assert_allclose([p["score"] for p in ours], [p["score"] for p in theirs], atol=1e-6)
 
 
+def test_fill_mask_near_the_position_limit(tmp_path):
+  """A 35-token text on a model with 40 positions: the length bucket (48) must not pass it."""
+  model = hf_fixtures.make_model("BertForMaskedLM", seed=4, max_position_embeddings=40)
+  directory = hf_fixtures.save_hf_dir(model, str(tmp_path / "short"))
+  text = "the man and the woman read the text of the world in paris . " * 2 + "we love it [MASK] ."
+  pre = convert.from_pretrained(directory)
+  assert len(pre.tokenizer.encode(text)["input_ids"]) == 35
+  got = inference.fill_mask(pre, text, top_k=3)
+  want = transformers.pipeline("fill-mask", model=directory, top_k=3)(text)
+  assert [p["token_id"] for p in got[0]] == [p["token"] for p in want]
+  np.testing.assert_allclose([p["score"] for p in got[0]], [p["score"] for p in want], atol=1e-6)
+
+
 def _run(script, *args):
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *args],
                         capture_output=True, text=True, timeout=120, check=False)

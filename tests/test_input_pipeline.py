@@ -19,6 +19,8 @@ from bert_jax.errors import UserError
 
 WORDS = ("the cat dog sat on a mat by river town red blue green went to market and saw big "
          "small house old new tree hill").split()
+# Words of two WordPiece pieces (cat ##s, ...) in the corpus, not in the vocabulary.
+PLURALS = ["cats", "dogs", "towns", "trees", "hills"]
 
 
 def _prepare(root, mode, num_docs=120):
@@ -27,7 +29,7 @@ def _prepare(root, mode, num_docs=120):
   with open(corpus, "w") as f:
     for _ in range(num_docs):
       for _ in range(rng.randint(1, 6)):
-        f.write(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + "\n")
+        f.write(" ".join(rng.choice(WORDS + PLURALS) for _ in range(rng.randint(3, 12))) + "\n")
       f.write("\n")
   vocab = root / "vocab"
   vocab.mkdir(exist_ok=True)
@@ -252,8 +254,37 @@ def test_num_epochs_and_padded_last_batch(data):
 
 
 def test_whole_word_masking_uses_the_tokenizer(data):
+  """Every word with a selected piece has all its pieces selected, words of several pieces
+  included; the word boundaries are the prepared data's tokenizer's."""
+  from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
+  meta = input_pipeline.read_meta(data["nsp"])
+  tokenizer = tokenization.load_tokenizer(os.path.join(data["nsp"], meta["tokenizer"]))
+  word_start = np.asarray(tokenizer.word_start_mask(np.arange(meta["vocab_size"])), bool)
+  special = list(meta["special_ids"].values())
   batch = next(_it(data["nsp"], whole_word_mask=True, mask_rate=0.3, prefetch=0))
-  assert batch["masked_weights"].sum() > 0
+  selected_words = multi_piece = 0
+  for b in range(batch["input_ids"].shape[0]):
+    slots = batch["masked_weights"][b] > 0
+    chosen = set(batch["masked_positions"][b][slots].tolist())
+    original = batch["input_ids"][b].copy()
+    original[batch["masked_positions"][b][slots]] = batch["masked_ids"][b][slots]
+    words, current = [], []  # lists of positions of each word
+    for p, token in enumerate(original):
+      if token in special:
+        current = []
+        continue
+      if word_start[token] or not current:
+        current = [p]
+        words.append(current)
+      else:
+        current.append(p)
+    for word in words:
+      hit = chosen & set(word)
+      if hit:
+        assert hit == set(word), (b, word, sorted(chosen))
+        selected_words += 1
+        multi_piece += len(word) > 1
+  assert selected_words > 20 and multi_piece > 0
 
 
 def test_errors(data, tmp_path):

@@ -81,10 +81,11 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
 def _same_global_batch(c):
   """Whether the global batch assembled from this process's rows equals a 1-process read."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from bert_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from bert_jax import sharding  # pylint: disable=g-import-not-at-top
   from bert_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from bert_jax.tasks import pretraining  # pylint: disable=g-import-not-at-top
 
-  data = train.make_data(c)
+  data = pretraining.PretrainingTask(c).make_data(c)
   mesh = sharding.make_mesh(c.mesh_shape)
   local = next(data.train)
   data.train.close()

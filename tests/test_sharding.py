@@ -56,8 +56,8 @@ def test_same_losses_on_every_mesh_shape(tmp_path):
 
 def _child(workdir):
   import jax  # pylint: disable=g-import-not-at-top
-  from bert_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from bert_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from bert_jax import train  # pylint: disable=g-import-not-at-top
+  from bert_jax.tasks import pretraining  # pylint: disable=g-import-not-at-top
   from bert_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from conftest import read_rows, tiny_config  # pylint: disable=g-import-not-at-top
 
@@ -76,14 +76,11 @@ def _child(workdir):
   train.train_and_evaluate(c, os.path.join(workdir, "frozen"), data=synthetic.synthetic_data(c))
   out["frozen"] = [r["loss"] for r in read_rows(os.path.join(workdir, "frozen")) if "loss" in r]
   for mesh_shape in [(1, 8, 1), (2, 2, 2)]:
-    c = tiny_config()
-    mesh = sharding.make_mesh(mesh_shape)
-    model = model_lib.BertForPreTraining(train.model_config(c, 128))
-    ids = jax.numpy.zeros((1, 32), jax.numpy.int32)
-    params, shardings = sharding.create_sharded(
-        lambda r: model.init(r, ids)["params"], mesh, c.logical_axis_rules,
-        jax.random.PRNGKey(0))
-    emb = shardings["bert"]["embeddings"]["word_embeddings"]["embedding"].spec
+    # The trainer's own state setup (shardings from the model's logical names and the rules).
+    c = tiny_config(mesh_shape=mesh_shape)
+    setup = train._setup(c, pretraining.PretrainingTask(c), {"vocab_size": 128})  # pylint: disable=protected-access
+    params = train.fresh_params(setup, jax.random.PRNGKey(0))
+    emb = setup.state_sharding.params["bert"]["embeddings"]["word_embeddings"]["embedding"].spec
     q = params["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
     out["specs"][str(mesh_shape)] = {"word_embeddings": list(emb), "query": list(q.sharding.spec)}
     out["shards"][str(mesh_shape)] = list(q.addressable_shards[0].data.shape)

@@ -241,9 +241,9 @@ class PretrainingIterator:
       if isinstance(item, BaseException):
         self._stop_thread()
         raise item
-      (start, end), out = item
+      (_, end), out = item
     else:
-      (start, end), out = span, self.batch_at(*span)
+      (_, end), out = span, self.batch_at(*span)
     self._position = end
     return out
 

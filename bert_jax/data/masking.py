@@ -25,6 +25,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from bert_jax.errors import UserError
+
 _U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -86,9 +88,9 @@ class Masker:
       seed: base seed of the hash.
     """
     if not 0.0 < rate <= 1.0:
-      raise ValueError(f"mask rate must be in (0, 1], got {rate}")
+      raise UserError(f"mask rate must be in (0, 1], got {rate}")
     if max_predictions < 1:
-      raise ValueError(f"max_predictions_per_seq must be >= 1, got {max_predictions}")
+      raise UserError(f"max_predictions_per_seq must be >= 1, got {max_predictions}")
     self.vocab_size = int(vocab_size)
     self.mask_id = int(mask_id)
     self.rate = float(rate)
@@ -100,7 +102,7 @@ class Masker:
     self.candidate_table = ~special
     self.replacement_ids = np.flatnonzero(self.candidate_table).astype(np.int32)
     if not len(self.replacement_ids):
-      raise ValueError("the vocabulary has no non-special token to mask")
+      raise UserError("the vocabulary has no non-special token to mask")
     if whole_word:
       if word_start_table is None:
         raise ValueError("whole-word masking needs a word_start_table")

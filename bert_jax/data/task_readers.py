@@ -134,10 +134,21 @@ def glue_name(task: str) -> str:
   return name
 
 
+def _register_glue():
+  """Imports tfds' GLUE builder by its module: without TensorFlow, tfds' lazy registry of
+  all text datasets fails on other modules and does not find 'glue' by name."""
+  try:
+    import tensorflow_datasets.text.glue  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise UserError("glue/* tasks need tensorflow-datasets: pip install tensorflow-datasets"
+                    ) from None
+
+
 def glue_label_names(name: str, data_dir: Optional[str] = None) -> Optional[list[str]]:
   """The label names tfds defines for a GLUE task (None for STS-B, a regression)."""
   if name == "stsb":
     return None
+  _register_glue()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     features = tfds.builder(f"glue/{name}", data_dir=data_dir).info.features
@@ -149,6 +160,7 @@ def glue_label_names(name: str, data_dir: Optional[str] = None) -> Optional[list
 def read_glue(name: str, split: str, data_dir: Optional[str] = None) -> Examples:
   """One split of tfds `glue/<name>`; test rows (label -1) come back unlabelled."""
   first, second = GLUE_FEATURES[name]
+  _register_glue()
   texts, pairs, labels = [], [] if second else None, []
   for example in text_corpus.tfds_examples(f"glue/{name}:{split}", data_dir):
     texts.append(_text(example[first]))

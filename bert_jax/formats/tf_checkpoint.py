@@ -23,6 +23,8 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
+from bert_jax.errors import UserError
+
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5  # compression type byte + masked crc32c
@@ -139,10 +141,10 @@ def load_checkpoint(prefix: str) -> dict[str, np.ndarray]:
     table = read_table(index_path)
     header = decode_message(table.get(b"", b""))
   except (CheckpointFormatError, struct.error) as exc:
-    raise ValueError(f"{index_path} is not a readable TF checkpoint index: {exc}") from None
+    raise UserError(f"{index_path} is not a readable TF checkpoint index: {exc}") from None
   num_shards = header.get(1, [1])[0]
   if header.get(2, [0])[0] != 0:
-    raise ValueError(f"{index_path}: big-endian checkpoints are not supported")
+    raise UserError(f"{index_path}: big-endian checkpoints are not supported")
   shards: dict[int, np.ndarray] = {}  # memory-mapped bytes: a 1.3 GB checkpoint is not copied twice
   tensors = {}
   for key, value in sorted(table.items()):
@@ -152,14 +154,14 @@ def load_checkpoint(prefix: str) -> dict[str, np.ndarray]:
     try:
       entry = decode_message(value)
     except (CheckpointFormatError, struct.error) as exc:
-      raise ValueError(f"{index_path}: entry {name!r} is corrupt: {exc}") from None
+      raise UserError(f"{index_path}: entry {name!r} is corrupt: {exc}") from None
     dtype_enum = entry.get(1, [0])[0]
     if dtype_enum == DT_STRING:
       continue
     if dtype_enum not in DTYPES:
-      raise ValueError(f"{index_path}: variable {name!r} has unsupported dtype enum {dtype_enum}")
+      raise UserError(f"{index_path}: variable {name!r} has unsupported dtype enum {dtype_enum}")
     if 7 in entry:
-      raise ValueError(f"{index_path}: variable {name!r} is partitioned (sliced); not supported")
+      raise UserError(f"{index_path}: variable {name!r} is partitioned (sliced); not supported")
     shape = _shape(entry[2][0]) if 2 in entry else ()
     shard_id = entry.get(3, [0])[0]
     offset = entry.get(4, [0])[0]
@@ -174,7 +176,7 @@ def load_checkpoint(prefix: str) -> dict[str, np.ndarray]:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = shards[shard_id][offset:offset + size]
     if size != expected or len(raw) != size:
-      raise ValueError(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}: variable {name!r} "
+      raise UserError(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}: variable {name!r} "
                        f"has {len(raw)} bytes at offset {offset}, expected {expected} for shape "
                        f"{list(shape)} {dtype.name} (truncated or corrupt file)")
     tensors[name] = np.array(raw).view(dtype).reshape(shape)

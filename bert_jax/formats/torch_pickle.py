@@ -24,6 +24,8 @@ from typing import Any, BinaryIO, Callable
 import ml_dtypes
 import numpy as np
 
+from bert_jax.errors import UserError
+
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
     "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
@@ -97,11 +99,11 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
     names = archive.namelist()
     pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pickles) != 1:
-      raise ValueError(f"no data.pkl in the archive (found {names[:5]}...)")
+      raise UserError(f"no data.pkl in the archive (found {names[:5]}...)")
     root = pickles[0][: -len("data.pkl")]
     byteorder = root + "byteorder"
     if byteorder in names and archive.read(byteorder).strip() != b"little":
-      raise ValueError("big-endian tensors are not supported")
+      raise UserError("big-endian tensors are not supported")
 
     def load_storage(storage_type: _StorageType, key: str, numel: int) -> np.ndarray:
       raw = archive.read(f"{root}data/{key}")
@@ -113,11 +115,11 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
 def _load_legacy(path: str) -> dict[str, np.ndarray]:
   with open(path, "rb") as f:
     if pickle.load(f) != _LEGACY_MAGIC:
-      raise ValueError("not a torch.save file (bad magic number)")
+      raise UserError("not a torch.save file (bad magic number)")
     pickle.load(f)  # protocol version
     sys_info = pickle.load(f)
     if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-      raise ValueError("big-endian tensors are not supported")
+      raise UserError("big-endian tensors are not supported")
     pending: dict[str, tuple[_StorageType, np.ndarray]] = {}
 
     def load_storage(storage_type: _StorageType, key: str, numel: int) -> np.ndarray:
@@ -132,7 +134,7 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
       (numel,) = struct.unpack("<q", f.read(8))
       raw = f.read(numel * storage_type.dtype.itemsize)
       if numel != buffer.size or len(raw) != buffer.nbytes:
-        raise ValueError(f"storage {key} is truncated")
+        raise UserError(f"storage {key} is truncated")
       buffer[...] = np.frombuffer(raw, dtype=storage_type.dtype)
   # Views were materialised before the bytes arrived: unpickle again, now with data.
   with open(path, "rb") as f:
@@ -154,7 +156,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       state = _load_legacy(path)
   except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError,
           struct.error, IndexError, TypeError, AttributeError) as exc:
-    raise ValueError(f"{path} is not a readable PyTorch state dict: {exc}") from None
+    raise UserError(f"{path} is not a readable PyTorch state dict: {exc}") from None
   if not isinstance(state, dict):
-    raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    raise UserError(f"{path} holds a {type(state).__name__}, expected a state dict")
   return {str(k): np.asarray(v) for k, v in state.items()}
