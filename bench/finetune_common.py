@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = dict(batch_size=32, learning_rate=1e-4, warmup_ratio=0.1, weight_decay=0.01,
+RECIPE = dict(batch_size=32, learning_rate=5e-4, warmup_ratio=0.1, weight_decay=0.01,
               max_grad_norm=1.0, seed=0)
 
 

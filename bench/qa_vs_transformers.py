@@ -1,7 +1,7 @@
 r"""SQuAD-style QA fine-tuning: bert_jax (`launch/finetune.py --config.task=squad_json`) vs
 transformers' BertForQuestionAnswering, same Hugging Face BERT dir, same JSON files, same recipe.
 
-  python bench/qa_vs_transformers.py --model=HF_BERT_DIR [--data=DIR] [--epochs=3]
+  python bench/qa_vs_transformers.py --model=HF_BERT_DIR [--data=DIR] [--epochs=8]
 
 `--model`: any Hugging Face BERT dir (offline: see bench/tagging_vs_transformers.py).
 `--data` holds {train,validation}.json in SQuAD v1.1/v2.0 format (default: the
@@ -77,7 +77,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", required=True, help="Hugging Face BERT dir")
   parser.add_argument("--data", default="", help="dir with train.json and validation.json")
-  parser.add_argument("--epochs", type=float, default=3.0)
+  parser.add_argument("--epochs", type=float, default=8.0)
   args = parser.parse_args()
   from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
   from bert_jax.data import sample_tasks  # pylint: disable=g-import-not-at-top

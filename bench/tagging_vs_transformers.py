@@ -9,7 +9,7 @@ config on the sample corpus and converting it:
   python launch/convert.py --input=/tmp/qs/run --output=/tmp/qs_hf --to=hf
 `--data` holds {train,validation}.conll CoNLL files (default: the sample NER set of
 `bert_jax.data.sample_tasks`, generated into a temporary dir). Recipe:
-`bench/finetune_common.py` (batch 32, lr 1e-4, 10% warmup, max_seq_length 64).
+`bench/finetune_common.py` (batch 32, lr 5e-4, 10% warmup, max_seq_length 64).
 transformers labels each word's first piece (word_ids), as bert_jax does, and is
 scored with seqeval on the same words. Prints seq/s and entity F1 of both sides,
 the ratios, and the machine load.
