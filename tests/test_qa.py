@@ -75,7 +75,8 @@ def test_windows_cover_the_context_and_give_answers_back(tok_dir):
   for i in range(len(features)):
     ex = examples[features.example_index[i]]
     ids, spans = features.input_ids[i], features.char_spans[i]
-    assert len(ids) <= 48 and (features.token_type_ids[i] == 1).sum() == (spans[:, 0] >= 0).sum() + 1
+    assert len(ids) <= 48
+    assert (features.token_type_ids[i] == 1).sum() == (spans[:, 0] >= 0).sum() + 1
     seen[ex.qid].update(map(tuple, spans[spans[:, 0] >= 0].tolist()))
     s, e = features.start_positions[i], features.end_positions[i]
     if s:
@@ -187,7 +188,8 @@ def test_tfds_squad(tmp_path, tok_dir):
                                   stored["validation"][0]["answers"]["answer_start"][0])]
   assert sorted(data.eval_sets) == [""] and not data.meta["version_2"]
   batch = next(data.train)
-  assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] <= 64 and batch["start_positions"].max() > 0
+  assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] <= 64
+  assert batch["start_positions"].max() > 0
 
 
 def _raw(doc):

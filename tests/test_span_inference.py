@@ -74,7 +74,9 @@ def _fine_tuned_qa(directory):
   return model, tok
 
 
-def _classic(model, tok, question, context, max_answer_length=15, top_k=3):
+def classic_answers(model, tok, question, context, max_answer_length=15, top_k=3):
+  """The classic QA postprocessing on transformers' logits (softmax over the context pieces,
+  spans start <= end < start + max_answer_length ranked by p(start) * p(end))."""
   enc = tok(question, context, return_offsets_mapping=True, return_tensors="pt")
   offsets = enc.pop("offset_mapping")[0].numpy()
   with torch.no_grad():
@@ -100,7 +102,7 @@ def test_answers_equal_the_classic_postprocessing_on_transformers_logits(tmp_pat
               "Bert is a model: it can learn language and read text."]
   got = span_inference.answer(pre, questions, contexts, top_k=3)
   for q, c, ours in zip(questions, contexts, got):
-    want = _classic(model, tok, q, c)
+    want = classic_answers(model, tok, q, c)
     assert [(a["answer"], a["start"], a["end"]) for a in ours] == [
         (w["answer"], w["start"], w["end"]) for w in want]
     np.testing.assert_allclose([a["score"] for a in ours], [w["score"] for w in want], rtol=1e-4)

@@ -50,7 +50,8 @@ def _finetune(root, arch, name, *extra):
 
 def test_tagging_finetune_and_predict_equal_the_pipeline(setup):
   root, paths = setup
-  workdir, _ = _finetune(root, "BertForTokenClassification", "ner", "--config.task=conll", "--config.max_seq_length=64",
+  workdir, _ = _finetune(root, "BertForTokenClassification", "ner", "--config.task=conll",
+                         "--config.max_seq_length=64",
                          f"--config.train_file={paths['ner']['train']}",
                          f"--config.validation_file={paths['ner']['validation']}",
                          f"--config.test_file={paths['ner']['test']}")
@@ -91,7 +92,7 @@ def test_qa_finetune_and_predict_equal_the_classic_postprocessing(setup):
   ours = json.loads(proc.stdout.strip().splitlines()[-1])
   model = transformers.BertForQuestionAnswering.from_pretrained(f"{workdir}/best_hf").eval()
   tok = transformers.BertTokenizerFast.from_pretrained(f"{workdir}/best_hf")
-  want = test_span_inference._classic(model, tok, question, context, top_k=2)  # pylint: disable=protected-access
+  want = test_span_inference.classic_answers(model, tok, question, context, top_k=2)
   assert [(a["answer"], a["start"], a["end"]) for a in ours["top_k"]] == [
       (w["answer"], w["start"], w["end"]) for w in want]
   assert ours["answer"] == want[0]["answer"]

@@ -80,7 +80,8 @@ def _pipeline_tag(label: str) -> tuple[str, str]:
   return "I", label
 
 
-def group_words(labels: Sequence[str], scores: Sequence[float]) -> list[tuple[str, int, int, float]]:
+def group_words(labels: Sequence[str],
+                scores: Sequence[float]) -> list[tuple[str, int, int, float]]:
   """Entities (type, first word, last word, mean score) as the HF pipeline groups words."""
   groups: list[tuple[str, int, int, float]] = []
   start = 0
