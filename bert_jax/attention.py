@@ -14,8 +14,8 @@ Why one function: the encoder layer should not care which kernel runs.
 - `splash`: the Pallas TPU splash-attention kernel, with segment ids for padding
   and packed rows. On CPU it runs in Pallas interpret mode (slow; for tests).
 - `auto` (the default): `select_implementation` picks cudnn on GPU for bf16/fp16
-  and supported head sizes, splash on TPU when the length is a multiple of 128,
-  xla otherwise.
+  and supported head sizes, splash on a single TPU chip when the length is a
+  multiple of 128, xla otherwise.
 
 Attention dropout: BERT trains with 0.1 on the attention probabilities; neither
 fused kernel has it here, so any call that trains with attention dropout runs
@@ -132,11 +132,14 @@ def _warn_once(message: str) -> None:
 
 
 def select_implementation(requested: str, *, platform: str, dtype, length: int, head_dim: int,
-                          dropout: bool) -> str:
+                          dropout: bool, num_devices: int = 1) -> str:
   """The kernel that will actually run (pure: platform and shapes are arguments).
 
   `auto` never warns; a kernel asked for by name that cannot serve the call
-  falls back to xla with a one-time warning saying why.
+  falls back to xla with a one-time warning saying why. `auto` takes splash on
+  one TPU chip only: the Pallas call has no partitioning rule here (no
+  shard_map wrapper yet), so on a sharded mesh XLA would have to gather its
+  inputs; cuDNN's call partitions over the batch by itself.
   """
   if requested not in IMPLEMENTATIONS:
     raise ValueError(f"attention_impl={requested!r} is not one of {IMPLEMENTATIONS}")
@@ -148,7 +151,7 @@ def select_implementation(requested: str, *, platform: str, dtype, length: int, 
   if requested == "auto":
     if platform == "gpu" and why_not["cudnn"] is None:
       return "cudnn"
-    if platform == "tpu" and why_not["splash"] is None:
+    if platform == "tpu" and why_not["splash"] is None and num_devices == 1:
       return "splash"
     return "xla"
   if requested != "xla" and why_not[requested] is not None:
@@ -349,7 +352,8 @@ def dot_product_attention(
   platform = jax.default_backend()
   implementation = select_implementation(implementation, platform=platform,
                                          dtype=q_BxLxHxD.dtype, length=length,
-                                         head_dim=head_dim, dropout=uses_dropout)
+                                         head_dim=head_dim, dropout=uses_dropout,
+                                         num_devices=jax.device_count())
   if mask is not None and not isinstance(mask, AttentionMask):
     dense_Bx1xLxL = mask
     if implementation == "cudnn":

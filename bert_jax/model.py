@@ -375,7 +375,8 @@ class BertModel(nn.Module):
     impl = attention_lib.select_implementation(
         cfg.attention_impl, platform=jax.default_backend(), dtype=cfg.compute_dtype,
         length=length, head_dim=cfg.head_dim,
-        dropout=not deterministic and cfg.attention_dropout_rate > 0.0)
+        dropout=not deterministic and cfg.attention_dropout_rate > 0.0,
+        num_devices=jax.device_count())
     x_BxLxE, word_VxE = BertEmbeddings(cfg, name="embeddings")(
         input_ids_BxL, token_type_ids_BxL, position_ids_BxL, deterministic)
     x_BxLxE = nn.with_logical_constraint(

@@ -61,29 +61,32 @@ def test_xla_and_cudnn_agree_with_packing_mask():
   assert np.all(np.isfinite(xla))
 
 
-@pytest.mark.parametrize("requested,platform,dtype,length,head_dim,dropout,want", [
-    ("auto", "gpu", jnp.bfloat16, 128, 64, False, "cudnn"),
-    ("auto", "gpu", jnp.float16, 512, 64, False, "cudnn"),
-    ("auto", "gpu", jnp.float32, 128, 64, False, "xla"),      # cuDNN flash needs bf16/fp16
-    ("auto", "gpu", jnp.bfloat16, 128, 64, True, "xla"),      # training with attention dropout
-    ("auto", "gpu", jnp.bfloat16, 128, 60, False, "xla"),     # head_dim not a multiple of 8
-    ("auto", "tpu", jnp.bfloat16, 512, 64, False, "splash"),
-    ("auto", "tpu", jnp.float32, 128, 64, False, "splash"),
-    ("auto", "tpu", jnp.bfloat16, 100, 64, False, "xla"),     # length not a multiple of 128
-    ("auto", "tpu", jnp.bfloat16, 128, 64, True, "xla"),
-    ("auto", "cpu", jnp.bfloat16, 128, 64, False, "xla"),
-    ("auto", "cpu", jnp.float32, 128, 64, False, "xla"),
-    ("cudnn", "cpu", jnp.bfloat16, 128, 64, False, "xla"),
-    ("cudnn", "gpu", jnp.bfloat16, 128, 64, False, "cudnn"),
-    ("cudnn", "gpu", jnp.bfloat16, 128, 64, True, "xla"),
-    ("splash", "gpu", jnp.bfloat16, 128, 64, False, "xla"),
-    ("splash", "cpu", jnp.float32, 128, 64, False, "splash"),  # interpret mode
-    ("splash", "cpu", jnp.float32, 64, 64, False, "xla"),
-    ("xla", "gpu", jnp.bfloat16, 128, 64, False, "xla"),
+@pytest.mark.parametrize("requested,platform,dtype,length,head_dim,dropout,want,devices", [
+    ("auto", "gpu", jnp.bfloat16, 128, 64, False, "cudnn", 1),
+    ("auto", "gpu", jnp.float16, 512, 64, False, "cudnn", 1),
+    ("auto", "gpu", jnp.float32, 128, 64, False, "xla", 1),      # cuDNN flash needs bf16/fp16
+    ("auto", "gpu", jnp.bfloat16, 128, 64, True, "xla", 1),      # training with attention dropout
+    ("auto", "gpu", jnp.bfloat16, 128, 60, False, "xla", 1),     # head_dim not a multiple of 8
+    ("auto", "tpu", jnp.bfloat16, 512, 64, False, "splash", 1),
+    ("auto", "tpu", jnp.bfloat16, 512, 64, False, "xla", 8),  # no partitioning rule yet
+    ("auto", "tpu", jnp.float32, 128, 64, False, "splash", 1),
+    ("auto", "tpu", jnp.bfloat16, 100, 64, False, "xla", 1),     # length not a multiple of 128
+    ("auto", "tpu", jnp.bfloat16, 128, 64, True, "xla", 1),
+    ("auto", "cpu", jnp.bfloat16, 128, 64, False, "xla", 1),
+    ("auto", "cpu", jnp.float32, 128, 64, False, "xla", 1),
+    ("cudnn", "cpu", jnp.bfloat16, 128, 64, False, "xla", 1),
+    ("cudnn", "gpu", jnp.bfloat16, 128, 64, False, "cudnn", 1),
+    ("cudnn", "gpu", jnp.bfloat16, 128, 64, True, "xla", 1),
+    ("splash", "gpu", jnp.bfloat16, 128, 64, False, "xla", 1),
+    ("splash", "cpu", jnp.float32, 128, 64, False, "splash", 1),  # interpret mode
+    ("splash", "cpu", jnp.float32, 64, 64, False, "xla", 1),
+    ("xla", "gpu", jnp.bfloat16, 128, 64, False, "xla", 1),
+    ("auto", "gpu", jnp.bfloat16, 128, 64, False, "cudnn", 8),
 ])
-def test_select_implementation(requested, platform, dtype, length, head_dim, dropout, want):
+def test_select_implementation(requested, platform, dtype, length, head_dim, dropout, want,
+                               devices):
   got = attention.select_implementation(requested, platform=platform, dtype=dtype, length=length,
-                                        head_dim=head_dim, dropout=dropout)
+                                        head_dim=head_dim, dropout=dropout, num_devices=devices)
   assert got == want
 
 
