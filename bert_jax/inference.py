@@ -191,7 +191,8 @@ class Embedder:
   def __init__(self, pre: Pretrained, pooling: str = "mean", *, normalize: bool = False,
                layer: int = -1, max_seq_length: Optional[int] = None,
                tokens_per_batch: int = 2048, batch_size: Optional[int] = None,
-               compile_cost_tokens: int = COMPILE_COST_TOKENS):
+               compile_cost_tokens: int = COMPILE_COST_TOKENS, dtype: str = "auto"):
+    """`dtype`: compute dtype; "auto" = bfloat16 on GPU/TPU, float32 on CPU (model.resolve_dtype)."""
     if pooling not in POOLINGS:
       raise UserError(f"--pooling={pooling!r}: expected one of {list(POOLINGS)}")
     num_layers = pre.config.num_layers
@@ -204,7 +205,8 @@ class Embedder:
     self.max_length = default_max_length(pre.config, max_seq_length)
     self.tokens_per_batch, self.batch_size = tokens_per_batch, batch_size
     self.compile_cost_tokens = compile_cost_tokens
-    module = model_lib.BertModel(pre.config, add_pooling_layer=False)
+    self.dtype = model_lib.resolve_dtype(dtype)
+    module = model_lib.BertModel(pre.config.replace(dtype=self.dtype), add_pooling_layer=False)
     self._params = jax.device_put({k: v for k, v in pre.params["bert"].items() if k != "pooler"})
 
     @jax.jit
@@ -212,7 +214,8 @@ class Embedder:
       out = module.apply({"params": params}, ids_BxL, types_BxL, mask_BxL,
                          output_hidden_states=layer != -1)
       hidden_BxLxE = out.sequence_output if layer == -1 else out.hidden_states[layer]
-      return _pool(hidden_BxLxE, mask_BxL, pooling, normalize)
+      # Pool in float32 whatever the compute dtype.
+      return _pool(hidden_BxLxE.astype(jnp.float32), mask_BxL, pooling, normalize)
 
     self._forward = forward
 
