@@ -183,7 +183,10 @@ def build_index(model: str, inputs: str | Sequence[str], output: str, *, pooling
   embedder = inference.Embedder(pre, pooling, normalize=normalize, layer=layer,
                                 max_seq_length=max_seq_length, tokens_per_batch=tokens_per_batch,
                                 devices=jax.local_devices())
-  corpus_digest = hashlib.sha256(json.dumps([ids, texts], ensure_ascii=False).encode()).hexdigest()
+  digest = hashlib.sha256()
+  for i, t in zip(ids, texts):
+    digest.update(json.dumps([i, t], ensure_ascii=False).encode() + b"\n")
+  corpus_digest = digest.hexdigest()
   settings = {"model": os.path.abspath(os.path.expanduser(model)),
               "model_fingerprint": model_fingerprint(pre), "pooling": pooling,
               "normalize": normalize, "layer": layer, "max_seq_length": max_seq_length}

@@ -50,7 +50,6 @@ def _st_model(directory, normalize):
 
 @pytest.mark.parametrize("normalize", [True, False])
 def test_search_matches_sentence_transformers(hf, tmp_path, normalize):
-  import torch  # pylint: disable=g-import-not-at-top
   from sentence_transformers import util  # pylint: disable=g-import-not-at-top
   directory, _, corpus = hf
   jsonl = tmp_path / "corpus.jsonl"
@@ -73,7 +72,6 @@ def test_search_matches_sentence_transformers(hf, tmp_path, normalize):
     np.testing.assert_allclose([h["score"] for h in g], [h["score"] for h in w], atol=1e-5)
     assert [h["rank"] for h in g] == list(range(1, 11))
   assert index.meta["metric"] == ("cosine" if normalize else "inner_product")
-  del torch
 
 
 def test_blocked_exact_search_matches_semantic_search():
@@ -94,7 +92,6 @@ def test_blocked_exact_search_matches_semantic_search():
 
 
 def test_ann_recall_against_exact():
-  pytest.importorskip("faiss")
   rng = np.random.default_rng(2)
   centers = rng.normal(size=(20, 32))
   corpus = (centers[rng.integers(0, 20, 3000)] + 0.5 * rng.normal(size=(3000, 32)))
@@ -125,8 +122,7 @@ def test_interrupted_build_resumes_from_its_chunks(hf, tmp_path):
       "chunk-00000.npy"]
   embedded = []
   retrieval.build_index(directory, corpus, out, chunk_lines=20, normalize=True, progress=False,
-                        on_chunk=embedded.append, float16=True, ann=pytest.importorskip("faiss")
-                        is not None)
+                        on_chunk=embedded.append, float16=True, ann=True)
   assert embedded == [1, 2]  # 57 lines = chunks 0, 1, 2; chunk 0 was kept
   assert not os.path.exists(out + ".partial")
   index, reference = retrieval.Index.load(out), retrieval.Index.load(full)
