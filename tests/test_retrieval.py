@@ -110,11 +110,14 @@ def test_interrupted_build_resumes_from_its_chunks(hf, tmp_path):
   full = retrieval.build_index(directory, corpus, str(tmp_path / "full"), chunk_lines=20,
                                normalize=True, progress=False)
 
+  class Interrupted(Exception):
+    pass
+
   def stop(k):
-    raise KeyboardInterrupt(f"after chunk {k}")
+    raise Interrupted(f"after chunk {k}")
 
   out = str(tmp_path / "index")
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(Interrupted):
     retrieval.build_index(directory, corpus, out, chunk_lines=20, normalize=True, progress=False,
                           on_chunk=stop, float16=True, ann=True)
   assert not os.path.exists(out)
