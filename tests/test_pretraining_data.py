@@ -232,7 +232,7 @@ def test_launcher_errors_are_one_line(tiny, tmp_path, case):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
   assert "Traceback" not in result.stderr
-  assert {"empty": "no text", "no_vocab": "missing", "no_input": "nothing",
+  assert {"empty": "empty.txt has no text", "no_vocab": "missing", "no_input": "nothing",
           "bad_jsonl": "broken.jsonl:1", "tfds": "[tf]"}[case] in lines[0]
   assert not os.path.exists(tmp_path / "out")
 
