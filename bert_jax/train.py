@@ -373,6 +373,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   task.bind(data.meta)
   config = resolve_schedule(config, data.meta.get("num_train_examples"))
   setup = _setup(config, task, data.meta)
+  logging.info("JAX %s: %d processes, %d devices (%s); task %s, %s", jax.__version__,
+               jax.process_count(), jax.device_count(), jax.devices()[0].device_kind, task.name,
+               ", ".join(f"{k}={getattr(setup.bert_config, k)}" for k in _SIZE_KEYS))
   preemption = loop_lib.Preemption(config.preemption_check_every_steps)
   preemption.install()  # from here on SIGTERM saves instead of killing
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)

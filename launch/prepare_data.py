@@ -58,7 +58,8 @@ def main(argv):
   if not _OUTPUT.value:
     raise UserError("--output is required")
   stats = text_corpus.ReadStats()
-  source = f"tfds dataset {_TFDS.value}" if _TFDS.value else f"--input={_INPUT.value}"
+  given = _INPUT.value if isinstance(_INPUT.value, str) else ",".join(_INPUT.value or [])
+  source = f"tfds dataset {_TFDS.value}" if _TFDS.value else given
   if _TFDS.value:
     documents = text_corpus.documents_from_texts(
         text_corpus.tfds_texts(_TFDS.value, _TFDS_KEY.value, _TFDS_DIR.value), stats)

@@ -41,7 +41,7 @@ def main(argv, example: str):
     raise UserError(f"unexpected arguments {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
     raise UserError(f"--config=CONFIG_FILE and --workdir=DIR are required, e.g. {example}")
-  launcher.quiet_orbax()
+  launcher.quiet_logs()
   platform_lib.set_performance_flags()  # XLA GPU flags, before JAX starts its backends
   launcher.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                   _DISTRIBUTED.value, _CPU_COLLECTIVES.value)
