@@ -64,14 +64,8 @@ def read_corpus(paths: Sequence[str]) -> tuple[list[Any], list[str]]:
   ids, texts = [], []
   for path in paths:
     if path.endswith(".jsonl"):
-      for number, line in enumerate(inference.read_lines(path), start=1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as exc:
-          raise UserError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+      for number, row in files.jsonl_objects(inference.read_lines(path), path):
+        if not isinstance(row.get("text"), str):
           raise UserError(f"{path}:{number}: expected a JSON object with a string 'text'")
         ids.append(row.get("id", len(texts)))
         texts.append(row["text"])
@@ -194,7 +188,7 @@ def build_index(model: str, inputs: str | Sequence[str], output: str, *, pooling
   staging = output + ".partial"
   manifest_path = os.path.join(staging, "manifest.json")
   if process_index == 0:
-    if os.path.exists(manifest_path) and _read_json(manifest_path) != manifest:
+    if os.path.exists(manifest_path) and files.read_json(manifest_path) != manifest:
       print(f"{staging} holds chunks of another corpus or settings: starting over",
             file=sys.stderr, flush=True)
       shutil.rmtree(staging)
@@ -203,7 +197,7 @@ def build_index(model: str, inputs: str | Sequence[str], output: str, *, pooling
       files.write_file_atomically(manifest_path, lambda f: f.write(json.dumps(manifest).encode()))
   else:
     _wait_for([manifest_path], wait_timeout_s, f"process 0 to create {manifest_path}")
-    if _read_json(manifest_path) != manifest:
+    if files.read_json(manifest_path) != manifest:
       raise UserError(f"{manifest_path} does not match this process's corpus or settings")
 
   num_chunks = -(-len(texts) // chunk_lines)
@@ -254,13 +248,6 @@ def build_index(model: str, inputs: str | Sequence[str], output: str, *, pooling
 def _chunk_path(staging: str, k: int) -> str:
   return os.path.join(staging, f"chunk-{k:05d}.npy")
 
-
-def _read_json(path: str) -> dict:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-    raise UserError(f"{path} is not valid JSON: {exc}") from None
 
 
 # --- ANN (faiss). ---
@@ -365,7 +352,7 @@ class Index:
     meta_path = os.path.join(directory, INDEX_FILE)
     if not os.path.isfile(meta_path):
       raise UserError(f"{directory} is not an index dir (no {INDEX_FILE})")
-    meta = _read_json(meta_path)
+    meta = files.read_json(meta_path)
     if meta.get("format_version") != FORMAT_VERSION:
       raise UserError(f"{meta_path}: unknown index format_version {meta.get('format_version')}")
     try:

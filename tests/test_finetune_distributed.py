@@ -7,21 +7,13 @@ training stream's batches are checked to be the same global batches too (equal t
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import pytest
 
 import hf_fixtures
 from bert_jax.data import sample_pairs
-from conftest import child_env, read_rows, run_child
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from conftest import process_results, read_rows, run_child, start_processes
 
 
 @pytest.mark.slow
@@ -33,19 +25,7 @@ def test_eval_is_identical_on_devices_and_processes(tmp_path):
   args = [str(tmp_path / "hf"), str(tmp_path / "train.jsonl"), str(tmp_path / "validation.jsonl")]
   one = run_child(__file__, [str(tmp_path / "one"), *args], devices=1)
   eight = run_child(__file__, [str(tmp_path / "eight"), *args], devices=8)
-  port = _free_port()
-  procs = [subprocess.Popen([sys.executable, __file__, "--child", str(tmp_path / "two"), *args,
-                             str(port), str(i)], env=child_env(2), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      stdout, stderr = p.communicate(timeout=300)
-    finally:
-      p.kill()
-    assert p.returncode == 0, stderr[-3000:]
-    outs.append(json.loads(stdout.strip().splitlines()[-1]))
-  two = outs[0]
+  two = process_results(start_processes(__file__, [str(tmp_path / "two"), *args]))[0]
   assert one["eval"]["eval_accuracy"] * 21 == round(one["eval"]["eval_accuracy"] * 21)
   for other in (eight, two):
     assert other["devices"] in (8, 4)

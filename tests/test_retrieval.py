@@ -3,7 +3,6 @@ checkpoint; resumable chunked builds; data parallelism over devices and processe
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from bert_jax.errors import UserError
 
 sys.path.insert(0, os.path.dirname(__file__))
 import hf_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
-from conftest import ROOT, child_env, run_child  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import ROOT, child_env, process_results, run_child, start_processes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def corpus_lines(n=57, seed=0):
@@ -204,32 +203,16 @@ def test_launchers_and_their_errors(hf, tmp_path):
   assert not any(p.name in ("e", "e.partial") or p.name.startswith(".e.") for p in tmp_path.iterdir())
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_devices_and_processes_match_one_device(hf, tmp_path):
   directory, _, corpus = hf
   one = retrieval.Index.load(retrieval.build_index(directory, corpus, str(tmp_path / "one"),
                                                    chunk_lines=10, progress=False))
-  port = _free_port()
   multi = str(tmp_path / "multi")
-  procs = [subprocess.Popen([sys.executable, __file__, "--child", directory, corpus, multi,
-                             str(port), str(i)], env=child_env(2), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = start_processes(__file__, [directory, corpus, multi])
   four = run_child(__file__, [directory, corpus, str(tmp_path / "four")], devices=4)
   assert four["local_devices"] == 4
-  outs = []
-  for p in procs:
-    try:
-      stdout, stderr = p.communicate(timeout=240)
-    finally:
-      p.kill()
-    assert p.returncode == 0, stderr[-3000:]
-    outs.append(json.loads(stdout.strip().splitlines()[-1]))
+  outs = process_results(procs)
   assert [(o["process_count"], o["local_devices"]) for o in outs] == [(2, 2), (2, 2)]
   assert outs[0]["written"] and not outs[1]["written"]
   for path in (tmp_path / "four", multi):
