@@ -53,7 +53,7 @@ model = transformers.BertForSequenceClassification.from_pretrained(
     label2id={l: i for i, l in enumerate(labels)})
 args = transformers.TrainingArguments(
     output_dir=out_dir, per_device_train_batch_size=int(batch), per_device_eval_batch_size=64,
-    learning_rate=float(lr), num_train_epochs=float(epochs), warmup_ratio=0.1,
+    learning_rate=float(lr), num_train_epochs=float(epochs), warmup_steps=0.1,  # a ratio in v5
     weight_decay=0.01, adam_epsilon=1e-6, lr_scheduler_type="linear", max_grad_norm=1.0,
     eval_strategy="epoch", save_strategy="no", report_to=[], logging_steps=50, seed=int(seed),
     use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
