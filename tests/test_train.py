@@ -134,7 +134,6 @@ def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
   data.tokenizer_dir = write_vocab(tmp_path / "vocab")
   train.train_and_evaluate(c, str(src), data=data)
   assert (src / "tokenizer" / "vocab.txt").exists()
-  pytest.importorskip("bert_jax.formats.convert")
   wrong = tiny_config(num_train_steps=1, init_checkpoint=str(src))
   wrong.model.intermediate_size = 48
   with pytest.raises(train.UserError,
