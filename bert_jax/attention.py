@@ -1,29 +1,88 @@
 """Attention kernels behind one function, and the masks BERT needs.
 
-Why one function: the encoder layer should not care whether attention runs as
-plain XLA einsums (every backend, supports dropout on the probabilities) or as
-the fused cuDNN kernel behind `jax.nn.dot_product_attention` (GPU only, no
-attention dropout). The choice is configuration (`BertConfig.attention_impl`);
-where the fused kernel cannot serve a call, we fall back to XLA and say so once
-in the log rather than failing or silently changing numerics.
+Why one function: the encoder layer should not care which kernel runs.
+- `xla`: plain einsums with a dense [B, 1, L, L] mask. Every backend; the only
+  kernel with dropout on the attention probabilities.
+- `cudnn`: the fused cuDNN flash kernel (GPU, bf16/fp16). Padding goes in as
+  key lengths (`key_value_seq_lengths` of `jax.nn.dot_product_attention`), not as
+  a dense mask, so the kernel skips padded keys. Packed rows: JAX 0.10.2's public
+  `jax.nn.dot_product_attention` has no segment ids, but its cuDNN layer
+  (`jax._src.cudnn.fused_attention_stablehlo.dot_product_attention`) takes
+  per-segment `q_offsets`/`kv_offsets` + lengths (cuDNN "packed layout", Hopper or
+  newer); we use it there and fall back to the public kernel with a dense mask
+  (a bias inside cuDNN) on older GPUs or if the private API moves.
+- `splash`: the Pallas TPU splash-attention kernel, with segment ids for padding
+  and packed rows. On CPU it runs in Pallas interpret mode (slow; for tests).
+- `auto` (the default): `select_implementation` picks cudnn on GPU for bf16/fp16
+  and supported head sizes, splash on a single TPU chip when the length is a
+  multiple of 128, xla otherwise.
+
+Attention dropout: BERT trains with 0.1 on the attention probabilities; neither
+fused kernel has it here, so any call that trains with attention dropout runs
+on xla (with a one-time warning when a fused kernel was asked for by name).
+The per-platform default (configs/default.py, `model.attention_dropout_rate`
+unset): 0.1 on CPU (xla anyway, the paper's recipe), 0.0 on GPU/TPU so the fused
+kernels run in training. On the tiny CPU pretraining run in BENCHMARKS.md
+("Attention dropout") dropping it changed held-out MLM accuracy by less than the
+run-to-run noise; set `--config.model.attention_dropout_rate=0.1` to train
+exactly as the paper (at xla speed).
+
+Padding semantics are those of BERT / Hugging Face: padding keys are masked,
+padding queries still attend (their outputs are never used). Kernels may differ
+at padding query positions only; every real position agrees.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Union
 
 from absl import logging
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bert_jax.errors import UserError
 
-IMPLEMENTATIONS = ("xla", "cudnn")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 
 # Finite large negative: fully masked rows (padding queries in packed rows)
 # then give a uniform distribution instead of NaN.
 _MASK_VALUE = -1e9
+
+
+@flax.struct.dataclass
+class AttentionMask:
+  """Which keys each query may see, kept in the compact form the kernels want.
+
+  key_mask_BxL: True for real tokens (padding-only rows), or None.
+  segment_ids_BxL: packed rows: 1, 2, ... per sequence, 0 for padding, or None.
+    Takes precedence over `key_mask_BxL`.
+  """
+
+  key_mask_BxL: Optional[jax.Array] = None
+  segment_ids_BxL: Optional[jax.Array] = None
+
+  @property
+  def is_empty(self) -> bool:
+    return self.key_mask_BxL is None and self.segment_ids_BxL is None
+
+  def dense(self, length: int) -> Optional[jax.Array]:
+    return make_attention_mask(self.key_mask_BxL, self.segment_ids_BxL, length)
+
+
+def attention_mask(attention_mask_BxL: Optional[jax.Array], packing_ids_BxL: Optional[jax.Array],
+                   length: int) -> AttentionMask:
+  """The model's padding/packing inputs as an `AttentionMask` (shapes validated)."""
+  for name, x in (("attention_mask", attention_mask_BxL), ("packing_ids", packing_ids_BxL)):
+    if x is not None and x.shape[-1] != length:
+      raise ValueError(f"{name} has length {x.shape[-1]}, expected {length}")
+  if packing_ids_BxL is not None:
+    return AttentionMask(segment_ids_BxL=packing_ids_BxL.astype(jnp.int32))
+  if attention_mask_BxL is not None:
+    return AttentionMask(key_mask_BxL=attention_mask_BxL.astype(bool))
+  return AttentionMask()
 
 
 def make_attention_mask(
@@ -61,9 +120,73 @@ def make_attention_mask(
                           (key_real_BxL.shape[0], 1, length, length))
 
 
+# The public kernel name `_cudnn_attention` asks jax for; tests set "xla" to run the
+# cuDNN path's mask handling (lengths, fallbacks) on CPU.
+_CUDNN = "cudnn"
+
+
 @functools.lru_cache(maxsize=None)
 def _warn_once(message: str) -> None:
   logging.warning(message)
+
+
+# ----------------------------------------------------------------- selection
+
+
+def select_implementation(requested: str, *, platform: str, dtype, length: int, head_dim: int,
+                          dropout: bool, num_devices: int = 1) -> str:
+  """The kernel that will actually run (pure: platform and shapes are arguments).
+
+  `auto` never warns; a kernel asked for by name that cannot serve the call
+  falls back to xla with a one-time warning saying why. `auto` takes splash on
+  one TPU chip only: the Pallas call has no partitioning rule here (no
+  shard_map wrapper yet), so on a sharded mesh XLA would have to gather its
+  inputs; cuDNN's call partitions over the batch by itself.
+  """
+  if requested not in IMPLEMENTATIONS:
+    raise UserError(f"attention_impl={requested!r} is not one of {IMPLEMENTATIONS}")
+  dtype = jnp.dtype(dtype)
+  why_not = {
+      "cudnn": _cudnn_unsupported(platform, dtype, head_dim, dropout),
+      "splash": _splash_unsupported(platform, length, dropout),
+  }
+  if requested == "auto":
+    if platform == "gpu" and why_not["cudnn"] is None:
+      return "cudnn"
+    if platform == "tpu" and why_not["splash"] is None and num_devices == 1:
+      return "splash"
+    return "xla"
+  if requested != "xla" and why_not[requested] is not None:
+    _warn_once(f"attention_impl={requested!r}: {why_not[requested]}; using the XLA kernel.")
+    return "xla"
+  return requested
+
+
+def _cudnn_unsupported(platform: str, dtype, head_dim: int, dropout: bool) -> Optional[str]:
+  if platform != "gpu":
+    return "cuDNN attention needs a GPU"
+  if dtype not in (jnp.bfloat16, jnp.float16):
+    return f"cuDNN attention needs bf16/fp16 inputs, not {dtype}"
+  if head_dim % 8 or head_dim > 128:
+    return f"cuDNN flash attention needs head_dim <= 128 and a multiple of 8, not {head_dim}"
+  if dropout:
+    return ("cuDNN attention has no attention-probability dropout here (training with "
+            "attention_dropout_rate > 0; set it to 0 to use the fused kernel)")
+  return None
+
+
+def _splash_unsupported(platform: str, length: int, dropout: bool) -> Optional[str]:
+  if platform == "gpu":
+    return "the splash kernel is a Pallas TPU kernel"
+  if length % 128:
+    return f"the splash kernel needs a sequence length that is a multiple of 128, not {length}"
+  if dropout:
+    return ("the splash kernel has no attention-probability dropout (training with "
+            "attention_dropout_rate > 0; set it to 0 to use the fused kernel)")
+  return None
+
+
+# ------------------------------------------------------------------- kernels
 
 
 def _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL, dropout_rng,
@@ -83,39 +206,174 @@ def _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL, dropout_rng,
   return jnp.einsum("bhqk,bkhd->bqhd", probs_BxHxLxL, v_BxLxHxD)
 
 
-def _cudnn_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL):
-  on_gpu = jax.default_backend() == "gpu"
-  if not on_gpu:
-    _warn_once("attention_impl='cudnn' needs a GPU; using XLA's dot_product_attention.")
-  elif q_BxLxHxD.dtype not in (jnp.bfloat16, jnp.float16):
-    _warn_once("cuDNN attention needs bf16/fp16 inputs; using XLA's dot_product_attention "
-               f"for dtype {q_BxLxHxD.dtype}.")
-    on_gpu = False
-  return jax.nn.dot_product_attention(
-      q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask=mask_Bx1xLxL,
-      implementation="cudnn" if on_gpu else "xla")
+def key_lengths(key_mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(lengths [B] int32, whether every row is right-padded, a scalar bool).
+
+  Lengths describe a padding mask exactly only when the real tokens form a
+  prefix of the row (every bert_jax pipeline pads on the right).
+  """
+  key_mask_BxL = key_mask_BxL.astype(bool)
+  lengths_B = jnp.sum(key_mask_BxL, axis=-1, dtype=jnp.int32)
+  prefix_BxL = jnp.arange(key_mask_BxL.shape[-1])[None, :] < lengths_B[:, None]
+  return lengths_B, jnp.all(prefix_BxL == key_mask_BxL)
+
+
+def packed_segments(segment_ids_BxL: jax.Array, max_segments: int
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Packed rows as cuDNN's ragged layout: (lengths [B, M], offsets [B, M + 1]).
+
+  Segment m of row b starts at offsets[b, m] and has lengths[b, m] tokens;
+  missing segments are -1 (the convention of jax's cuDNN wrapper). A segment is
+  a maximal run of equal non-zero ids; padding (id 0) belongs to none.
+  """
+  ids_BxL = segment_ids_BxL.astype(jnp.int32)
+  batch, length = ids_BxL.shape
+  real_BxL = ids_BxL > 0
+  previous_BxL = jnp.pad(ids_BxL[:, :-1], ((0, 0), (1, 0)))
+  starts_BxL = real_BxL & (ids_BxL != previous_BxL)
+  index_BxL = jnp.cumsum(starts_BxL, axis=-1) - 1  # segment index of each token
+  count_B = jnp.sum(starts_BxL, axis=-1)
+  rows_BxL = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, length))
+  # Tokens outside any segment are scattered to a dropped overflow column.
+  column_BxL = jnp.where(real_BxL, index_BxL, max_segments)
+  lengths_BxM = jnp.zeros((batch, max_segments + 1), jnp.int32).at[rows_BxL, column_BxL].add(
+      1, mode="drop")[:, :max_segments]
+  start_col_BxL = jnp.where(starts_BxL, index_BxL, max_segments + 1)
+  positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  offsets_BxM1 = jnp.zeros((batch, max_segments + 2), jnp.int32).at[
+      rows_BxL, start_col_BxL].set(positions_BxL, mode="drop")[:, :max_segments + 1]
+  segment_M1 = jnp.arange(max_segments + 1)
+  lengths_BxM = jnp.where(segment_M1[None, :max_segments] < count_B[:, None], lengths_BxM, -1)
+  offsets_BxM1 = jnp.where(segment_M1[None, :] < count_B[:, None], offsets_BxM1, -1)
+  return lengths_BxM, offsets_BxM1
+
+
+def _cudnn_packed_api():
+  """jax's private cuDNN entry point with packed-layout support, or None."""
+  try:
+    from jax._src.cudnn import fused_attention_stablehlo as fused  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  if not hasattr(fused, "MaskType") or "q_offsets" not in fused.dot_product_attention.__code__.co_varnames:
+    return None
+  return fused
+
+
+def _is_hopper_or_newer() -> bool:
+  try:
+    capability = getattr(jax.devices()[0], "compute_capability", "0")
+    return float(capability) >= 9.0
+  except (ValueError, RuntimeError):
+    return False
+
+
+def _cudnn_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask: AttentionMask,
+                     max_segments: Optional[int]):
+  length = q_BxLxHxD.shape[1]
+  public = functools.partial(jax.nn.dot_product_attention, implementation=_CUDNN)
+  if mask.segment_ids_BxL is not None:
+    fused = _cudnn_packed_api()
+    if fused is None or not _is_hopper_or_newer():
+      _warn_once("cuDNN packed-row attention needs jax's packed-layout API and a Hopper+ GPU; "
+                 "using cuDNN with a dense mask.")
+      return public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask=mask.dense(length))
+    lengths_BxM, offsets_BxM1 = packed_segments(mask.segment_ids_BxL, max_segments or length)
+    out_BxLxHxD = fused.dot_product_attention(
+        q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, None, None, lengths_BxM, lengths_BxM,
+        offsets_BxM1, offsets_BxM1, scale=1.0 / np.sqrt(q_BxLxHxD.shape[-1]),
+        mask_type=fused.MaskType.PADDING)
+    # Padding tokens belong to no segment: the kernel leaves their rows undefined.
+    real_BxLx1x1 = (mask.segment_ids_BxL > 0)[:, :, None, None]
+    return jnp.where(real_BxLx1x1, out_BxLxHxD, jnp.zeros_like(out_BxLxHxD))
+  if mask.key_mask_BxL is not None:
+    lengths_B, right_padded = key_lengths(mask.key_mask_BxL)
+    # Key lengths only (query lengths default to L): padding queries still attend, as BERT.
+    return jax.lax.cond(
+        right_padded,
+        lambda: public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, key_value_seq_lengths=lengths_B),
+        lambda: public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask=mask.dense(length)))
+  return public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD)
+
+
+@functools.lru_cache(maxsize=None)
+def _splash_kernel(length: int, num_heads: int, interpret: bool):
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask  # pylint: disable=g-import-not-at-top
+  block = 128
+  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                            block_q_dq=block, block_kv_dq=block)
+  heads = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * num_heads)
+  kernel = splash.make_splash_mha(heads, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                  interpret=interpret)
+  return kernel, splash.SegmentIds
+
+
+def _splash_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask: AttentionMask, interpret: bool):
+  _, length, heads, head_dim = q_BxLxHxD.shape
+  if length % 128:
+    raise UserError(f"splash attention needs a length that is a multiple of 128, not {length}")
+  kernel, segment_ids_cls = _splash_kernel(length, heads, interpret)
+  # Padding as segments: real tokens are segment 1, padding segment 0. Padding
+  # queries then see padding keys only, which changes nothing at real positions.
+  segments_BxL = mask.segment_ids_BxL
+  if segments_BxL is None and mask.key_mask_BxL is not None:
+    segments_BxL = mask.key_mask_BxL.astype(jnp.int32)
+  q_BxHxLxD, k_BxHxLxD, v_BxHxLxD = (jnp.swapaxes(x, 1, 2)
+                                     for x in (q_BxLxHxD, k_BxLxHxD, v_BxLxHxD))
+  q_BxHxLxD = q_BxHxLxD * jnp.asarray(head_dim ** -0.5, q_BxHxLxD.dtype)
+  if segments_BxL is None:
+    out_BxHxLxD = jax.vmap(kernel)(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD)
+  else:
+    out_BxHxLxD = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=segment_ids_cls(s, s)))(
+        q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, segments_BxL.astype(jnp.int32))
+  return jnp.swapaxes(out_BxHxLxD, 1, 2).astype(q_BxLxHxD.dtype)
 
 
 def dot_product_attention(
     q_BxLxHxD: jax.Array,
     k_BxLxHxD: jax.Array,
     v_BxLxHxD: jax.Array,
-    mask_Bx1xLxL: Optional[jax.Array] = None,
+    mask: Union[AttentionMask, jax.Array, None] = None,
     *,
-    implementation: str = "xla",
+    implementation: str = "auto",
     dropout_rng: Optional[jax.Array] = None,
     dropout_rate: float = 0.0,
     deterministic: bool = True,
+    max_segments: Optional[int] = None,
 ) -> jax.Array:
-  """Scaled dot-product attention, [B, L, H, D] in and out."""
-  if implementation not in IMPLEMENTATIONS:
-    raise UserError(f"attention_impl={implementation!r} is not one of {IMPLEMENTATIONS}")
+  """Scaled dot-product attention, [B, L, H, D] in and out.
+
+  Args:
+    mask: an `AttentionMask`, a dense boolean [B, 1, L, L] mask, or None.
+    implementation: one of IMPLEMENTATIONS; see `select_implementation`.
+    max_segments: most sequences in a packed row (cudnn packed layout; default L).
+  """
+  _, length, _, head_dim = q_BxLxHxD.shape
   uses_dropout = not deterministic and dropout_rate > 0.0
-  if implementation == "cudnn" and uses_dropout:
-    _warn_once("cuDNN attention has no attention-probability dropout; using the XLA kernel "
-               "while training with attention_dropout_rate > 0 (set it to 0 to use cuDNN).")
+  platform = jax.default_backend()
+  implementation = select_implementation(implementation, platform=platform,
+                                         dtype=q_BxLxHxD.dtype, length=length,
+                                         head_dim=head_dim, dropout=uses_dropout,
+                                         num_devices=jax.device_count())
+  if mask is not None and not isinstance(mask, AttentionMask):
+    dense_Bx1xLxL = mask
+    if implementation == "cudnn":
+      return jax.nn.dot_product_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask=dense_Bx1xLxL,
+                                          implementation="cudnn")
+    if implementation == "splash":
+      _warn_once("splash attention needs padding/segment ids, not a dense mask; using XLA.")
     implementation = "xla"
+    mask = None
+  else:
+    mask = mask if mask is not None else AttentionMask()
+    dense_Bx1xLxL = None
   if implementation == "cudnn":
-    return _cudnn_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL)
-  return _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL, dropout_rng,
+    return _cudnn_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask, max_segments)
+  if implementation == "splash":
+    return _splash_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask,
+                             interpret=platform != "tpu")
+  if dense_Bx1xLxL is None:
+    dense_Bx1xLxL = mask.dense(length)
+  return _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, dense_Bx1xLxL, dropout_rng,
                         dropout_rate, deterministic)

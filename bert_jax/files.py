@@ -16,6 +16,7 @@ behind, so there is one rule for each, with one wording of its errors:
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -126,3 +127,27 @@ def _umask() -> int:
   mask = os.umask(0)
   os.umask(mask)
   return mask
+
+
+def read_json(path: str) -> dict:
+  """A JSON file; unreadable JSON is a UserError naming the file."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    raise UserError(f"{path} is not valid JSON: {exc}") from None
+
+
+def jsonl_objects(lines, path: str):
+  """(line number, object) of each non-blank JSONL line; a line that is not a JSON object is
+  a UserError naming the file and line."""
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as exc:
+      raise UserError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
+    if not isinstance(row, dict):
+      raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+    yield number, row

@@ -191,7 +191,14 @@ class Embedder:
   def __init__(self, pre: Pretrained, pooling: str = "mean", *, normalize: bool = False,
                layer: int = -1, max_seq_length: Optional[int] = None,
                tokens_per_batch: int = 2048, batch_size: Optional[int] = None,
-               compile_cost_tokens: int = COMPILE_COST_TOKENS):
+               compile_cost_tokens: int = COMPILE_COST_TOKENS, dtype: str = "auto",
+               devices: Optional[Sequence[jax.Device]] = None):
+    """See the module docstring.
+
+    `dtype`: compute dtype; "auto" = bfloat16 on GPU/TPU, float32 on CPU (model.resolve_dtype).
+    `devices` (e.g. `jax.local_devices()`) shards each batch's rows over those devices (data
+    parallel, parameters replicated); default: the default device.
+    """
     if pooling not in POOLINGS:
       raise UserError(f"--pooling={pooling!r}: expected one of {list(POOLINGS)}")
     num_layers = pre.config.num_layers
@@ -204,15 +211,26 @@ class Embedder:
     self.max_length = default_max_length(pre.config, max_seq_length)
     self.tokens_per_batch, self.batch_size = tokens_per_batch, batch_size
     self.compile_cost_tokens = compile_cost_tokens
-    module = model_lib.BertModel(pre.config, add_pooling_layer=False)
-    self._params = jax.device_put({k: v for k, v in pre.params["bert"].items() if k != "pooler"})
+    self.dtype = model_lib.resolve_dtype(dtype)
+    module = model_lib.BertModel(pre.config.replace(dtype=self.dtype), add_pooling_layer=False)
+    params = {k: v for k, v in pre.params["bert"].items() if k != "pooler"}
+    self._row_multiple, self._batch_sharding = 1, None
+    if devices is not None and len(devices) > 1:
+      mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+      self._row_multiple = len(devices)
+      self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+      self._params = jax.device_put(params, jax.sharding.NamedSharding(mesh,
+                                                                       jax.sharding.PartitionSpec()))
+    else:
+      self._params = jax.device_put(params, devices[0] if devices else None)
 
     @jax.jit
     def forward(params, ids_BxL, types_BxL, mask_BxL):
       out = module.apply({"params": params}, ids_BxL, types_BxL, mask_BxL,
                          output_hidden_states=layer != -1)
       hidden_BxLxE = out.sequence_output if layer == -1 else out.hidden_states[layer]
-      return _pool(hidden_BxLxE, mask_BxL, pooling, normalize)
+      # Pool in float32 whatever the compute dtype.
+      return _pool(hidden_BxLxE.astype(jnp.float32), mask_BxL, pooling, normalize)
 
     self._forward = forward
 
@@ -235,6 +253,8 @@ class Embedder:
     rows_per_bucket: dict[int, int] = {}
     for rows, length in batches:
       rows_per_bucket[length] = max(rows_per_bucket.get(length, 0), len(rows))
+    for length, rows in rows_per_bucket.items():  # rows divide evenly over the devices
+      rows_per_bucket[length] = -(-rows // self._row_multiple) * self._row_multiple
     for rows, length in batches:
       shape = (rows_per_bucket[length], length)  # one compiled shape per bucket
       ids_BxL = np.full(shape, pad_id, np.int32)
@@ -243,6 +263,9 @@ class Embedder:
       for b, row in enumerate(rows):
         n = lengths[row]
         ids_BxL[b, :n], types_BxL[b, :n], mask_BxL[b, :n] = ids_rows[row], type_rows[row], 1
+      if self._batch_sharding is not None:
+        ids_BxL, types_BxL, mask_BxL = jax.device_put((ids_BxL, types_BxL, mask_BxL),
+                                                      self._batch_sharding)
       result = self._forward(self._params, ids_BxL, types_BxL, mask_BxL)
       if pending is not None:
         done += self._collect(*pending, pooled, per_line, lengths)

@@ -55,9 +55,12 @@ class _QuietOrbax(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
 
 
-def quiet_orbax() -> None:
+def quiet_logs() -> None:
+  """Orbax's per-save INFO lines and JAX's backend probing ('Unable to initialize backend
+  tpu') are hidden, so a user error before training is the only line on stderr."""
   py_logging.getLogger("absl").addFilter(_QuietOrbax())
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  py_logging.getLogger("jax._src.xla_bridge").setLevel(py_logging.WARNING)
 
 
 def run_training(config, workdir: str) -> dict:
@@ -69,8 +72,6 @@ def run_training(config, workdir: str) -> dict:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
-  logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),
-               jax.device_count(), jax.devices()[0].device_kind)
   return train.train_and_evaluate(config, workdir)
 
 

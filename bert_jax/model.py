@@ -6,8 +6,15 @@ Design choices, and why:
 - Parameters are float32 and carry logical axis names (`vocab`, `embed`,
   `heads`, `kv`, `mlp`, `layers`); activations get logical constraints. Sharding
   is then configuration only (see `bert_jax/sharding.py`).
-- Compute dtype is `config.dtype` (bfloat16 on accelerators); softmax and
-  LayerNorm statistics stay in float32 and logits are returned in float32.
+- Compute dtype is `config.dtype`; "auto" (`resolve_dtype`) is bfloat16 on
+  GPU/TPU and float32 on CPU. Softmax and LayerNorm statistics stay in float32
+  and logits are returned in float32.
+- The attention kernel is chosen once per call of `BertModel`
+  (`attention.select_implementation`: platform, dtype, length, dropout).
+- The MLM decoder multiplies by the word table padded with zero rows to a
+  multiple of `vocab_pad_multiple` (128: whole tensor-core/MXU tiles) and slices
+  the logits back to the vocabulary: the stored table, checkpoints and
+  conversions keep the true vocabulary size and the logits are unchanged.
 - Post-LN residual blocks, exact (erf) GELU and LayerNorm eps 1e-12, as BERT.
 - The parameter tree mirrors the Hugging Face module names closely enough that
   `bert_jax/formats/convert.py` is a table of renames, but q/k/v kernels are stored per
@@ -48,6 +55,31 @@ ACTIVATIONS = {
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: str, platform: Optional[str] = None) -> str:
+  """A compute dtype name, with "auto" made concrete: bfloat16 on GPU/TPU, float32 on CPU.
+
+  `platform` defaults to `jax.default_backend()` (which initialises the backend:
+  call it after `jax.distributed.initialize`).
+  """
+  if name not in DTYPES:
+    raise UserError(f"dtype={name!r} is not one of {', '.join(DTYPES)}")
+  if name != "auto":
+    return name
+  platform = platform or jax.default_backend()
+  return "bfloat16" if platform in ("gpu", "tpu") else "float32"
+
+
+def default_attention_dropout(platform: Optional[str] = None) -> float:
+  """BERT's 0.1 on CPU; 0.0 on GPU/TPU so the fused attention kernels run in training.
+
+  See bert_jax/attention.py's docstring and BENCHMARKS.md for the measured cost.
+  """
+  platform = platform or jax.default_backend()
+  return 0.0 if platform in ("gpu", "tpu") else 0.1
+
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
@@ -62,21 +94,34 @@ class BertConfig:
   type_vocab_size: int = 2
   hidden_act: str = "gelu"
   hidden_dropout_rate: float = 0.1
-  attention_dropout_rate: float = 0.1
+  # None = `default_attention_dropout()` of the platform this config is built on.
+  attention_dropout_rate: Optional[float] = 0.1
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
   pad_token_id: int = 0
-  # Compute dtype of activations and matmuls; parameters stay `param_dtype`.
+  # Compute dtype of activations and matmuls ("auto": `resolve_dtype`); parameters stay
+  # `param_dtype`.
   dtype: str = "float32"
   param_dtype: str = "float32"
-  # 'xla' (einsum, everywhere) or 'cudnn' (fused, GPU; falls back with a warning).
-  attention_impl: str = "xla"
+  # One of attention.IMPLEMENTATIONS: 'auto' (per platform and shape), 'xla', 'cudnn', 'splash'.
+  attention_impl: str = "auto"
+  # The MLM decoder pads the vocabulary to a multiple of this (1 = no padding).
+  vocab_pad_multiple: int = 128
   # Stack the layers with nn.scan: one compiled layer, faster compiles for deep models.
   scan_layers: bool = False
   # Rematerialisation of each layer in the backward pass: one of REMAT_POLICIES.
   remat_policy: str = "none"
 
   def __post_init__(self):
+    # Platform-dependent defaults are made concrete once, where the config is built.
+    if self.dtype == "auto":
+      object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
+    if self.attention_dropout_rate is None:
+      object.__setattr__(self, "attention_dropout_rate", default_attention_dropout())
+    if self.dtype not in DTYPES:
+      raise UserError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+    if self.vocab_pad_multiple < 1:
+      raise UserError(f"vocab_pad_multiple={self.vocab_pad_multiple} must be >= 1")
     if self.hidden_size % self.num_heads:
       raise UserError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
     if self.hidden_act not in ACTIVATIONS:
@@ -217,7 +262,7 @@ class BertSelfAttention(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BxLxE, mask_Bx1xLxL, deterministic):
+  def __call__(self, x_BxLxE, mask: attention_lib.AttentionMask, deterministic):
     cfg = self.config
     heads = (cfg.num_heads, cfg.head_dim)
     qkv_axes = ("embed", "heads", "kv")
@@ -227,7 +272,7 @@ class BertSelfAttention(nn.Module):
     v_BxLxHxD = nn.with_logical_constraint(_dense(heads, qkv_axes, cfg, "value")(x_BxLxE), act_axes)
     use_dropout = not deterministic and cfg.attention_dropout_rate > 0.0
     ctx_BxLxHxD = attention_lib.dot_product_attention(
-        q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL,
+        q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask,
         implementation=cfg.attention_impl,
         dropout_rng=self.make_rng("dropout") if use_dropout else None,
         dropout_rate=cfg.attention_dropout_rate,
@@ -245,10 +290,10 @@ class BertLayer(nn.Module):
   emit_hidden: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxE, mask_Bx1xLxL, deterministic):
+  def __call__(self, x_BxLxE, mask, deterministic):
     cfg = self.config
     act_axes = ("activation_batch", "activation_length", "activation_embed")
-    attn_BxLxE = BertSelfAttention(cfg, name="attention")(x_BxLxE, mask_Bx1xLxL, deterministic)
+    attn_BxLxE = BertSelfAttention(cfg, name="attention")(x_BxLxE, mask, deterministic)
     attn_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(attn_BxLxE, deterministic=deterministic)
     x_BxLxE = LayerNorm(cfg, name="attention_layer_norm")(x_BxLxE + attn_BxLxE)
     h_BxLxM = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "intermediate")(x_BxLxE)
@@ -276,7 +321,7 @@ class BertEncoder(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BxLxE, mask_Bx1xLxL, deterministic, output_hidden_states=False):
+  def __call__(self, x_BxLxE, mask, deterministic, output_hidden_states=False):
     cfg = self.config
     layer_cls = BertLayer
     if cfg.remat_policy != "none":
@@ -288,12 +333,12 @@ class BertEncoder(nn.Module):
                       in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
       x_BxLxE, hidden_NxBxLxE = stack(cfg, scanned=True, emit_hidden=output_hidden_states,
-                                      name="layers")(x_BxLxE, mask_Bx1xLxL, deterministic)
+                                      name="layers")(x_BxLxE, mask, deterministic)
       hidden = tuple(hidden_NxBxLxE) if output_hidden_states else ()
       return x_BxLxE, hidden
     hidden = []
     for i in range(cfg.num_layers):
-      x_BxLxE = layer_cls(cfg, name=f"layer_{i}")(x_BxLxE, mask_Bx1xLxL, deterministic)
+      x_BxLxE = layer_cls(cfg, name=f"layer_{i}")(x_BxLxE, mask, deterministic)
       hidden.append(x_BxLxE)
     return x_BxLxE, (tuple(hidden) if output_hidden_states else ())
 
@@ -326,14 +371,20 @@ class BertModel(nn.Module):
       token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
     if position_ids_BxL is None:
       position_ids_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    mask_Bx1xLxL = attention_lib.make_attention_mask(attention_mask_BxL, packing_ids_BxL, length)
+    mask = attention_lib.attention_mask(attention_mask_BxL, packing_ids_BxL, length)
+    # One kernel choice for the whole stack (warnings, if any, once).
+    impl = attention_lib.select_implementation(
+        cfg.attention_impl, platform=jax.default_backend(), dtype=cfg.compute_dtype,
+        length=length, head_dim=cfg.head_dim,
+        dropout=not deterministic and cfg.attention_dropout_rate > 0.0,
+        num_devices=jax.device_count())
     x_BxLxE, word_VxE = BertEmbeddings(cfg, name="embeddings")(
         input_ids_BxL, token_type_ids_BxL, position_ids_BxL, deterministic)
     x_BxLxE = nn.with_logical_constraint(
         x_BxLxE, ("activation_batch", "activation_length", "activation_embed"))
     embedded = x_BxLxE
-    x_BxLxE, layers = BertEncoder(cfg, name="encoder")(
-        x_BxLxE, mask_Bx1xLxL, deterministic, output_hidden_states)
+    x_BxLxE, layers = BertEncoder(cfg.replace(attention_impl=impl), name="encoder")(
+        x_BxLxE, mask, deterministic, output_hidden_states)
     pooled_BxE = None
     if self.add_pooling_layer:
       pooled_BxE = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg,
@@ -355,8 +406,12 @@ class MaskedLMHead(nn.Module):
     bias_V = self.param("output_bias",
                         nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                         (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
-    logits_BxPxV = jnp.einsum("bpe,ve->bpv", h_BxPxE, word_VxE.astype(cfg.compute_dtype))
-    return logits_BxPxV.astype(jnp.float32) + bias_V.astype(jnp.float32)
+    vocab = word_VxE.shape[0]
+    padded = -(-vocab // cfg.vocab_pad_multiple) * cfg.vocab_pad_multiple
+    # Zero rows up to a whole number of 128-wide tiles; their logits are sliced off below.
+    word_WxE = jnp.pad(word_VxE.astype(cfg.compute_dtype), ((0, padded - vocab), (0, 0)))
+    logits_BxPxW = jnp.einsum("bpe,we->bpw", h_BxPxE, word_WxE)
+    return logits_BxPxW[..., :vocab].astype(jnp.float32) + bias_V.astype(jnp.float32)
 
 
 def gather_positions(x_BxLxE: jax.Array, positions_BxP: jax.Array) -> jax.Array:

@@ -38,7 +38,7 @@ from bert_jax import optim
 from bert_jax import sharding as sharding_lib
 from bert_jax import tasks as tasks_lib
 from bert_jax.errors import UserError
-from bert_jax.model import BertConfig, to_layout
+from bert_jax.model import DTYPES, BertConfig, resolve_dtype, to_layout
 from bert_jax.tasks.base import Batch, Data, combine_loss
 
 NONFINITE_MODES = ("stop", "skip")
@@ -155,19 +155,20 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
   dtype) come from config.model.
   """
   m = config.model
-  if config.dtype not in ("float32", "bfloat16", "float16"):
-    raise UserError(f"config.dtype={config.dtype!r} is not one of float32, bfloat16, float16")
+  if config.dtype not in DTYPES:
+    raise UserError(f"config.dtype={config.dtype!r} is not one of {', '.join(DTYPES)}")
+  dtype = resolve_dtype(config.dtype)
   if base is not None:
     overrides = {k: m[k] for k in _RUN_KEYS if k in m and m[k] is not None
                  and k != "max_position_embeddings"}
-    cfg = base.replace(dtype=config.dtype, **overrides)
+    cfg = base.replace(dtype=dtype, **overrides)
   else:
     if not m.get("preset"):
       raise UserError("config.model.preset is empty and there is no config.init_checkpoint to "
                       "take the model's size from")
     overrides = {k: m[k] for k in _SIZE_KEYS if m.get(k) is not None}
     overrides.update({k: m[k] for k in _RUN_KEYS if k in m and m[k] is not None})
-    cfg = BertConfig.preset(m.preset, vocab_size=int(vocab_size), dtype=config.dtype,
+    cfg = BertConfig.preset(m.preset, vocab_size=int(vocab_size), dtype=dtype,
                             **overrides)
   if config.max_seq_length > cfg.max_position_embeddings:
     raise UserError(f"config.max_seq_length={config.max_seq_length} exceeds the model's "
@@ -372,6 +373,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   task.bind(data.meta)
   config = resolve_schedule(config, data.meta.get("num_train_examples"))
   setup = _setup(config, task, data.meta)
+  logging.info("JAX %s: %d processes, %d devices (%s); task %s, %s", jax.__version__,
+               jax.process_count(), jax.device_count(), jax.devices()[0].device_kind, task.name,
+               ", ".join(f"{k}={getattr(setup.bert_config, k)}" for k in _SIZE_KEYS))
   preemption = loop_lib.Preemption(config.preemption_check_every_steps)
   preemption.install()  # from here on SIGTERM saves instead of killing
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)

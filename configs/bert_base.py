@@ -23,10 +23,9 @@ _spec.loader.exec_module(default)
 def get_config():
   """The paper's phase-1 recipe: default.py already holds it (base model, batch 256, seq 128,
   20 predictions, AdamW 1e-4, 10k warmup, linear decay over 1M steps, eval and checkpoint
-  every 10k); this adds what accelerators want."""
+  every 10k); this adds the log period. Compute dtype is default.py's 'auto': bfloat16 on
+  GPU/TPU."""
   c = default.get_config()
-  # bfloat16 compute on accelerators (params and optimizer state stay float32).
-  c.dtype = "bfloat16"
   # Log every 1000 steps: a 1M-step run needs no more.
   c.log_every_steps = 1000
   return c

@@ -29,8 +29,6 @@ def get_config(recipe: str = "adamw"):
   c = default.get_config()
   # Model size preset.
   c.model.preset = "large"
-  # bfloat16 compute on accelerators.
-  c.dtype = "bfloat16"
   # Remat of each layer's activations except matmul outputs: fits large at seq 128.
   c.model.remat_policy = "dots"
   # Stack the 24 layers with nn.scan: one compiled layer.

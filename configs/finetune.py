@@ -54,10 +54,11 @@ def get_config():
   c.init_checkpoint = ""
   # The size comes from init_checkpoint.
   c.model.preset = ""
-  # BERT's fine-tuning dropout (hidden states and attention probabilities).
+  # BERT's fine-tuning dropout on hidden states.
   c.model.hidden_dropout_rate = 0.1
-  # Dropout on attention probabilities.
-  c.model.attention_dropout_rate = 0.1
+  # Dropout on attention probabilities (None = 0.1 on CPU, 0.0 on GPU/TPU where the fused
+  # attention kernels have none; see bert_jax/attention.py).
+  c.model.attention_dropout_rate = None
   # The position table is the checkpoint's.
   c.model.max_position_embeddings = None
   # Rows per step (global).

@@ -58,6 +58,8 @@ def main(argv):
   if not _OUTPUT.value:
     raise UserError("--output is required")
   stats = text_corpus.ReadStats()
+  given = _INPUT.value if isinstance(_INPUT.value, str) else ",".join(_INPUT.value or [])
+  source = f"tfds dataset {_TFDS.value}" if _TFDS.value else given
   if _TFDS.value:
     documents = text_corpus.documents_from_texts(
         text_corpus.tfds_texts(_TFDS.value, _TFDS_KEY.value, _TFDS_DIR.value), stats)
@@ -79,7 +81,7 @@ def main(argv):
 
   start = time.time()
   meta = pretraining_data.prepare(documents, stats, _VOCAB.value, _OUTPUT.value, options,
-                                  progress=progress, overwrite=_OVERWRITE.value)
+                                  progress=progress, overwrite=_OVERWRITE.value, source=source)
   seconds = time.time() - start
   print(pretraining_data.summarize(meta))
   print(f"wrote {_OUTPUT.value} in {seconds:.1f} s ({stats.text_bytes / 1e6 / seconds:.2f} MB/s)")

@@ -5,7 +5,9 @@
 #   bash launch/quickstart.sh [WORKDIR [--config.KEY=VALUE ...]]   (default /tmp/bert_quickstart)
 #
 # Steps: WordPiece vocabulary -> NSP pretraining data with a held-out split -> configs/tiny.py
-# pretraining (progress line every log step, held-out MLM accuracy at the end) -> fill-mask.
+# pretraining (progress line every log step, held-out MLM accuracy at the end) -> fill-mask ->
+# fine-tuning on the sample pair task (configs/finetune_tiny.py) -> predict.
+# FINETUNE_ARGS (environment) adds --config.KEY=VALUE overrides to the fine-tuning step.
 # Re-running resumes: a finished vocabulary/data dir is reused and training picks up from the
 # latest checkpoint in WORKDIR/run.
 set -euo pipefail
@@ -19,19 +21,19 @@ if ! python -c "import bert_jax.train" 2>/dev/null; then
   python -m pip install -q -e .
 fi
 
-echo "== 1/4 vocabulary ($WORKDIR/vocab)"
+echo "== 1/5 vocabulary ($WORKDIR/vocab)"
 if [[ ! -f "$WORKDIR/vocab/vocab.txt" ]]; then
   python launch/build_vocab.py --input="$CORPUS" --output="$WORKDIR/vocab" \
       --vocab_size=4000 --kind=wordpiece --lowercase
 fi
 
-echo "== 2/4 pretraining data ($WORKDIR/data)"
+echo "== 2/5 pretraining data ($WORKDIR/data)"
 if [[ ! -f "$WORKDIR/data/meta.json" ]]; then
   python launch/prepare_data.py --input="$CORPUS" --vocab="$WORKDIR/vocab" \
       --output="$WORKDIR/data" --max_seq_length=64 --eval_fraction=0.05
 fi
 
-echo "== 3/4 pretraining configs/tiny.py ($WORKDIR/run)"
+echo "== 3/5 pretraining configs/tiny.py ($WORKDIR/run)"
 python launch/pretrain.py --config=configs/tiny.py --workdir="$WORKDIR/run" \
     --config.train_data="$WORKDIR/data" --config.eval_data="$WORKDIR/data" "${@:2}"
 python - "$WORKDIR/run/metrics.jsonl" <<'PY'
@@ -42,9 +44,24 @@ print(f"held-out at step {last['step']}: MLM accuracy {last['eval_mlm_accuracy']
       f"NSP accuracy {last['eval_nsp_accuracy']:.3f}")
 PY
 
-echo "== 4/4 fill-mask with the trained model"
+echo "== 4/5 fill-mask with the trained model"
 for text in "hais deadrend works as a [MASK]." \
             "on [MASK] the farmers come to the market." \
             "a wethowl has two [MASK]."; do
   python launch/fill_mask.py --model="$WORKDIR/run" --text="$text" --top_k=3
 done
+
+echo "== 5/5 fine-tuning on the sample pair task ($WORKDIR/ft), then predict"
+python -m bert_jax.data.sample_pairs "$WORKDIR/pairs" >/dev/null
+# shellcheck disable=SC2086
+python launch/finetune.py --config=configs/finetune_tiny.py --workdir="$WORKDIR/ft" \
+    --config.init_checkpoint="$WORKDIR/run" --config.train_file="$WORKDIR/pairs/train.jsonl" \
+    --config.validation_file="$WORKDIR/pairs/validation.jsonl" \
+    --config.test_file="$WORKDIR/pairs/test.jsonl" ${FINETUNE_ARGS:-}
+python - "$WORKDIR/ft/best/best.json" <<'PY'
+import json, sys
+best = json.load(open(sys.argv[1]))
+print(f"best {best['metric']} {best['value']:.3f} at step {best['step']} (chance: 0.333)")
+PY
+python launch/predict.py --model="$WORKDIR/ft/best" --text="Brom Tefaix is a teacher." \
+    --text_pair="Brom earns a living as a gardener."

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bert_jax import launcher  # pylint: disable=g-import-not-at-top
+from bert_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
 from bert_jax.errors import UserError, run_main  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,7 +41,8 @@ def main(argv, example: str):
     raise UserError(f"unexpected arguments {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
     raise UserError(f"--config=CONFIG_FILE and --workdir=DIR are required, e.g. {example}")
-  launcher.quiet_orbax()
+  launcher.quiet_logs()
+  platform_lib.set_performance_flags()  # XLA GPU flags, before JAX starts its backends
   launcher.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                   _DISTRIBUTED.value, _CPU_COLLECTIVES.value)
   result = launcher.run_training(_CONFIG.value, _WORKDIR.value)

@@ -8,6 +8,7 @@ so always safe).
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,30 @@ def run_child(script, args, devices=8, timeout=240):
                         capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def start_processes(script, args, num_processes=2, devices=2):
+  """`script --child ARGS PORT I` for I < num_processes: a jax.distributed job on loopback
+  (each process with `devices` simulated CPU devices). Finish with `process_results`."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return [subprocess.Popen([sys.executable, script, "--child", *args, str(port), str(i)],
+                           env=child_env(devices), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
+
+
+def process_results(procs, timeout=300):
+  """The JSON each child printed last, after checking it exited 0."""
+  outs = []
+  for p in procs:
+    try:
+      stdout, stderr = p.communicate(timeout=timeout)
+    finally:
+      p.kill()
+    assert p.returncode == 0, stderr[-3000:]
+    outs.append(json.loads(stdout.strip().splitlines()[-1]))
+  return outs
 
 
 def load_config(name: str = "tiny.py", arg: str | None = None):

@@ -169,6 +169,72 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   np.testing.assert_allclose(out["mlm_logits"], ref["mlm_logits"], atol=0.1)
 
 
+def test_vocab_padding_leaves_logits_loss_and_gradients_unchanged():
+  ids, types, mask = _inputs()
+  positions = np.array([[0, 3, 5], [1, 1, 9], [15, 2, 4]], np.int32)
+  labels = np.array([[7, 100, 5], [99, 6, 8], [50, 51, 0]], np.int32)
+  padded = model_lib.BertForPreTraining(TINY.replace(vocab_pad_multiple=128))
+  plain = model_lib.BertForPreTraining(TINY.replace(vocab_pad_multiple=1))
+  params, _ = _init(padded)
+  # The stored table stays at the true vocabulary: checkpoints and conversions are unchanged.
+  assert params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape == (101, 32)
+  assert params["mlm"]["output_bias"].shape == (101,)
+  assert jax.tree_util.tree_map(jnp.shape, params) == jax.tree_util.tree_map(
+      jnp.shape, _init(plain)[0])
+
+  def loss(module, params):
+    logits = module.apply({"params": params}, ids, types, mask, None, None,
+                          positions)["mlm_logits"]
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(log_probs, labels[..., None], -1).mean(), logits
+
+  (loss_a, logits_a), grads_a = jax.value_and_grad(loss, argnums=1, has_aux=True)(padded, params)
+  (loss_b, logits_b), grads_b = jax.value_and_grad(loss, argnums=1, has_aux=True)(plain, params)
+  assert logits_a.shape == logits_b.shape == (3, 3, 101)
+  np.testing.assert_allclose(logits_a, logits_b, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  np.testing.assert_array_equal(np.argmax(logits_a, -1), np.argmax(logits_b, -1))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                         grads_a, grads_b)
+
+
+@pytest.mark.parametrize("name,platform,want", [
+    ("auto", "cpu", "float32"), ("auto", "gpu", "bfloat16"), ("auto", "tpu", "bfloat16"),
+    ("float32", "gpu", "float32"), ("float16", "tpu", "float16"), ("bfloat16", "cpu", "bfloat16"),
+])
+def test_resolve_dtype(name, platform, want):
+  assert model_lib.resolve_dtype(name, platform) == want
+
+
+def test_platform_defaults_resolve_where_the_config_is_built():
+  assert jax.default_backend() == "cpu"
+  config = TINY.replace(dtype="auto", attention_dropout_rate=None)
+  assert config.dtype == "float32" and config.attention_dropout_rate == 0.1
+  assert model_lib.default_attention_dropout("gpu") == 0.0
+  assert model_lib.default_attention_dropout("tpu") == 0.0
+  with pytest.raises(ValueError, match="'bf16'"):
+    model_lib.resolve_dtype("bf16", "cpu")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_splash_kernel_in_the_model_matches_xla(packed):
+  config = TINY.replace(max_position_embeddings=128, num_layers=1)
+  params, _ = _init(model_lib.BertModel(config), length=128)
+  ids, types, _ = _inputs(batch=2, length=128)
+  if packed:
+    packing = np.zeros((2, 128), np.int32)
+    packing[0, :70], packing[0, 70:100], packing[1, :128] = 1, 2, 1
+    args, real = (None, None, packing), packing > 0
+  else:
+    mask = np.ones((2, 128), np.int32)
+    mask[1, 90:] = 0
+    args, real = (mask, None, None), mask > 0
+  outs = {impl: model_lib.BertModel(config.replace(attention_impl=impl)).apply(
+      {"params": params}, ids, types, *args).sequence_output for impl in ("xla", "splash")}
+  np.testing.assert_allclose(np.asarray(outs["splash"])[real], np.asarray(outs["xla"])[real],
+                             atol=1e-5)
+
+
 def test_dropout_is_active_only_when_not_deterministic():
   module = model_lib.BertForPreTraining(TINY)
   params, _ = _init(module)
@@ -221,6 +287,8 @@ def test_sequence_longer_than_position_table_is_an_error():
     (dict(hidden_act="swish"), "hidden_act"),
     (dict(attention_impl="flash"), "attention_impl"),
     (dict(remat_policy="some"), "remat_policy"),
+    (dict(dtype="fp8"), "dtype='fp8'"),
+    (dict(vocab_pad_multiple=0), "vocab_pad_multiple"),
 ])
 def test_bad_config_values_are_named(kwargs, culprit):
   with pytest.raises(ValueError, match=culprit):

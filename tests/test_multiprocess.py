@@ -7,7 +7,6 @@ and ends with the loss of the uninterrupted run."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,39 +14,16 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CACHE_ENV, HERE, child_env, prepare_sample_data
+from conftest import child_env, prepare_sample_data, process_results, start_processes
 
 STEPS, PREEMPT_AT = 6, 4
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _result(proc):
-  """The JSON line(s) a child printed last (a list when it printed several)."""
-  try:
-    stdout, stderr = proc.communicate(timeout=240)
-  finally:
-    proc.kill()
-  assert proc.returncode == 0, stderr[-3000:]
-  return json.loads(stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_and_resume_on_one(tmp_path):
   data = prepare_sample_data(tmp_path / "data")
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", **CACHE_ENV)
-  env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), HERE, env.get("PYTHONPATH", "")])
   multi = str(tmp_path / "multi")
-  procs = [subprocess.Popen([sys.executable, __file__, "--child", "preempt", multi, data,
-                             str(port), str(i)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  procs = start_processes(__file__, ["preempt", multi, data])
   # One process with 4 devices: an uninterrupted run, then (once the two processes have
   # stopped) it resumes their run from their checkpoint.
   done = tmp_path / "two_processes_done"
@@ -55,9 +31,9 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
                                   str(tmp_path / "single"), data, multi, str(done)],
                                  env=child_env(4), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-  outs = [_result(p) for p in procs]
+  outs = process_results(procs)
   done.write_text("")
-  single, resumed = _result(single_proc)
+  single, resumed = process_results([single_proc])[0]
   assert outs[0]["process_count"] == 2 and outs[0]["device_count"] == 4
   assert single["process_count"] == 1 and single["device_count"] == 4
   # Each process's devices hold its block of the global batch, and the global batch the two

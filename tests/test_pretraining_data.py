@@ -232,7 +232,7 @@ def test_launcher_errors_are_one_line(tiny, tmp_path, case):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
   assert "Traceback" not in result.stderr
-  assert {"empty": "no text", "no_vocab": "missing", "no_input": "nothing",
+  assert {"empty": "empty.txt has no text", "no_vocab": "missing", "no_input": "nothing",
           "bad_jsonl": "broken.jsonl:1", "tfds": "[tf]"}[case] in lines[0]
   assert not os.path.exists(tmp_path / "out")
 
@@ -247,7 +247,7 @@ def test_sample_corpus_is_regenerated_byte_for_byte():
 
 
 def test_tfds_text_dataset_is_read_without_tensorflow(tmp_path, tiny):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=12):
     texts = list(text_corpus.tfds_texts("imdb_reviews:train", "text"))
     with pytest.raises(UserError, match=r"no feature 'body'; it has \['label', 'text'\]"):

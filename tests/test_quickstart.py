@@ -22,7 +22,9 @@ def test_quickstart_script_runs_the_whole_chain(tmp_path):
        "--config.num_train_steps=12", "--config.eval_every_steps=12",
        "--config.checkpoint_every_steps=12", "--config.log_every_steps=6",
        "--config.batch_size=16"],
-      capture_output=True, text=True, timeout=600)
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, FINETUNE_ARGS="--config.num_train_steps=6 --config.batch_size=16 "
+               "--config.eval_every_steps=6 --config.checkpoint_every_steps=6"))
   assert r.returncode == 0, r.stderr[-3000:]
   meta = json.loads((workdir / "data" / "meta.json").read_text())
   assert meta["max_seq_length"] == 64 and meta["mode"] == "nsp"
@@ -36,3 +38,11 @@ def test_quickstart_script_runs_the_whole_chain(tmp_path):
   vocab = set((workdir / "vocab" / "vocab.txt").read_text().split("\n"))
   ranked = [line.split() for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
   assert len(ranked) == 9 and all(row[1] in vocab for row in ranked)
+  # Fine-tuning on the sample pairs: evaluated, best model exported, test file predicted, and
+  # the predict line ranks the three labels.
+  best = json.loads((workdir / "ft" / "best" / "best.json").read_text())
+  assert best["step"] == 6 and best["metric"] == "eval_accuracy"
+  predictions = (workdir / "ft" / "test_predictions.tsv").read_text().splitlines()
+  assert predictions[0] == "index\tprediction" and len(predictions) == 601
+  last = r.stdout.strip().splitlines()[-1].split("\t")
+  assert sorted(cell.split()[0] for cell in last) == ["contradiction", "entailment", "neutral"]

@@ -134,7 +134,6 @@ def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
   data.tokenizer_dir = write_vocab(tmp_path / "vocab")
   train.train_and_evaluate(c, str(src), data=data)
   assert (src / "tokenizer" / "vocab.txt").exists()
-  pytest.importorskip("bert_jax.formats.convert")
   wrong = tiny_config(num_train_steps=1, init_checkpoint=str(src))
   wrong.model.intermediate_size = 48
   with pytest.raises(train.UserError,
@@ -150,3 +149,22 @@ def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
   b = convert.from_pretrained(str(tmp_path / "ok")).params
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)  # lr 0: the loaded weights come back unchanged
+
+
+def test_pretraining_eval_is_one_exact_pass_and_a_missing_split_is_named(tmp_path):
+  """The eval split is read once, every row (the last batch padded with weight-0 rows); an
+  explicitly given eval_data without the split asked for names the splits it has."""
+  from bert_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from conftest import prepare_sample_data  # pylint: disable=g-import-not-at-top
+  data_dir = prepare_sample_data(tmp_path / "data", num_lines=1500)
+  c = tiny_config(train_data=data_dir, eval_data=data_dir, eval_every_steps=2,
+                  num_eval_batches=0, eval_batch_size=8)
+  data = pretraining.PretrainingTask(c).make_data(c)
+  batches = list(data.eval_sets[""]())
+  data.train.close()
+  num_eval = input_pipeline.read_meta(data_dir)["splits"]["eval"]["num_examples"]
+  weights = np.concatenate([b["example_weights"] for b in batches])
+  assert weights.sum() == num_eval and len(weights) == 8 * -(-num_eval // 8)
+  bad = tiny_config(train_data=data_dir, eval_data=data_dir, eval_split="dev", eval_every_steps=2)
+  with pytest.raises(train.UserError, match=r"has no split 'dev'; it has \['eval', 'train'\]"):
+    pretraining.PretrainingTask(bad).make_data(bad)

@@ -389,7 +389,8 @@ def _ordered_map(tasks, num_workers: int, tokenizer_path: str):
 
 def prepare(documents: Iterable[list[str]], stats: ReadStats, tokenizer_path: str,
             output_dir: str, options: PrepareOptions,
-            progress: Optional[Callable[[dict], None]] = None, overwrite: bool = False) -> dict:
+            progress: Optional[Callable[[dict], None]] = None, overwrite: bool = False,
+            source: str = "the input") -> dict:
   """Writes a prepared pretraining dataset; returns its meta (also in meta.json).
 
   Args:
@@ -402,6 +403,7 @@ def prepare(documents: Iterable[list[str]], stats: ReadStats, tokenizer_path: st
     progress: optional callable(dict) called every few seconds with counts.
     overwrite: replace what an earlier run (of this host) wrote to `output_dir`;
       without it, an existing prepared dataset is an error, never silently lost.
+    source: what `documents` were read from, named in errors (files, a tfds dataset).
   """
   options.validate()
   tokenizer = load_tokenizer(tokenizer_path)
@@ -450,7 +452,7 @@ def prepare(documents: Iterable[list[str]], stats: ReadStats, tokenizer_path: st
         writer.close()
         writers[split][j] = None
     if stats.documents == 0:
-      raise UserError("the input has no text: every document is empty")
+      raise UserError(f"{source} has no text: every document is empty")
     if hosts == 1 and sum(examples["train"]) == 0:
       raise UserError("no training example was made: the corpus is too small or all held out")
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
 from typing import Any, Optional
 
+from bert_jax import files
 from bert_jax.data import text_corpus
 from bert_jax.errors import UserError
 
@@ -63,18 +63,7 @@ def _rows(path: str) -> list[dict[str, Any]]:
     text = _decode(f.read(), path)
   ext = os.path.splitext(path)[1].lower()
   if ext in (".jsonl", ".json"):
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
-      if not isinstance(row, dict):
-        raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-      rows.append(row)
-    return rows
+    return [row for _, row in files.jsonl_objects(text.splitlines(), path)]
   if ext not in (".csv", ".tsv"):
     raise UserError(f"{path}: unknown file type {ext!r}; expected .csv, .tsv or .jsonl")
   reader = csv.DictReader(io.StringIO(text), delimiter="\t" if ext == ".tsv" else ",",

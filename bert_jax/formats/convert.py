@@ -65,13 +65,6 @@ class Pretrained:
 
 # --- Format detection and loading. ---
 
-def _read_json(path: str) -> dict:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-    raise UserError(f"{path} is not valid JSON: {exc}") from None
-
 
 def _google_prefix(path: str) -> Optional[str]:
   """The checkpoint prefix of a Google dir (or of a `.../model.ckpt` prefix path)."""
@@ -133,7 +126,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 def _hf_config(path: str) -> tuple[BertConfig, dict]:
   config_path = os.path.join(path, "config.json")
-  hf = _read_json(config_path)
+  hf = files.read_json(config_path)
   if hf.get("model_type", "bert") != "bert":
     raise UserError(f"{config_path}: model_type={hf['model_type']!r}, expected 'bert'")
   try:
@@ -165,7 +158,7 @@ def _load_hf(path: str) -> tuple[BertConfig, dict, tuple, Optional[int], Optiona
       break
   weight_files = [weights]
   if weights.endswith(".index.json"):  # sharded: {"weight_map": {tensor: shard file}}
-    shards = set(_read_json(weights).get("weight_map", {}).values())
+    shards = set(files.read_json(weights).get("weight_map", {}).values())
     weight_files = [os.path.join(path, f) for f in sorted(shards)]
     if not weight_files:
       raise UserError(f"{weights} has no weight_map")
@@ -186,7 +179,7 @@ def _load_google(path: str) -> tuple[BertConfig, dict, tuple, Optional[int], str
   if not os.path.exists(config_path):
     raise FileNotFoundError(2, "No bert_config.json next to the TF checkpoint", config_path)
   try:
-    config = BertConfig.from_hf_dict(_read_json(config_path))
+    config = BertConfig.from_hf_dict(files.read_json(config_path))
   except (ValueError, TypeError) as exc:
     raise UserError(f"{config_path}: {exc}") from None
   state, names = weight_names.google_to_state(tf_checkpoint.load_checkpoint(prefix))
@@ -219,7 +212,7 @@ def read_model_config(path: str) -> BertConfig:
   else:
     config_path = os.path.join(os.path.dirname(_google_prefix(path)), "bert_config.json")
     try:
-      config = BertConfig.from_hf_dict(_read_json(config_path))
+      config = BertConfig.from_hf_dict(files.read_json(config_path))
     except (ValueError, TypeError) as exc:
       raise UserError(f"{config_path}: {exc}") from None
   return config.replace(scan_layers=False, dtype="float32", param_dtype="float32")

@@ -195,7 +195,6 @@ class SequenceTask:
   def make_data(self, config: ml_collections.ConfigDict) -> base.Data:
     from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
     from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
-    import jax as jax_  # pylint: disable=g-import-not-at-top,reimported
 
     if not config.init_checkpoint:
       raise UserError("config.init_checkpoint is empty: fine-tuning starts from a model path "
@@ -208,7 +207,7 @@ class SequenceTask:
     length = int(config.max_seq_length)
     encoded_train = self.encode(tokenizer, train, length)
     eval_batch = config.eval_batch_size or config.batch_size
-    where = dict(process_index=jax_.process_index(), process_count=jax_.process_count())
+    where = dict(process_index=jax.process_index(), process_count=jax.process_count())
     eval_sets = {
         infix: functools.partial(finetune_data.eval_batches, self.encode(tokenizer, ex, length),
                                  global_batch_size=eval_batch, max_seq_length=length, **where)

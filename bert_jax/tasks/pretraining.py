@@ -111,9 +111,6 @@ class PretrainingTask:
                       f"was prepared with max_seq_length={meta['max_seq_length']}")
     common = dict(max_predictions_per_seq=config.max_predictions_per_seq,
                   mask_rate=config.mask_rate, whole_word_mask=config.whole_word_mask)
-    train = input_pipeline.make_pretraining_iterator(
-        config.train_data, config.train_split, global_batch_size=config.batch_size,
-        seed=config.seed, **common)
     eval_sets = {}
     if config.eval_every_steps:
       eval_dir = config.eval_data or config.train_data
@@ -128,6 +125,9 @@ class PretrainingTask:
                         f"{sorted(eval_meta.get('splits', {}))} (set config.eval_split)")
       else:
         logging.warning("no split %r in %s: no evaluation", config.eval_split, eval_dir)
+    train = input_pipeline.make_pretraining_iterator(
+        config.train_data, config.train_split, global_batch_size=config.batch_size,
+        seed=config.seed, **common)
     tok = os.path.join(config.train_data, meta.get("tokenizer", "tokenizer"))
     return base.Data(meta=meta, train=train, eval_sets=eval_sets,
                      tokenizer_dir=tok if os.path.isdir(tok) else None)

@@ -1,0 +1,437 @@
+r"""GPU suite: correctness of the fast paths, then bert_jax vs transformers + torch on one GPU.
+
+  python bench/gpu_suite.py            # one NVIDIA GPU; jax[cuda], torch, transformers
+  python bench/gpu_suite.py --smoke    # CPU, tiny sizes, a few steps: the suite's own test
+
+Prints one table. First the correctness checks; any failure stops the suite
+(exit 1) with the failing case named:
+  - cuDNN attention equals the XLA kernel (bf16 tolerance, outputs and
+    gradients at real tokens) with padding and with packed rows, and the
+    compiled program really contains the cuDNN fused-attention call;
+  - a bf16 train step tracks fp32 (same data and seed, losses of each step);
+  - bert_jax embeddings match transformers' (cosine) before they are timed.
+Then throughput, both sides on the same GPU in the same run, each in its own
+process (so neither holds the other's memory):
+  - pretraining seq/s of BERT-base seq 128, BERT-large seq 128 and BERT-large
+    seq 512 packed: bert_jax's own train loop (configs/bert_base.py,
+    configs/bert_large.py: bf16, attention 'auto' = cuDNN, attention dropout 0
+    as on every GPU by default) against transformers' BertForPreTraining (or
+    BertForMaskedLM for packed rows, with a block-diagonal mask) with SDPA
+    attention, bf16 autocast and fused AdamW; the ratio; MFU against the
+    measured bf16 matmul peak and against the datasheet peak;
+  - embedding tokens/s on variable-length text: bert_jax's Embedder against
+    transformers' BertModel (SDPA, bf16 autocast, length-sorted batches), the
+    second pass of each timed.
+Fine-tuning is not in the suite (its step is the pretraining step with a
+smaller head; no separate row).
+
+Targets on one H100/H200 (reported, not asserted): BERT-base seq 128 >= 6,000
+seq/s; BERT-large seq 128 >= 1,800; BERT-large seq 512 packed >= 380;
+embeddings >= 2x transformers. The whole suite is sized to finish in < 8 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bert_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+
+VOCAB = 30522
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  config_file: str
+  seq: int
+  preds: int
+  batch: int
+  packed: bool
+  target: Optional[float]  # seq/s on one H100/H200
+
+
+CASES = (
+    Case("BERT-base seq 128", "bert_base.py", 128, 20, 256, False, 6000),
+    Case("BERT-large seq 128", "bert_large.py", 128, 20, 128, False, 1800),
+    Case("BERT-large seq 512 packed", "bert_large.py", 512, 80, 32, True, 380),
+)
+
+
+def _sizes(smoke: bool) -> dict[str, Any]:
+  if smoke:
+    return dict(preset="tiny", steps=4, cases=tuple(
+        dataclasses.replace(c, seq=min(c.seq, 64) if not c.packed else 128, batch=4,
+                            preds=min(c.preds, 10)) for c in CASES),
+        texts=48, check_steps=4, check_preset="tiny", peak_n=512, vocab=512)
+  return dict(preset=None, steps=20, cases=CASES, texts=10000, check_steps=20,
+              check_preset="mini", peak_n=8192, vocab=VOCAB)
+
+
+# ------------------------------------------------------------------ workers
+# Each runs in its own process and prints one JSON line last.
+
+
+def _jax_setup(smoke: bool):
+  if smoke:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  else:
+    platform_lib.set_performance_flags()
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax
+
+
+def _train_config(case: Case, sizes: dict, steps: int, dtype: str, preset: Optional[str] = None):
+  import pretrain_peers  # pylint: disable=g-import-not-at-top
+  from bert_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  c = pretrain_peers.load_config(case.config_file)
+  c.update(batch_size=case.batch, num_train_steps=steps, log_every_steps=steps,
+           eval_every_steps=0, checkpoint_every_steps=10 ** 9, max_seq_length=case.seq,
+           max_predictions_per_seq=case.preds, warmup_steps=10,
+           dtype=model_lib.resolve_dtype(dtype))
+  if preset or sizes["preset"]:
+    c.model.preset = preset or sizes["preset"]
+  return c
+
+
+def worker_peak(smoke: bool) -> dict:
+  jax = _jax_setup(smoke)
+  import pretrain_peers  # pylint: disable=g-import-not-at-top
+  from bert_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  sizes = _sizes(smoke)
+  kind = jax.devices()[0].device_kind
+  return dict(device=kind, platform=jax.default_backend(),
+              bf16_peak=pretrain_peers.measured_matmul_peak(
+                  sizes["peak_n"], reps=5, dtype=jax.numpy.bfloat16, inner=1 if smoke else 10),
+              datasheet_peak=metrics_lib.peak_flops_per_device(kind))
+
+
+def _attention_case(jax, packed: bool, smoke: bool) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  jnp = jax.numpy
+  from bert_jax import attention  # pylint: disable=g-import-not-at-top
+  b, l, h, d = (2, 128, 2, 64) if smoke else (8, 512, 16, 64)
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((b, l, h, d)), jnp.bfloat16) for _ in range(3))
+  if packed:
+    ids = np.zeros((b, l), np.int32)
+    for row in range(b):
+      cuts = sorted(rng.choice(np.arange(16, l - 40), size=2, replace=False).tolist())
+      ids[row, :cuts[0]], ids[row, cuts[0]:cuts[1]], ids[row, cuts[1]:l - 24] = 1, 2, 3
+    mask = attention.attention_mask(None, jnp.asarray(ids), l)
+    real = ids > 0
+  else:
+    lengths = rng.integers(l // 4, l + 1, size=b)
+    lengths[0] = l
+    key_mask = (np.arange(l)[None] < lengths[:, None]).astype(np.int32)
+    mask = attention.attention_mask(jnp.asarray(key_mask), None, l)
+    real = key_mask > 0
+  real_w = jnp.asarray(real[:, :, None, None], jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal((b, l, h, d)), jnp.float32)
+
+  def loss(impl, q, k, v):
+    out = attention.dot_product_attention(q, k, v, mask, implementation=impl)
+    return jnp.sum(out.astype(jnp.float32) * cotangent * real_w), out
+
+  results = {}
+  for impl in ("cudnn", "xla"):
+    fn = jax.jit(jax.value_and_grad(lambda q, k, v, impl=impl: loss(impl, q, k, v),
+                                    argnums=(0, 1, 2), has_aux=True))
+    hlo = fn.lower(q, k, v).compile().as_text()
+    (_, out), grads = fn(q, k, v)
+    results[impl] = dict(out=np.asarray(out, np.float32), grads=[np.asarray(g, np.float32)
+                                                                  for g in grads],
+                         fused="cudnn$fmha" in hlo or "__cudnn$fmha" in hlo)
+  err_out = float(np.max(np.abs(results["cudnn"]["out"][real] - results["xla"]["out"][real])))
+  err_grad = max(float(np.max(np.abs(g[real] - w[real])))
+                 for g, w in zip(results["cudnn"]["grads"], results["xla"]["grads"]))
+  scale_grad = max(float(np.max(np.abs(w[real]))) for w in results["xla"]["grads"])
+  on_gpu = jax.default_backend() == "gpu"
+  ok = err_out < 4e-2 and err_grad < 4e-2 * max(1.0, scale_grad)
+  detail = f"max |d out| {err_out:.1e}, max |d grad| {err_grad:.1e} (grad scale {scale_grad:.1f})"
+  if on_gpu and not results["cudnn"]["fused"]:
+    ok, detail = False, "the compiled program has no cuDNN fused-attention call; " + detail
+  if not on_gpu:
+    detail += "; no GPU: cudnn falls back to XLA"
+  return dict(ok=bool(ok), detail=detail)
+
+
+def worker_checks(smoke: bool) -> dict:
+  jax = _jax_setup(smoke)
+  import pretrain_peers  # pylint: disable=g-import-not-at-top
+  sizes = _sizes(smoke)
+  rows = []
+  for packed in (False, True):
+    name = f"cuDNN attention = XLA, {'packed rows' if packed else 'padding'}"
+    try:
+      rows.append(dict(name=name, **_attention_case(jax, packed, smoke)))
+    except Exception as e:  # pylint: disable=broad-except
+      rows.append(dict(name=name, ok=False, detail=f"{type(e).__name__}: {e}"[:300]))
+    if not rows[-1]["ok"]:
+      return dict(rows=rows)
+  case = dataclasses.replace(CASES[0], batch=16 if not smoke else 4, seq=128 if not smoke else 32,
+                             preds=20 if not smoke else 5)
+  steps = sizes["check_steps"]
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    c = _train_config(case, sizes, steps, dtype, preset=sizes["check_preset"])
+    c.update(log_every_steps=1, warmup_steps=1, learning_rate=1e-3)
+    c.model.hidden_dropout_rate = 0.0
+    c.model.attention_dropout_rate = 0.0
+    losses[dtype] = pretrain_peers.run_bert_jax(
+        c, pretrain_peers.synthetic_data(c, vocab_size=sizes["vocab"]))["losses"]
+  diffs = [abs(a - b) / abs(a) for a, b in zip(losses["float32"], losses["bfloat16"])]
+  ok = len(diffs) == steps and max(diffs) < 0.02  # nan fails too
+  rows.append(dict(name="bf16 train step tracks fp32", ok=bool(ok),
+                   detail=(f"{steps} steps, max relative loss gap {max(diffs):.2%}; loss "
+                           f"{losses['float32'][0]:.3f} -> {losses['float32'][-1]:.3f} (fp32), "
+                           f"-> {losses['bfloat16'][-1]:.3f} (bf16)")))
+  return dict(rows=rows)
+
+
+def worker_jax_pretrain(smoke: bool, index: int) -> dict:
+  _jax_setup(smoke)
+  import pretrain_peers  # pylint: disable=g-import-not-at-top
+  sizes = _sizes(smoke)
+  case = sizes["cases"][index]
+  c = _train_config(case, sizes, sizes["steps"], "auto")
+  out = pretrain_peers.run_bert_jax(
+      c, pretrain_peers.synthetic_data(c, vocab_size=sizes["vocab"], packed=case.packed))
+  return dict(seq_per_sec=out["seq_per_sec"], loss=out["loss"])
+
+
+def _hf_model_kwargs(preset: str, vocab: int) -> dict:
+  from bert_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  p = model_lib.PRESETS[preset]
+  return dict(vocab_size=vocab, hidden_size=p["hidden_size"], num_hidden_layers=p["num_layers"],
+              num_attention_heads=p["num_heads"], intermediate_size=p["intermediate_size"])
+
+
+def worker_torch_pretrain(smoke: bool, index: int) -> dict:
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # batches only; keep jax off the GPU
+  import pretrain_peers  # pylint: disable=g-import-not-at-top
+  sizes = _sizes(smoke)
+  case = sizes["cases"][index]
+  c = _train_config(case, sizes, sizes["steps"], "float32")
+  batch = next(pretrain_peers.synthetic_data(c, vocab_size=sizes["vocab"],
+                                             packed=case.packed).train)
+  out = pretrain_peers.run_transformers(
+      _hf_model_kwargs(c.model.preset, sizes["vocab"]), batch, sizes["steps"],
+      device="cpu" if smoke else "cuda", bf16_autocast=not smoke, attn_implementation="sdpa",
+      fused_adamw=not smoke)
+  return dict(seq_per_sec=out["seq_per_sec"], loss=out["loss"])
+
+
+def _embedding_texts(n: int, seed: int = 0) -> list[str]:
+  """Variable-length texts (1 to 12 consecutive lines of the shipped sample corpus)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, "bert_jax", "data", "sample_corpus.txt"), encoding="utf-8") as f:
+    lines = [line.strip() for line in f if line.strip()]
+  rng = np.random.default_rng(seed)
+  starts = rng.integers(0, len(lines) - 12, size=n)
+  counts = rng.integers(1, 13, size=n)
+  return [" ".join(lines[s:s + c]) for s, c in zip(starts, counts)]
+
+
+def _embedding_model_dir(workdir: str, smoke: bool) -> str:
+  """A random-weight BERT-base (tiny for --smoke) as a Hugging Face dir, vocab from the corpus."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "hf_model")
+  if os.path.exists(os.path.join(path, "config.json")):
+    return path
+  counts = collections.Counter(w for t in _embedding_texts(2000) for w in t.lower().split())
+  words = [w for w, _ in counts.most_common(8000 if not smoke else 400)]
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words))]
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "vocab.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(vocab) + "\n")
+  torch.manual_seed(0)
+  cfg = transformers.BertConfig(**_hf_model_kwargs("tiny" if smoke else "base", len(vocab)))
+  transformers.BertModel(cfg).save_pretrained(path)
+  transformers.BertTokenizerFast(os.path.join(path, "vocab.txt"), do_lower_case=True
+                                 ).save_pretrained(path)
+  return path
+
+
+def worker_jax_embed(smoke: bool, workdir: str) -> dict:
+  _jax_setup(smoke)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bert_jax import inference  # pylint: disable=g-import-not-at-top
+  from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
+  texts = _embedding_texts(_sizes(smoke)["texts"])
+  pre = convert.from_pretrained(os.path.join(workdir, "hf_model"))
+  embedder = inference.Embedder(pre, pooling="mean", max_seq_length=256,
+                                tokens_per_batch=2048 if smoke else 32768)
+  embedder.embed(texts)  # compiles each bucket
+  t = time.perf_counter()
+  vectors = embedder.embed(texts)
+  elapsed = time.perf_counter() - t
+  tokens = sum(len(r) for r in pre.tokenizer.encode_batch(texts, max_length=256,
+                                                          padding="none")["input_ids"])
+  np.save(os.path.join(workdir, "jax_vectors.npy"), vectors)
+  return dict(tokens_per_sec=tokens / elapsed, tokens=tokens, dtype=embedder.dtype)
+
+
+def worker_torch_embed(smoke: bool, workdir: str) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  device = "cpu" if smoke else "cuda"
+  path = os.path.join(workdir, "hf_model")
+  texts = _embedding_texts(_sizes(smoke)["texts"])
+  tokenizer = transformers.BertTokenizerFast.from_pretrained(path)
+  model = transformers.BertModel.from_pretrained(path, attn_implementation="sdpa",
+                                                 add_pooling_layer=False).to(device).eval()
+  tokens_per_batch = 2048 if smoke else 32768
+
+  def embed():
+    enc = tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+    order = np.argsort([len(r) for r in enc])[::-1]
+    out = np.zeros((len(texts), model.config.hidden_size), np.float32)
+    start = 0
+    while start < len(order):
+      width = len(enc[order[start]])
+      rows = order[start:start + max(1, tokens_per_batch // width)]
+      ids = np.zeros((len(rows), width), np.int64)
+      mask = np.zeros_like(ids)
+      for i, r in enumerate(rows):
+        ids[i, :len(enc[r])], mask[i, :len(enc[r])] = enc[r], 1
+      ids_t, mask_t = torch.tensor(ids, device=device), torch.tensor(mask, device=device)
+      with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16,
+                                                  enabled=not smoke):
+        hidden = model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state.float()
+      m = mask_t[:, :, None].float()
+      out[rows] = ((hidden * m).sum(1) / m.sum(1)).cpu().numpy()
+      start += len(rows)
+    return out, sum(len(r) for r in enc)
+
+  embed()
+  t = time.perf_counter()
+  vectors, tokens = embed()
+  elapsed = time.perf_counter() - t
+  np.save(os.path.join(workdir, "torch_vectors.npy"), vectors)
+  return dict(tokens_per_sec=tokens / elapsed, tokens=tokens)
+
+
+WORKERS = {"peak": worker_peak, "checks": worker_checks, "jax_pretrain": worker_jax_pretrain,
+           "torch_pretrain": worker_torch_pretrain, "jax_embed": worker_jax_embed,
+           "torch_embed": worker_torch_embed}
+
+
+# -------------------------------------------------------------------- driver
+
+
+class SuiteFailure(Exception):
+  pass
+
+
+def _run_worker(name: str, smoke: bool, *args: str, timeout: int = 900) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}",
+         *(["--smoke"] if smoke else []), *[f"--arg={a}" for a in args]]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+  if proc.returncode != 0:
+    tail = proc.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
+    raise SuiteFailure(f"{name} {' '.join(args)}: exit {proc.returncode}: {tail[0][:300]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt(x: Optional[float], spec: str = ",.0f") -> str:
+  return "n/a" if x is None else format(x, spec)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, a few steps")
+  parser.add_argument("--worker", help=argparse.SUPPRESS)
+  parser.add_argument("--arg", action="append", default=[], help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.worker:
+    fn = WORKERS[args.worker]
+    extra = [int(a) if a.isdigit() else a for a in args.arg]
+    print(json.dumps(fn(args.smoke, *extra)))
+    return 0
+
+  from bert_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from bert_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  sizes = _sizes(args.smoke)
+  started = time.time()
+  table: list[tuple[str, ...]] = []
+  header = ("row", "status / bert_jax", "transformers", "ratio", "MFU meas.", "MFU sheet",
+            "target", "detail")
+
+  def show():
+    widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header) - 1)]
+    for r in [header, *table]:
+      print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + str(r[-1]))
+    print(f"load average {os.getloadavg()[0]:.2f}; {time.time() - started:.0f} s")
+
+  try:
+    peak = _run_worker("peak", args.smoke)
+    print(f"device {peak['device']} ({peak['platform']}); measured bf16 matmul peak "
+          f"{peak['bf16_peak'] / 1e12:.1f} TFLOP/s; datasheet "
+          f"{_fmt(peak['datasheet_peak'] and peak['datasheet_peak'] / 1e12, '.0f')} TFLOP/s"
+          f"{'  [--smoke: CPU, tiny sizes]' if args.smoke else ''}", flush=True)
+    for row in _run_worker("checks", args.smoke)["rows"]:
+      table.append((row["name"], "PASS" if row["ok"] else "FAIL", "", "", "", "", "",
+                    row["detail"]))
+      if not row["ok"]:
+        raise SuiteFailure(f"correctness check failed: {row['name']}: {row['detail']}")
+    for index, case in enumerate(sizes["cases"]):
+      ours = _run_worker("jax_pretrain", args.smoke, str(index))
+      theirs = _run_worker("torch_pretrain", args.smoke, str(index))
+      c = _train_config(case, sizes, 1, "float32")
+      flops = metrics_lib.pretraining_flops_per_sequence(
+          model_lib.BertConfig.preset(c.model.preset, vocab_size=sizes["vocab"]), case.seq,
+          case.preds, with_nsp=not case.packed)
+      sheet = peak["datasheet_peak"]
+      table.append((
+          f"pretrain {case.name} (batch {case.batch}{', ' + c.model.preset if args.smoke else ''})",
+          f"{ours['seq_per_sec']:,.1f} seq/s", f"{theirs['seq_per_sec']:,.1f} seq/s",
+          f"{ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x",
+          f"{ours['seq_per_sec'] * flops / peak['bf16_peak']:.1%}",
+          "n/a" if not sheet else f"{ours['seq_per_sec'] * flops / sheet:.1%}",
+          f">= {case.target:,.0f}" if case.target else "",
+          f"transformers MFU {theirs['seq_per_sec'] * flops / peak['bf16_peak']:.1%} meas.; "
+          f"loss {ours['loss']:.2f} vs {theirs['loss']:.2f}"))
+      print(f"  {table[-1][0]}: {table[-1][1]} vs {table[-1][2]}", flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+      _embedding_model_dir(workdir, args.smoke)
+      ours = _run_worker("jax_embed", args.smoke, workdir)
+      theirs = _run_worker("torch_embed", args.smoke, workdir)
+      import numpy as np  # pylint: disable=g-import-not-at-top
+      a = np.load(os.path.join(workdir, "jax_vectors.npy"))
+      b = np.load(os.path.join(workdir, "torch_vectors.npy"))
+      cos = np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    ok = float(cos.min()) > 0.99
+    table.append(("embeddings match transformers", "PASS" if ok else "FAIL", "", "", "", "", "",
+                  f"min cosine {cos.min():.4f} over {len(cos)} texts (bert_jax {ours['dtype']})"))
+    if not ok:
+      raise SuiteFailure(f"correctness check failed: embeddings: min cosine {cos.min():.4f}")
+    table.append((f"embed {len(cos)} variable-length texts", f"{ours['tokens_per_sec']:,.0f} tok/s",
+                  f"{theirs['tokens_per_sec']:,.0f} tok/s",
+                  f"{ours['tokens_per_sec'] / theirs['tokens_per_sec']:.2f}x", "", "", ">= 2x",
+                  f"{ours['tokens']:,} tokens, second pass timed"))
+  except (SuiteFailure, subprocess.TimeoutExpired) as e:
+    show()
+    print(f"FAILED: {e}", file=sys.stderr)
+    return 1
+  show()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

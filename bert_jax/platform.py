@@ -1,0 +1,75 @@
+"""XLA flags that make training faster on GPUs, set in one place.
+
+Why a function: XLA reads `XLA_FLAGS` once, when jax initialises its backend, so
+the flags must be in the environment before the first jax computation. Launchers
+call `set_performance_flags()` first thing in `main`; it appends only flags the
+user has not set (theirs always win), and only when a GPU may be used: on a
+CPU-only or TPU install it changes nothing.
+
+The flags (all parse in the XLA of jax 0.10.2; see jax's "GPU performance tips"):
+- `xla_gpu_enable_latency_hiding_scheduler`: schedules collectives and compute
+  to overlap (data-parallel gradient all-reduce behind the backward pass).
+- `xla_gpu_enable_highest_priority_async_stream`: collectives on the highest
+  priority stream, so the overlap above actually happens.
+- `xla_gpu_enable_pipelined_all_gather` / `_reduce_scatter` / `_all_reduce`:
+  FSDP's per-layer gathers and scatters move out of the critical path of
+  scanned layers.
+- `xla_gpu_enable_while_loop_double_buffering`: double-buffers the `nn.scan`
+  layer loop (`model.scan_layers`), letting the pipelined collectives overlap.
+On one GPU the collectives are absent and these flags change little; they are
+for multi-GPU nodes and clusters. Not measured on hardware in this repo yet
+(see BENCHMARKS.md, "GPU suite").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Mapping, MutableMapping, Optional
+
+GPU_FLAGS: dict[str, str] = {
+    "xla_gpu_enable_latency_hiding_scheduler": "true",
+    "xla_gpu_enable_highest_priority_async_stream": "true",
+    "xla_gpu_enable_pipelined_all_gather": "true",
+    "xla_gpu_enable_pipelined_reduce_scatter": "true",
+    "xla_gpu_enable_pipelined_all_reduce": "true",
+    "xla_gpu_enable_while_loop_double_buffering": "true",
+}
+
+_GPU_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin", "jax_rocm7_plugin", "jax_rocm60_plugin")
+
+
+def gpu_may_be_used(environ: Optional[Mapping[str, str]] = None) -> bool:
+  """Whether jax could pick a GPU, decided without initialising jax's backends."""
+  environ = os.environ if environ is None else environ
+  platforms = environ.get("JAX_PLATFORMS", environ.get("JAX_PLATFORM_NAME", "")).lower()
+  if platforms and not any(p in platforms for p in ("cuda", "gpu", "rocm")):
+    return False
+  return any(importlib.util.find_spec(name) is not None for name in _GPU_PLUGINS)
+
+
+def merged_xla_flags(current: str, flags: Mapping[str, str]) -> str:
+  """`current` XLA_FLAGS plus each of `flags` the user has not set already."""
+  set_by_user = {token.lstrip("-").split("=", 1)[0] for token in current.split()}
+  extra = [f"--{name}={value}" for name, value in flags.items() if name not in set_by_user]
+  return " ".join([current.strip()] + extra).strip()
+
+
+def set_performance_flags(environ: Optional[MutableMapping[str, str]] = None, *,
+                          force: bool = False) -> list[str]:
+  """Append GPU_FLAGS to XLA_FLAGS (before jax initialises); returns the flags added.
+
+  Does nothing unless a GPU may be used (or `force`). A call after jax has
+  initialised its backends would be silently ignored by XLA, so it raises.
+  """
+  environ = os.environ if environ is None else environ
+  if not (force or gpu_may_be_used(environ)):
+    return []
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if environ is os.environ and xla_bridge.backends_are_initialized():
+    raise RuntimeError("set_performance_flags() must run before the first jax computation "
+                       "(XLA reads XLA_FLAGS once)")
+  before = environ.get("XLA_FLAGS", "")
+  after = merged_xla_flags(before, GPU_FLAGS)
+  environ["XLA_FLAGS"] = after
+  return after[len(before.strip()):].split()
