@@ -51,6 +51,13 @@ def run_bert_jax(workdir: str, overrides: dict) -> dict:
   return {"seq_per_sec": float(np.median(speeds)), "eval": evals[-1], "wall_s": wall}
 
 
+def seed_torch() -> None:
+  """Seeds torch before the model is built, so its fresh head is the same every run."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(RECIPE["seed"])
+  torch.set_num_threads(os.cpu_count() or 1)
+
+
 def torch_optimizer(model, steps: int):
   import torch  # pylint: disable=g-import-not-at-top
   decay, no_decay = [], []
@@ -85,8 +92,6 @@ def torch_train(model, make_inputs: Callable[[np.ndarray], dict], num_rows: int,
                 steps: int) -> float:
   """Trains `steps` steps; returns seq/s over steps 2..N."""
   import torch  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(RECIPE["seed"])
-  torch.set_num_threads(os.cpu_count() or 1)
   opt, schedule = torch_optimizer(model, steps)
   model.train()
   batches = shuffled_batches(num_rows, RECIPE["batch_size"], RECIPE["seed"])

@@ -44,6 +44,7 @@ def run_transformers(model_dir, paths, steps):
 
   tok = tokenization.load_tokenizer(model_dir)
   _, train = _features(paths["train"], tok, True)
+  common.seed_torch()
   model = transformers.BertForQuestionAnswering.from_pretrained(
       model_dir, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
@@ -70,7 +71,8 @@ def run_transformers(model_dir, paths, steps):
   version_2 = any(ex.is_impossible for ex in examples)
   answers = squad_eval.best_answers(examples, dev, np.arange(len(dev)), start, end,
                                     version_2=version_2)
-  return {"seq_per_sec": seq_per_sec, **squad_eval.score(examples, answers)}
+  return {"seq_per_sec": seq_per_sec, **squad_eval.score(examples, answers),
+          "train_s": (steps - 1) * common.RECIPE["batch_size"] / seq_per_sec}
 
 
 def main():
@@ -104,7 +106,8 @@ def main():
   print(f"bert_jax     : {ours['seq_per_sec']:8.1f} seq/s  EM {em:.4f}  F1 {f1:.4f}  "
         f"(launch/finetune.py, {ours['wall_s']:.0f} s wall incl. start-up and compile)")
   print(f"transformers : {theirs['seq_per_sec']:8.1f} seq/s  EM {theirs['exact_match']:.4f}  "
-        f"F1 {theirs['f1']:.4f}  (BertForQuestionAnswering)")
+        f"F1 {theirs['f1']:.4f}  (BertForQuestionAnswering; {theirs['train_s']:.0f} s of training "
+        "steps)")
   print(f"ratio bert_jax / transformers: speed {ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x, "
         f"EM {em / max(theirs['exact_match'], 1e-9):.3f}; {common.load_line()}")
 

@@ -52,6 +52,7 @@ def run_transformers(model_dir, paths, labels, steps):
     return rows
 
   train_rows = encode(conll.read_conll(paths["train"]), True)
+  common.seed_torch()
   model = transformers.BertForTokenClassification.from_pretrained(
       model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
       label2id=label_to_id, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
@@ -69,7 +70,8 @@ def run_transformers(model_dir, paths, labels, steps):
       out = model(input_ids=torch.tensor([ids])).logits[0].argmax(-1).numpy()
     gold.append(s.labels)
     pred.append([labels[out[firsts[w]]] if w in firsts else "O" for w in range(len(s.words))])
-  return {"seq_per_sec": seq_per_sec, "f1": metrics.f1_score(gold, pred)}
+  return {"seq_per_sec": seq_per_sec, "f1": metrics.f1_score(gold, pred),
+          "train_s": (steps - 1) * common.RECIPE["batch_size"] / seq_per_sec}
 
 
 def main():
@@ -102,7 +104,7 @@ def main():
   print(f"bert_jax     : {ours['seq_per_sec']:8.1f} seq/s  entity F1 {f1:.4f}  "
         f"(launch/finetune.py, {ours['wall_s']:.0f} s wall incl. start-up and compile)")
   print(f"transformers : {theirs['seq_per_sec']:8.1f} seq/s  entity F1 {theirs['f1']:.4f}  "
-        "(BertForTokenClassification, seqeval)")
+        f"(BertForTokenClassification, seqeval; {theirs['train_s']:.0f} s of training steps)")
   print(f"ratio bert_jax / transformers: speed {ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x, "
         f"F1 {f1 / max(theirs['f1'], 1e-9):.3f}; {common.load_line()}")
 
