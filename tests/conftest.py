@@ -34,7 +34,7 @@ def child_env(devices: int = 1, **extra: str) -> dict:
   return env
 
 
-def run_child(script, args, devices=8, timeout=240):
+def run_child(script, args, devices=8, timeout=900):
   """Runs `script --child ARGS` with `devices` simulated CPU devices; returns its JSON."""
   proc = subprocess.run([sys.executable, script, "--child", *args], env=child_env(devices),
                         capture_output=True, text=True, timeout=timeout)
@@ -53,7 +53,7 @@ def start_processes(script, args, num_processes=2, devices=2):
                            stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
 
 
-def process_results(procs, timeout=300):
+def process_results(procs, timeout=900):
   """The JSON each child printed last, after checking it exited 0."""
   outs = []
   for p in procs:

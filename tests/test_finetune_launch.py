@@ -14,7 +14,7 @@ from conftest import ROOT, child_env
 
 def _run(script, *args):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
-                        capture_output=True, text=True, timeout=300, env=child_env(1))
+                        capture_output=True, text=True, timeout=900, env=child_env(1))
 
 
 def _one_line_error(result, culprit):

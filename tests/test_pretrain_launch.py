@@ -24,7 +24,7 @@ def _env():
 
 def _launch(script, *args, **kw):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
-                        env=_env(), capture_output=True, text=True, timeout=300, **kw)
+                        env=_env(), capture_output=True, text=True, timeout=900, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_pretrain_then_sigterm_and_resume(tmp_path, data_dir):
       proc.send_signal(signal.SIGTERM)
       break
     time.sleep(0.05)
-  _, stderr = proc.communicate(timeout=240)
+  _, stderr = proc.communicate(timeout=900)
   assert proc.returncode == 143, stderr[-3000:]
   saved = [int(d) for d in os.listdir(os.path.join(cut, "checkpoints")) if d.isdigit()]
   assert saved and max(saved) < 20
