@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 import torch
 import transformers
 
@@ -175,7 +176,6 @@ def test_train_eval_score_equals_selection_on_transformers_logits(tmp_path):
 
 
 def test_tfds_squad(tmp_path, tok_dir):
-  tfds = pytest.importorskip("tensorflow_datasets")
   stored = {"train": _raw(sample_tasks.squad_json(1, 3)),
             "validation": _raw(sample_tasks.squad_json(2, 2))}
   c = _config({"train": "", "validation": ""}, tok_dir, task="squad/v1.1")

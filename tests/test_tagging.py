@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from seqeval import metrics as seqeval_metrics
 import torch
 import transformers
@@ -175,7 +176,6 @@ def test_label_outside_the_init_models_label_set(tmp_path):
 
 
 def test_tfds_conll2003(tmp_path, hf_vocab_dir):
-  tfds = pytest.importorskip("tensorflow_datasets")
   importlib.import_module("tensorflow_datasets.text.conll2003")
   names = tfds.builder("conll2003").info.features["ner"].feature.names
   rng = np.random.default_rng(0)

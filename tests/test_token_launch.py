@@ -19,7 +19,7 @@ import test_span_inference
 pytestmark = pytest.mark.slow
 
 
-def _run(script, *args, timeout=300):
+def _run(script, *args, timeout=900):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
                         env=child_env(1), capture_output=True, text=True, timeout=timeout)
 
