@@ -73,12 +73,14 @@ def test_windows_cover_the_context_and_give_answers_back(tok_dir):
   context_pieces = {ex.qid: len(tok.encode_plain([ex.context])[0]) for ex in examples}
   seen = {ex.qid: set() for ex in examples}
   found = {ex.qid: 0 for ex in examples}
+  flagged = {ex.qid: [] for ex in examples}
   for i in range(len(features)):
     ex = examples[features.example_index[i]]
     ids, spans = features.input_ids[i], features.char_spans[i]
     assert len(ids) <= 48
     assert (features.token_type_ids[i] == 1).sum() == (spans[:, 0] >= 0).sum() + 1
     seen[ex.qid].update(map(tuple, spans[spans[:, 0] >= 0].tolist()))
+    flagged[ex.qid] += [tuple(x) for x in spans[features.max_context[i]].tolist()]
     s, e = features.start_positions[i], features.end_positions[i]
     if s:
       assert ex.context[spans[s, 0]:spans[e, 1]] == ex.answers[0][0]
@@ -86,6 +88,9 @@ def test_windows_cover_the_context_and_give_answers_back(tok_dir):
     else:
       assert e == 0
   assert all(len(seen[q]) == context_pieces[q] for q in seen)  # every context piece is in a window
+  # ... and exactly one window is its max-context window.
+  assert all(sorted(flagged[q]) == sorted(seen[q]) for q in seen)
+  assert len(features) > len(examples)  # some contexts needed several windows
   for ex in examples:
     assert (found[ex.qid] > 0) != ex.is_impossible, ex
 

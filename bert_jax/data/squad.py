@@ -203,6 +203,7 @@ def encode(examples: Sequence[QAExample], tokenizer, max_seq_length: int, doc_st
     c_ids, c_offsets = context_rows[ex.context]
     room = max_seq_length - len(q_ids) - 3
     windows = _windows(len(c_ids), room, doc_stride)
+    best_window = _max_context_windows(windows, len(c_ids))
     # The answer's piece span in the whole context (first answer, as BERT trains).
     answer_span = None
     if ex.answers and not ex.is_impossible and len(c_ids):
@@ -220,7 +221,7 @@ def encode(examples: Sequence[QAExample], tokenizer, max_seq_length: int, doc_st
       spans = np.full((len(ids), 2), -1, np.int32)
       spans[head:head + b - a] = c_offsets[a:b]
       best = np.zeros(len(ids), bool)
-      best[head:head + b - a] = [_is_max_context(windows, wi, a + k) for k in range(b - a)]
+      best[head:head + b - a] = best_window[a:b] == wi
       start = end = 0
       if answer_span is not None and a <= answer_span[0] and answer_span[1] < b:
         start, end = answer_span[0] - a + head, answer_span[1] - a + head
@@ -240,13 +241,12 @@ def encode(examples: Sequence[QAExample], tokenizer, max_seq_length: int, doc_st
   return out
 
 
-def _is_max_context(windows: list[tuple[int, int]], index: int, piece: int) -> bool:
-  """Whether window `index` gives `piece` the most context (BERT's min(left, right) + 0.01 len)."""
-  best, best_score = None, None
+def _max_context_windows(windows: list[tuple[int, int]], num_pieces: int) -> np.ndarray:
+  """For each piece, the window that gives it the most context: BERT's score min(left,
+  right) + 0.01 * window length, the first window winning ties."""
+  piece = np.arange(num_pieces)
+  scores = np.full((len(windows), num_pieces), -np.inf)
   for wi, (a, b) in enumerate(windows):
-    if not a <= piece < b:
-      continue
-    score = min(piece - a, b - 1 - piece) + 0.01 * (b - a)
-    if best_score is None or score > best_score:
-      best, best_score = wi, score
-  return best == index
+    inside = (piece >= a) & (piece < b)
+    scores[wi, inside] = np.minimum(piece[inside] - a, b - 1 - piece[inside]) + 0.01 * (b - a)
+  return np.argmax(scores, axis=0) if num_pieces else np.zeros(0, np.int64)
