@@ -12,8 +12,11 @@ dropout 0.1, max length 128), evaluating once per epoch:
 - transformers: `Trainer` with `DataCollatorWithPadding` (dynamic padding to the longest
   row of each batch), in a subprocess, on the CPU build of torch.
 Printed: validation accuracy of both (last epoch), training seq/s of both (bert_jax:
-its logged windows; transformers: `train_samples_per_second`), whole-command wall time,
-their ratios, the load average and this machine's measured fp32 matmul rate.
+its logged windows; transformers: `train_samples_per_second`, which includes the Trainer's
+per-step overhead and its per-epoch evaluation), whole-command wall time, their ratios, the
+load average and this machine's measured fp32 matmul rate. A third line runs the same model
+and recipe in a plain torch loop (bench/finetune_common.py, timed around its steps only):
+the fastest transformers figure, free of Trainer overhead.
 
 Defaults: the files of `bert_jax.data.sample_pairs` (3 classes, written into the workdir).
 `--random_init=LxH` replaces the model's weights by a random BERT of L layers and width
@@ -65,6 +68,43 @@ out = trainer.train()
 evals_seen = [r["eval_accuracy"] for r in trainer.state.log_history if "eval_accuracy" in r]
 print(json.dumps({"train_seq_per_sec": out.metrics["train_samples_per_second"],
                   "eval_accuracy": evals_seen[-1], "evals": evals_seen}))
+"""
+
+
+LOOP_SCRIPT = r"""
+import json, sys
+import numpy as np, torch, transformers
+sys.path.insert(0, sys.argv[1])
+import finetune_common as fc
+model_dir, train_path, eval_path, lr, epochs, batch, length, seed = sys.argv[2:10]
+fc.RECIPE.update(learning_rate=float(lr), batch_size=int(batch), seed=int(seed))
+read = lambda p: [json.loads(l) for l in open(p, encoding="utf-8") if l.strip()]
+train, evals = read(train_path), read(eval_path)
+labels = sorted({r["label"] for r in train + evals})
+tok = transformers.BertTokenizerFast.from_pretrained(model_dir)
+pair = "sentence2" in train[0]
+def encode(rows):
+  a = [r["sentence1" if pair else "sentence"] for r in rows]
+  b = [r["sentence2"] for r in rows] if pair else None
+  enc = tok(a, b, truncation=True, max_length=int(length))
+  return enc, np.asarray([labels.index(r["label"]) for r in rows])
+def inputs(enc, y, rows):
+  ids = fc.pad([enc["input_ids"][i] for i in rows])
+  return dict(input_ids=ids, token_type_ids=fc.pad([enc["token_type_ids"][i] for i in rows]),
+              attention_mask=(ids != 0).long(), labels=torch.tensor(y[rows]))
+fc.seed_torch()
+model = transformers.BertForSequenceClassification.from_pretrained(model_dir,
+                                                                   num_labels=len(labels))
+(etr, ytr), (eev, yev) = encode(train), encode(evals)
+speed = fc.torch_train(model, lambda rows: inputs(etr, ytr, rows), len(train),
+                       fc.steps_for(len(train), float(epochs)))
+correct = 0
+with torch.no_grad():
+  for start in range(0, len(evals), 64):
+    rows = np.arange(start, min(start + 64, len(evals)))
+    batch_in = inputs(eev, yev, rows)
+    correct += int((model(**batch_in).logits.argmax(-1).numpy() == yev[rows]).sum())
+print(json.dumps({"train_seq_per_sec": speed, "eval_accuracy": correct / len(evals)}))
 """
 
 
@@ -132,6 +172,20 @@ def run_theirs(args, model: str, workdir: str) -> dict:
   return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall_s=wall)
 
 
+def run_loop(args, model: str) -> dict:
+  """The same recipe in a plain torch loop (bench/finetune_common.py), dynamic padding."""
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, "-c", LOOP_SCRIPT, os.path.join(REPO, "bench"), model,
+                         args.train, args.validation, str(args.lr), str(args.epochs),
+                         str(args.batch_size), str(args.max_length), str(args.seed)],
+                        capture_output=True, text=True, check=False,
+                        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+  wall = time.perf_counter() - start
+  if proc.returncode:
+    sys.exit(f"torch loop failed:\n{proc.stderr[-3000:]}")
+  return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall_s=wall)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", required=True, help="Hugging Face BERT dir to start from.")
@@ -157,6 +211,7 @@ def main():
   load_before = os.getloadavg()
   ours = run_ours(args, model, workdir)
   theirs = run_theirs(args, model, workdir)
+  loop = run_loop(args, model)
   load_after = os.getloadavg()
   peak = matmul_gflops()
   print(f"model {model} ({args.random_init or 'as given'}); train {args.train}; "
@@ -170,6 +225,9 @@ def main():
         f"{theirs['wall_s'] / ours['wall_s']:>8.2f}")
   print(f"{'eval accuracy':14}{ours['eval_accuracy']:>12.4f}{theirs['eval_accuracy']:>14.4f}"
         f"{ours['eval_accuracy'] - theirs['eval_accuracy']:>+8.4f}")
+  print(f"plain torch loop (same model and recipe, timed around its steps): "
+        f"{loop['train_seq_per_sec']:.1f} seq/s (bert_jax {ours['train_seq_per_sec'] / loop['train_seq_per_sec']:.2f}x), "
+        f"eval accuracy {loop['eval_accuracy']:.4f}, wall {loop['wall_s']:.1f} s")
   print(f"per-epoch accuracy: bert_jax {[round(a, 4) for a in ours['evals']]}, transformers "
         f"{[round(a, 4) for a in theirs['evals']]}")
   print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; measured fp32 "
