@@ -110,17 +110,7 @@ def main(argv):
     raise UserError(f"--output={_OUTPUT.value}: its directory does not exist")
   pre = convert.from_pretrained(_MODEL.value)
   if "token_classifier" in pre.heads or "qa" in pre.heads:
-    results = _span_results(pre)
-    if _OUTPUT.value:
-      predict.write_predictions(_OUTPUT.value, results)
-      print(f"{len(results)} predictions -> {_OUTPUT.value}", file=sys.stderr)
-      if not _JSON.value:
-        return
-    for p in results:
-      if _JSON.value:
-        print(json.dumps(p, ensure_ascii=False))
-      else:
-        _print_span(p)
+    _emit(_span_results(pre), _print_span)
     return
   if _QUESTION.value is not None or _CONTEXT.value is not None:
     raise UserError("--question/--context need a QA model; this one has heads "
@@ -130,7 +120,19 @@ def main(argv):
   if (pairs is not None) != bool((pre.task or {}).get("text_pair", pairs is not None)):
     print("warning: the model was fine-tuned on " + ("text pairs" if pairs is None else
           "single texts") + "; predicting anyway", file=sys.stderr)
-  results = predictor.predict(texts, pairs)
+  _emit(predictor.predict(texts, pairs), _print_sequence)
+
+
+def _print_sequence(p: dict) -> None:
+  if "value" in p:
+    print(f"{p['value']:.4f}")
+    return
+  best = sorted(p["probabilities"].items(), key=lambda kv: -kv[1])[:max(1, _TOP_K.value or 3)]
+  print("\t".join(f"{label} {prob:.4f}" for label, prob in best))
+
+
+def _emit(results: list[dict], show) -> None:
+  """--output (atomic), then --json lines or the human form, in input order."""
   if _OUTPUT.value:
     predict.write_predictions(_OUTPUT.value, results)
     print(f"{len(results)} predictions -> {_OUTPUT.value}", file=sys.stderr)
@@ -139,12 +141,8 @@ def main(argv):
   for p in results:
     if _JSON.value:
       print(json.dumps(p, ensure_ascii=False))
-    elif "value" in p:
-      print(f"{p['value']:.4f}")
     else:
-      top_k = max(1, _TOP_K.value or 3)
-      best = sorted(p["probabilities"].items(), key=lambda kv: -kv[1])[:top_k]
-      print("\t".join(f"{label} {prob:.4f}" for label, prob in best))
+      show(p)
 
 
 if __name__ == "__main__":

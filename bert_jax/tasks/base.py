@@ -94,6 +94,24 @@ class Task(Protocol):
   def flops_per_sequence(self, bert_config: Any, config: ml_collections.ConfigDict) -> float: ...
 
 
+class EncoderTask:
+  """What every fine-tuning task shares: plain token inputs (no masked positions) to
+  initialise its model, and the encoder's training FLOPs per sequence."""
+
+  def init_inputs(self, config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+    ids = jnp.zeros((1, config.max_seq_length), jnp.int32)
+    return dict(input_ids=ids, token_type_ids=ids, attention_mask=ids)
+
+  def init(self, model: Any, rng: jax.Array, inputs: dict[str, jax.Array]) -> Any:
+    return model.init({"params": rng}, inputs["input_ids"], inputs["token_type_ids"],
+                      inputs["attention_mask"])
+
+  def flops_per_sequence(self, bert_config: Any, config: ml_collections.ConfigDict) -> float:
+    from bert_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+    return metrics_lib.pretraining_flops_per_sequence(bert_config, config.max_seq_length, 0,
+                                                      with_nsp=False)
+
+
 def combine_loss(sums: Mapping[str, Any], loss_terms: Iterable[tuple[str, str]],
                  denominators: Optional[Mapping[str, Any]] = None) -> Any:
   """sum_i sums[num_i] / den_i, den_i from `denominators` (default: `sums`), floored at 1.

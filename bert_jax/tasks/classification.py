@@ -25,7 +25,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from bert_jax import metrics as metrics_lib
 from bert_jax.data import finetune_data
 from bert_jax.data import task_readers
 from bert_jax.errors import UserError
@@ -36,7 +35,7 @@ from bert_jax.tasks import base
 GLUE_MAIN_METRIC = {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "stsb": "pearson"}
 
 
-class SequenceTask:
+class SequenceTask(base.EncoderTask):
   """`glue/<name>` or `local`: one label (or value) per text or text pair."""
 
   heads = ("classifier",)
@@ -75,18 +74,6 @@ class SequenceTask:
 
   def build_model(self, bert_config) -> BertForSequenceClassification:
     return BertForSequenceClassification(bert_config, num_labels=self.num_labels)
-
-  def init_inputs(self, config) -> dict[str, jax.Array]:
-    ids = jnp.zeros((1, config.max_seq_length), jnp.int32)
-    return dict(input_ids=ids, token_type_ids=ids, attention_mask=ids)
-
-  def init(self, model, rng, inputs) -> Any:
-    return model.init({"params": rng}, inputs["input_ids"], inputs["token_type_ids"],
-                      inputs["attention_mask"])
-
-  def flops_per_sequence(self, bert_config, config) -> float:
-    return metrics_lib.pretraining_flops_per_sequence(bert_config, config.max_seq_length, 0,
-                                                      with_nsp=False)
 
   # -- sums and metrics
 

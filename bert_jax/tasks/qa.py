@@ -14,7 +14,7 @@ runs BERT's n-best selection (`tasks.squad_eval`). Main metric: f1.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from bert_jax import metrics as metrics_lib
 from bert_jax import tokenization
 from bert_jax.data import finetune_data
 from bert_jax.data import squad
@@ -35,7 +34,7 @@ from bert_jax.tasks import squad_eval
 _NEG = -1e9  # logits of padding positions beyond a length bucket
 
 
-class QATask:
+class QATask(base.EncoderTask):
   """BertForQuestionAnswering on SQuAD-style questions."""
 
   heads = ("qa",)
@@ -59,14 +58,6 @@ class QATask:
 
   def build_model(self, bert_config) -> BertForQuestionAnswering:
     return BertForQuestionAnswering(bert_config)
-
-  def init_inputs(self, config) -> dict[str, jax.Array]:
-    ids = jnp.zeros((1, config.max_seq_length), jnp.int32)
-    return dict(input_ids=ids, token_type_ids=ids, attention_mask=ids)
-
-  def init(self, model, rng, inputs) -> Any:
-    return model.init({"params": rng}, inputs["input_ids"], inputs["token_type_ids"],
-                      inputs["attention_mask"])
 
   def sums(self, model, params, batch: base.Batch, rng: Optional[jax.Array]) -> dict:
     out = base.apply_model(model, params, batch, rng)
@@ -117,10 +108,6 @@ class QATask:
             "max_query_length": self.max_query_length,
             "max_answer_length": self.max_answer_length,
             "null_score_diff_threshold": self.threshold}
-
-  def flops_per_sequence(self, bert_config, config) -> float:
-    return metrics_lib.pretraining_flops_per_sequence(bert_config, config.max_seq_length, 0,
-                                                      with_nsp=False)
 
   # --- Data. ---
 

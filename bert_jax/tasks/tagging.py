@@ -15,7 +15,7 @@ predicted ids and `score` puts them back on the words. Main metric: f1.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from bert_jax import metrics as metrics_lib
 from bert_jax import tokenization
 from bert_jax.data import conll
 from bert_jax.data import finetune_data
@@ -34,7 +33,7 @@ from bert_jax.tasks import base
 from bert_jax.tasks import entities
 
 
-class TaggingTask:
+class TaggingTask(base.EncoderTask):
   """BertForTokenClassification on word-labelled sentences."""
 
   heads = ("token_classifier",)
@@ -55,14 +54,6 @@ class TaggingTask:
 
   def build_model(self, bert_config) -> BertForTokenClassification:
     return BertForTokenClassification(bert_config, num_labels=len(self.labels))
-
-  def init_inputs(self, config) -> dict[str, jax.Array]:
-    ids = jnp.zeros((1, config.max_seq_length), jnp.int32)
-    return dict(input_ids=ids, token_type_ids=ids, attention_mask=ids)
-
-  def init(self, model, rng, inputs) -> Any:
-    return model.init({"params": rng}, inputs["input_ids"], inputs["token_type_ids"],
-                      inputs["attention_mask"])
 
   def _weights(self, batch: base.Batch) -> jax.Array:
     w_B = batch["example_weights"].astype(jnp.float32)
@@ -107,10 +98,6 @@ class TaggingTask:
   def model_info(self) -> dict:
     return {"name": self.name, "kind": "tagging", "labels": list(self.labels),
             "num_labels": len(self.labels), "max_seq_length": self.max_seq_length}
-
-  def flops_per_sequence(self, bert_config, config) -> float:
-    return metrics_lib.pretraining_flops_per_sequence(bert_config, config.max_seq_length, 0,
-                                                      with_nsp=False)
 
   # --- Data. ---
 
