@@ -16,7 +16,7 @@ sweeps:
      overhead of sharding the step, not a speed-up.
 Prints one JSON line per point (with the load average and the measured fp32
 matmul peak) and writes cpu_scaling.png and cpu_scaling.json to --out.
-Needs matplotlib (the `bench` extra).
+Needs matplotlib (the `test` extra). `--replot` redraws the PNG from the JSON.
 """
 
 import argparse
@@ -90,8 +90,9 @@ def plot(rows: dict, peak: float, preset: str, path: str) -> None:
   rs = rows["devices"]
   xs = [r["devices"] for r in rs]
   axes[2].plot(xs, [r["seq_per_sec"] for r in rs], "o-")
-  axes[2].set_xlabel("simulated CPU devices (batch 16, length 128; same cores)")
+  axes[2].set_xlabel("simulated CPU devices, same cores (batch 16, length 128)")
   axes[2].set_ylabel("sequences / s")
+  axes[2].set_title("data-parallel mesh overhead", fontsize=9)
   axes[2].set_xscale("log", base=2)
   axes[2].set_xticks(xs, [str(v) for v in xs])
   axes[2].set_ylim(bottom=0)
@@ -104,7 +105,14 @@ def main():
   parser.add_argument("--out", default=os.path.join(REPO, "docs"))
   parser.add_argument("--steps", type=int, default=6, help="train steps per point (1 compiles)")
   parser.add_argument("--preset", default="mini")
+  parser.add_argument("--replot", action="store_true", help="Redraw the PNG from --out's JSON.")
   args = parser.parse_args()
+  if args.replot:
+    with open(os.path.join(args.out, "cpu_scaling.json"), encoding="utf-8") as f:
+      saved = json.load(f)
+    plot({k: saved[k] for k in ("batch", "seq", "devices")}, saved["matmul_peak_gflops"] * 1e9,
+         saved["preset"], os.path.join(args.out, "cpu_scaling.png"))
+    return
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   sys.path.insert(0, BENCH)
   import pretrain_peers  # pylint: disable=g-import-not-at-top
