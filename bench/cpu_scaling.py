@@ -90,9 +90,9 @@ def plot(rows: dict, peak: float, preset: str, path: str) -> None:
   rs = rows["devices"]
   xs = [r["devices"] for r in rs]
   axes[2].plot(xs, [r["seq_per_sec"] for r in rs], "o-")
-  axes[2].set_xlabel("simulated CPU devices, same cores (batch 16, length 128)")
+  axes[2].set_xlabel("simulated CPU devices (batch 16, len 128)")
   axes[2].set_ylabel("sequences / s")
-  axes[2].set_title("data-parallel mesh overhead", fontsize=9)
+  axes[2].set_title("data-parallel mesh on the same cores: overhead", fontsize=9)
   axes[2].set_xscale("log", base=2)
   axes[2].set_xticks(xs, [str(v) for v in xs])
   axes[2].set_ylim(bottom=0)
