@@ -230,7 +230,7 @@ class Embedder:
     """See the module docstring.
 
     `pack_length`: texts up to this many tokens are packed into rows this long (cls and mean
-    pooling only; 0 = never pack).
+    pooling only, and only when they fill at least one batch of `tokens_per_batch`; 0 = never).
 
     `dtype`: compute dtype; "auto" = bfloat16 on GPU/TPU, float32 on CPU (model.resolve_dtype).
     `devices` (e.g. `jax.local_devices()`) shards each batch's rows over those devices (data
@@ -336,6 +336,8 @@ class Embedder:
     """Yields (text indices, device result) per batch: packed rows first, then length buckets."""
     pad_id = self.pre.tokenizer.pad_id
     packed = (lengths <= self.pack_length) if self.pack_length else np.zeros(len(lengths), bool)
+    if lengths[packed].sum() < self.tokens_per_batch:  # a few texts (a search query): buckets
+      packed[:] = False                                # are as small and need no wide rows
     if packed.any():
       length = self.pack_length
       members = np.flatnonzero(packed)
