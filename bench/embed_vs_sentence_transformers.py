@@ -8,7 +8,9 @@ MiniLM-L6-sized BERT (6 layers, hidden 384, 12 heads, intermediate 1536) saved
 as a Hugging Face dir, mean pooling, max length 256. Each side is one
 subprocess timed from start to exit: imports, model loading, tokenization,
 compilation (bert_jax) and the forward passes. The vectors are compared and
-the speed ratio printed (target: >= 1.5x in favour of bert_jax). The
+the ratio of the median times printed (target: >= 1.5x in favour of
+bert_jax), with this CPU's measured fp32 matmul peak and the load average after
+each pair of runs (the sides alternate, so load falls on both alike). The
 sentence-transformers side runs with TOKENIZERS_PARALLELISM=false, its faster
 setting on small machines (the tokenizer threads otherwise fight torch's);
 the bert_jax side runs with the environment as it is.
@@ -97,6 +99,16 @@ def make_model(directory: str, corpus: str) -> None:
   transformers.BertModel(config).eval().save_pretrained(directory)
 
 
+def matmul_peak(env: dict) -> float:
+  """This CPU's fp32 matmul FLOP/s (bench/pretrain_peers.py), in a child so jax stays out of here."""
+  code = ("import os, sys; os.environ.setdefault('JAX_PLATFORMS', 'cpu'); "
+          f"sys.path.insert(0, {os.path.join(REPO, 'bench')!r}); import pretrain_peers; "
+          "print(pretrain_peers.measured_matmul_peak())")
+  done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        check=True)
+  return float(done.stdout.split()[-1])
+
+
 def timed(cmd: list[str], env: dict) -> float:
   start = time.perf_counter()
   done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -111,7 +123,7 @@ def main():
   parser.add_argument("--lines", type=int, default=10000)
   parser.add_argument("--workdir", default=None, help="Keep files here (default: a temp dir).")
   parser.add_argument("--st_batch_size", type=int, default=32, help="SentenceTransformer batch.")
-  parser.add_argument("--repeats", type=int, default=1, help="Time each side this many times.")
+  parser.add_argument("--repeats", type=int, default=3, help="Time each side this many times.")
   parser.add_argument("--st_tokenizers_parallelism", default="false",
                       help="TOKENIZERS_PARALLELISM for the sentence-transformers side: on a 2-core "
                            "machine 'false' made it ~1.8x faster than 'true' or unset.")
@@ -133,26 +145,31 @@ def main():
   ours_cmd = [sys.executable, os.path.join(REPO, "launch", "embed.py"), f"--model={model_dir}",
               f"--input={corpus}", f"--output={ours_out}", "--pooling=mean", "--max_seq_length=256"]
   theirs_cmd = [sys.executable, script, model_dir, corpus, theirs_out, str(args.st_batch_size)]
-  ours_t, theirs_t = [], []
-  for _ in range(args.repeats):
+  peak = matmul_peak(env)
+  ours_t, theirs_t, loads = [], [], []
+  for _ in range(args.repeats):  # alternate, so the machine's load falls on both sides alike
     ours_t.append(timed(ours_cmd, env))
     theirs_t.append(timed(theirs_cmd, theirs_env))
+    loads.append(round(os.getloadavg()[0], 2))
   ours, theirs = np.load(ours_out), np.load(theirs_out)
   cos = np.sum(ours * theirs, 1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
   tokens = sum(len(line.split()) for line in lines)
+  ours_s, theirs_s = float(np.median(ours_t)), float(np.median(theirs_t))
   report = {"lines": len(lines), "words": tokens, "cpu_count": os.cpu_count(),
-            "load_average_1m": round(os.getloadavg()[0], 2),  # > cpu_count: timings are noisy
+            "matmul_peak_gflops": round(peak / 1e9, 1),
+            "load_average_1m": loads,  # after each pair; > cpu_count: timings are noisy
             "st_tokenizers_parallelism": args.st_tokenizers_parallelism,
             "bert_jax_s": [round(t, 2) for t in ours_t],
             "sentence_transformers_s": [round(t, 2) for t in theirs_t],
-            "ratio": round(min(theirs_t) / min(ours_t), 2),
+            "ratio": round(theirs_s / ours_s, 2),  # of the medians
             "max_abs_diff": float(np.max(np.abs(ours - theirs))),
             "min_cosine": float(cos.min())}
   print(json.dumps(report))
   winner = "bert_jax" if report["ratio"] >= 1 else "sentence-transformers"
-  print(f"bert_jax {min(ours_t):.1f} s, sentence-transformers {min(theirs_t):.1f} s: "
-        f"{report['ratio']:.2f}x in favour of {winner}"
-        f" ({len(lines)} lines, max |diff| {report['max_abs_diff']:.1e})")
+  print(f"bert_jax {ours_s:.1f} s, sentence-transformers {theirs_s:.1f} s (medians of "
+        f"{args.repeats}): {report['ratio']:.2f}x in favour of {winner} ({len(lines)} lines, "
+        f"max |diff| {report['max_abs_diff']:.1e}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s, "
+        f"load {loads})")
   if report["max_abs_diff"] > 1e-3:
     sys.exit("vectors disagree")
 

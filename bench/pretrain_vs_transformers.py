@@ -59,12 +59,15 @@ def main():
         f"measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
         f"{flops / 1e9:.1f} GFLOP per training sequence (BERT-base, seq {SEQ})")
   ours = run_bert_jax(args.batch_size, args.steps, peak)
+  ours_load = os.getloadavg()[0]
   theirs = run_transformers(args.batch_size, args.steps)
+  theirs_load = os.getloadavg()[0]
   theirs["mfu"] = theirs["seq_per_sec"] * flops / peak
   print(f"bert_jax      : {ours['seq_per_sec']:.2f} seq/s  MFU {ours['mfu']:.3f}  "
-        f"(logged by the train loop, batch {args.batch_size})")
+        f"(logged by the train loop, batch {args.batch_size}; load {ours_load:.2f})")
   print(f"transformers  : {theirs['seq_per_sec']:.2f} seq/s  MFU {theirs['mfu']:.3f}  "
-        f"(torch {__import__('torch').__version__}, BertForPreTraining + AdamW)")
+        f"(torch {__import__('torch').__version__}, BertForPreTraining + AdamW; "
+        f"load {theirs_load:.2f})")
   print(f"ratio bert_jax / transformers: {ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x")
 
 

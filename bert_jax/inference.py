@@ -11,6 +11,15 @@ wastes at most a few empty rows. Pooling happens inside the jitted function, so
 only [B, E] vectors leave the device; batch i is fetched after batch i+1 is
 dispatched. Results are put back in input order. fp32 throughout: bf16 is not
 faster on CPU.
+
+Short texts (the most of a typical corpus) are packed instead, for cls/mean
+pooling: several texts share one row of `pack_length` tokens (default 128),
+each with its own position ids and a block-diagonal attention mask (the model's
+`packing_ids`), and are pooled per text inside the jitted function. The vectors
+are those of the texts run alone (up to float rounding), but the rows carry
+almost no padding and all of them share one compiled shape: on 10k lines of
+English this cut the tokens computed by a sixth (342k to 285k for 274k real)
+and the compiled shapes from 8 to 2 (BENCHMARKS.md, "CPU").
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512)
 MAX_INFERENCE_LENGTH = 512
 # Padding (in tokens) worth paying to avoid compiling one more shape.
 COMPILE_COST_TOKENS = 8192
+# Row length of packed short texts (cls/mean pooling); 0 turns packing off.
+PACK_LENGTH = 128
 
 
 def read_lines(path: str) -> list[str]:
@@ -185,6 +196,29 @@ def plan_batches(lengths: Sequence[int], max_length: int, tokens_per_batch: int,
   return batches
 
 
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[np.ndarray]:
+  """Text indices per packed row (each row's lengths sum to <= `capacity`), best-fit decreasing.
+
+  Every text goes into the open row it fills most tightly, longest texts first;
+  a text that fits no open row opens a new one. Texts longer than `capacity`
+  must be left out by the caller.
+  """
+  lengths = np.asarray(lengths, np.int64)
+  rows: list[list[int]] = []
+  open_rows: list[list[int]] = [[] for _ in range(capacity + 1)]  # free tokens -> row numbers
+  for i in np.argsort(-lengths, kind="stable"):
+    n = int(lengths[i])
+    free = next((f for f in range(n, capacity + 1) if open_rows[f]), None)
+    if free is None:
+      free, r = capacity, len(rows)
+      rows.append([])
+    else:
+      r = open_rows[free].pop()
+    rows[r].append(int(i))
+    open_rows[free - n].append(r)
+  return [np.asarray(r, np.int64) for r in rows]
+
+
 class Embedder:
   """Texts -> vectors with one compiled program per batch shape."""
 
@@ -192,8 +226,11 @@ class Embedder:
                layer: int = -1, max_seq_length: Optional[int] = None,
                tokens_per_batch: int = 2048, batch_size: Optional[int] = None,
                compile_cost_tokens: int = COMPILE_COST_TOKENS, dtype: str = "auto",
-               devices: Optional[Sequence[jax.Device]] = None):
+               devices: Optional[Sequence[jax.Device]] = None, pack_length: int = PACK_LENGTH):
     """See the module docstring.
+
+    `pack_length`: texts up to this many tokens are packed into rows this long (cls and mean
+    pooling only, and only when they fill at least one batch of `tokens_per_batch`; 0 = never).
 
     `dtype`: compute dtype; "auto" = bfloat16 on GPU/TPU, float32 on CPU (model.resolve_dtype).
     `devices` (e.g. `jax.local_devices()`) shards each batch's rows over those devices (data
@@ -211,6 +248,7 @@ class Embedder:
     self.max_length = default_max_length(pre.config, max_seq_length)
     self.tokens_per_batch, self.batch_size = tokens_per_batch, batch_size
     self.compile_cost_tokens = compile_cost_tokens
+    self.pack_length = min(pack_length, self.max_length) if pooling in ("cls", "mean") else 0
     self.dtype = model_lib.resolve_dtype(dtype)
     module = model_lib.BertModel(pre.config.replace(dtype=self.dtype), add_pooling_layer=False)
     params = {k: v for k, v in pre.params["bert"].items() if k != "pooler"}
@@ -234,6 +272,27 @@ class Embedder:
 
     self._forward = forward
 
+    @jax.jit
+    def packed_forward(params, ids_BxL, types_BxL, packing_BxL, positions_BxL, starts_BxK):
+      out = module.apply({"params": params}, ids_BxL, types_BxL, None, positions_BxL, packing_BxL,
+                         output_hidden_states=layer != -1)
+      hidden_BxLxE = (out.sequence_output if layer == -1 else out.hidden_states[layer]).astype(
+          jnp.float32)
+      if pooling == "cls":
+        pooled_BxKxE = jnp.take_along_axis(hidden_BxLxE, starts_BxK[:, :, None], axis=1)
+      else:  # mean over each text's tokens, as `_pool`
+        texts_K = jnp.arange(1, starts_BxK.shape[1] + 1, dtype=packing_BxL.dtype)
+        member_BxKxL = (packing_BxL[:, None, :] == texts_K[None, :, None]).astype(jnp.float32)
+        sums_BxKxE = jnp.einsum("bkl,ble->bke", member_BxKxL, hidden_BxLxE,
+                                precision=jax.lax.Precision.HIGHEST)
+        pooled_BxKxE = sums_BxKxE / jnp.maximum(member_BxKxL.sum(-1)[:, :, None], 1e-9)
+      if normalize:
+        pooled_BxKxE = pooled_BxKxE / jnp.maximum(
+            jnp.linalg.norm(pooled_BxKxE, axis=-1, keepdims=True), 1e-12)
+      return pooled_BxKxE
+
+    self._packed_forward = packed_forward
+
   def embed(self, texts: Sequence[str],
             progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray | TokenEmbeddings:
     """[N, E] float32 (input order), or TokenEmbeddings for pooling='token'."""
@@ -245,28 +304,9 @@ class Embedder:
     hidden = self.pre.config.hidden_size
     pooled = None if token_mode else np.zeros((len(ids_rows), hidden), np.float32)
     per_line: list[Optional[np.ndarray]] = [None] * len(ids_rows)
-    pad_id = self.pre.tokenizer.pad_id
     done = 0
     pending = None  # (rows, device result): fetch batch i after dispatching batch i+1
-    batches = plan_batches(lengths, self.max_length, self.tokens_per_batch, self.batch_size,
-                           self.compile_cost_tokens)
-    rows_per_bucket: dict[int, int] = {}
-    for rows, length in batches:
-      rows_per_bucket[length] = max(rows_per_bucket.get(length, 0), len(rows))
-    for length, rows in rows_per_bucket.items():  # rows divide evenly over the devices
-      rows_per_bucket[length] = -(-rows // self._row_multiple) * self._row_multiple
-    for rows, length in batches:
-      shape = (rows_per_bucket[length], length)  # one compiled shape per bucket
-      ids_BxL = np.full(shape, pad_id, np.int32)
-      types_BxL = np.zeros(shape, np.int32)
-      mask_BxL = np.zeros(shape, np.int32)
-      for b, row in enumerate(rows):
-        n = lengths[row]
-        ids_BxL[b, :n], types_BxL[b, :n], mask_BxL[b, :n] = ids_rows[row], type_rows[row], 1
-      if self._batch_sharding is not None:
-        ids_BxL, types_BxL, mask_BxL = jax.device_put((ids_BxL, types_BxL, mask_BxL),
-                                                      self._batch_sharding)
-      result = self._forward(self._params, ids_BxL, types_BxL, mask_BxL)
+    for rows, result in self._dispatch(ids_rows, type_rows, lengths):
       if pending is not None:
         done += self._collect(*pending, pooled, per_line, lengths)
         if progress:
@@ -284,9 +324,70 @@ class Embedder:
     return TokenEmbeddings(vectors.astype(np.float32), np.asarray(flat_ids, np.int32),
                            np.asarray(flat_offsets, np.int32).reshape(-1, 2), lengths)
 
+  def _round_rows(self, rows: int) -> int:
+    return -(-rows // self._row_multiple) * self._row_multiple  # divides over the devices
+
+  def _put(self, arrays):
+    if self._batch_sharding is not None:
+      return jax.device_put(arrays, self._batch_sharding)
+    return arrays
+
+  def _dispatch(self, ids_rows, type_rows, lengths):
+    """Yields (text indices, device result) per batch: packed rows first, then length buckets."""
+    pad_id = self.pre.tokenizer.pad_id
+    packed = (lengths <= self.pack_length) if self.pack_length else np.zeros(len(lengths), bool)
+    if lengths[packed].sum() < self.tokens_per_batch:  # a few texts (a search query): buckets
+      packed[:] = False                                # are as small and need no wide rows
+    if packed.any():
+      length = self.pack_length
+      members = np.flatnonzero(packed)
+      packs = [members[r] for r in pack_rows(lengths[members], length)]
+      most = max(1, length // 2)  # texts a row can hold: each has [CLS] and [SEP]; fixed shape
+      rows_max = self.batch_size or max(1, self.tokens_per_batch // length)
+      count = -(-len(packs) // rows_max)
+      rows = self._round_rows(-(-len(packs) // count))
+      for first in range(0, len(packs), rows):
+        group = packs[first:first + rows]
+        ids_BxL = np.full((rows, length), pad_id, np.int32)
+        types_BxL, packing_BxL, positions_BxL = (np.zeros((rows, length), np.int32)
+                                                 for _ in range(3))
+        starts_BxK = np.zeros((rows, most), np.int32)
+        for b, texts in enumerate(group):
+          at = 0
+          for k, t in enumerate(texts):
+            n = lengths[t]
+            ids_BxL[b, at:at + n], types_BxL[b, at:at + n] = ids_rows[t], type_rows[t]
+            packing_BxL[b, at:at + n] = k + 1
+            positions_BxL[b, at:at + n] = np.arange(n)
+            starts_BxK[b, k] = at
+            at += n
+        arrays = self._put((ids_BxL, types_BxL, packing_BxL, positions_BxL, starts_BxK))
+        yield group, self._packed_forward(self._params, *arrays)
+    rest = np.flatnonzero(~packed)
+    batches = [(rest[r], length) for r, length in plan_batches(
+        lengths[rest], self.max_length, self.tokens_per_batch, self.batch_size,
+        self.compile_cost_tokens)] if len(rest) else []
+    rows_per_bucket: dict[int, int] = {}
+    for rows, length in batches:
+      rows_per_bucket[length] = max(rows_per_bucket.get(length, 0), len(rows))
+    for rows, length in batches:
+      shape = (self._round_rows(rows_per_bucket[length]), length)  # one shape per bucket
+      ids_BxL = np.full(shape, pad_id, np.int32)
+      types_BxL = np.zeros(shape, np.int32)
+      mask_BxL = np.zeros(shape, np.int32)
+      for b, row in enumerate(rows):
+        n = lengths[row]
+        ids_BxL[b, :n], types_BxL[b, :n], mask_BxL[b, :n] = ids_rows[row], type_rows[row], 1
+      yield rows, self._forward(self._params, *self._put((ids_BxL, types_BxL, mask_BxL)))
+
   @staticmethod
   def _collect(rows, result, pooled, per_line, lengths) -> int:
-    values = np.asarray(result)[:len(rows)]
+    values = np.asarray(result)
+    if isinstance(rows, list):  # packed: rows[b] are the texts of row b, in order
+      for b, texts in enumerate(rows):
+        pooled[texts] = values[b, :len(texts)]
+      return sum(len(texts) for texts in rows)
+    values = values[:len(rows)]
     if pooled is not None:
       pooled[rows] = values
     else:

@@ -55,13 +55,21 @@ def _reference(model, pre, texts, pooling, layer=-1, max_length=64, normalize=Fa
   return out.numpy()
 
 
-@pytest.mark.parametrize("pooling,layer,normalize", [("mean", -1, False), ("cls", -1, True),
-                                                     ("max", 1, False), ("mean", 0, True)])
-def test_embeddings_match_transformers(hf, pooling, layer, normalize):
+@pytest.mark.parametrize("pooling,layer,normalize,pack_length", [
+    ("mean", -1, False, 128), ("cls", -1, True, 16), ("max", 1, False, 128), ("mean", 0, True, 0),
+    ("mean", 2, False, 16)])
+def test_embeddings_match_transformers(hf, pooling, layer, normalize, pack_length, monkeypatch):
   model, _, _, pre = hf
+  packs = []
+  pack_rows = inference.pack_rows
+  monkeypatch.setattr(inference, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
   # A tiny token budget: many batches in several buckets, last ones padded; order restored.
-  got = inference.Embedder(pre, pooling, layer=layer, normalize=normalize, tokens_per_batch=48,
-                           compile_cost_tokens=0).embed(TEXTS)
+  # pack_length 16: short texts share packed rows, longer ones take the buckets (both paths).
+  got = inference.Embedder(pre, pooling, layer=layer, normalize=normalize, tokens_per_batch=32,
+                           compile_cost_tokens=0, pack_length=pack_length).embed(TEXTS)
+  want_packed = pooling in ("mean", "cls") and pack_length > 0
+  assert bool(packs) == want_packed and all(len(p) < len(TEXTS) for p in packs)
+  assert not want_packed or any(len(row) > 1 for row in packs[0])  # rows really shared
   want = _reference(model, pre, TEXTS, pooling, layer, normalize=normalize)
   assert got.shape == (len(TEXTS), 32) and got.dtype == np.float32
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
@@ -102,6 +110,26 @@ def test_plan_batches_cover_each_row_once_with_few_shapes():
   assert 16 not in by_length  # 5 rows of 3 tokens are not worth a compile of their own
   padded = sum(max(sizes) * len(sizes) * length for length, sizes in by_length.items())
   assert padded < 1.3 * sum(lengths)
+
+
+def test_a_few_short_texts_are_not_packed(hf, monkeypatch):
+  model, _, _, pre = hf
+  packs = []
+  pack_rows = inference.pack_rows
+  monkeypatch.setattr(inference, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
+  got = inference.Embedder(pre, "mean").embed(TEXTS[:2])  # a query: fewer tokens than a batch
+  assert not packs
+  np.testing.assert_allclose(got, _reference(model, pre, TEXTS[:2], "mean"), atol=2e-5, rtol=0)
+
+
+def test_pack_rows_fill_rows_without_overflow():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(2, 65, size=500)
+  rows = inference.pack_rows(lengths, 128)
+  assert sorted(np.concatenate(rows).tolist()) == list(range(len(lengths)))
+  assert all(lengths[r].sum() <= 128 for r in rows)
+  # Best-fit decreasing on lengths <= capacity / 2 leaves at most a few rows' worth of holes.
+  assert len(rows) <= -(-lengths.sum() // 128) + 2, (len(rows), lengths.sum())
 
 
 def test_fill_mask_matches_transformers_pipeline(hf):
