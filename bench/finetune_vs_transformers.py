@@ -34,50 +34,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-HF_SCRIPT = r"""
-import json, sys, time
-import numpy as np, torch, transformers
-model_dir, train_path, eval_path, out_dir, lr, epochs, batch, length, seed = sys.argv[1:10]
-def read(path):
-  rows = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip()]
-  return rows
-train, evals = read(train_path), read(eval_path)
-labels = sorted({r["label"] for r in train + evals})
-tok = transformers.BertTokenizerFast.from_pretrained(model_dir)
-pair = "sentence2" in train[0]
-def encode(rows):
-  a = [r["sentence1" if pair else "sentence"] for r in rows]
-  b = [r["sentence2"] for r in rows] if pair else None
-  enc = tok(a, b, truncation=True, max_length=int(length))
-  return [dict({k: v[i] for k, v in enc.items()}, labels=labels.index(r["label"]))
-          for i, r in enumerate(rows)]
-model = transformers.BertForSequenceClassification.from_pretrained(
-    model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
-    label2id={l: i for i, l in enumerate(labels)})
-args = transformers.TrainingArguments(
-    output_dir=out_dir, per_device_train_batch_size=int(batch), per_device_eval_batch_size=64,
-    learning_rate=float(lr), num_train_epochs=float(epochs), warmup_steps=0.1,  # a ratio in v5
-    weight_decay=0.01, adam_epsilon=1e-6, lr_scheduler_type="linear", max_grad_norm=1.0,
-    eval_strategy="epoch", save_strategy="no", report_to=[], logging_steps=50, seed=int(seed),
-    use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
-accuracy = lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())}
-trainer = transformers.Trainer(model=model, args=args, train_dataset=encode(train),
-                               eval_dataset=encode(evals), compute_metrics=accuracy,
-                               data_collator=transformers.DataCollatorWithPadding(tok))
-out = trainer.train()
-evals_seen = [r["eval_accuracy"] for r in trainer.state.log_history if "eval_accuracy" in r]
-print(json.dumps({"train_seq_per_sec": out.metrics["train_samples_per_second"],
-                  "eval_accuracy": evals_seen[-1], "evals": evals_seen}))
-"""
-
-
-LOOP_SCRIPT = r"""
+PEER_SCRIPT = r"""
 import json, sys
 import numpy as np, torch, transformers
-sys.path.insert(0, sys.argv[1])
-import finetune_common as fc
-model_dir, train_path, eval_path, lr, epochs, batch, length, seed = sys.argv[2:10]
-fc.RECIPE.update(learning_rate=float(lr), batch_size=int(batch), seed=int(seed))
+mode, bench_dir, model_dir, train_path, eval_path, out_dir, lr, epochs, batch, length, seed = (
+    sys.argv[1:12])
 read = lambda p: [json.loads(l) for l in open(p, encoding="utf-8") if l.strip()]
 train, evals = read(train_path), read(eval_path)
 labels = sorted({r["label"] for r in train + evals})
@@ -86,8 +47,33 @@ pair = "sentence2" in train[0]
 def encode(rows):
   a = [r["sentence1" if pair else "sentence"] for r in rows]
   b = [r["sentence2"] for r in rows] if pair else None
-  enc = tok(a, b, truncation=True, max_length=int(length))
-  return enc, np.asarray([labels.index(r["label"]) for r in rows])
+  return tok(a, b, truncation=True, max_length=int(length)), np.asarray(
+      [labels.index(r["label"]) for r in rows])
+(etr, ytr), (eev, yev) = encode(train), encode(evals)
+if mode == "trainer":  # transformers' own loop: Trainer + DataCollatorWithPadding
+  rows = lambda enc, y: [dict({k: v[i] for k, v in enc.items()}, labels=int(y[i]))
+                         for i in range(len(y))]
+  model = transformers.BertForSequenceClassification.from_pretrained(
+      model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+      label2id={l: i for i, l in enumerate(labels)})
+  args = transformers.TrainingArguments(
+      output_dir=out_dir, per_device_train_batch_size=int(batch), per_device_eval_batch_size=64,
+      learning_rate=float(lr), num_train_epochs=float(epochs), warmup_steps=0.1,  # a ratio
+      weight_decay=0.01, adam_epsilon=1e-6, lr_scheduler_type="linear", max_grad_norm=1.0,
+      eval_strategy="epoch", save_strategy="no", report_to=[], logging_steps=50,
+      seed=int(seed), use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+  accuracy = lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())}
+  trainer = transformers.Trainer(model=model, args=args, train_dataset=rows(etr, ytr),
+                                 eval_dataset=rows(eev, yev), compute_metrics=accuracy,
+                                 data_collator=transformers.DataCollatorWithPadding(tok))
+  out = trainer.train()
+  seen = [r["eval_accuracy"] for r in trainer.state.log_history if "eval_accuracy" in r]
+  print(json.dumps({"train_seq_per_sec": out.metrics["train_samples_per_second"],
+                    "eval_accuracy": seen[-1], "evals": seen}))
+  sys.exit(0)
+sys.path.insert(0, bench_dir)  # a plain torch loop, timed around its steps
+import finetune_common as fc
+fc.RECIPE.update(learning_rate=float(lr), batch_size=int(batch), seed=int(seed))
 def inputs(enc, y, rows):
   ids = fc.pad([enc["input_ids"][i] for i in rows])
   return dict(input_ids=ids, token_type_ids=fc.pad([enc["token_type_ids"][i] for i in rows]),
@@ -95,15 +81,13 @@ def inputs(enc, y, rows):
 fc.seed_torch()
 model = transformers.BertForSequenceClassification.from_pretrained(model_dir,
                                                                    num_labels=len(labels))
-(etr, ytr), (eev, yev) = encode(train), encode(evals)
 speed = fc.torch_train(model, lambda rows: inputs(etr, ytr, rows), len(train),
                        fc.steps_for(len(train), float(epochs)))
 correct = 0
 with torch.no_grad():
   for start in range(0, len(evals), 64):
     rows = np.arange(start, min(start + 64, len(evals)))
-    batch_in = inputs(eev, yev, rows)
-    correct += int((model(**batch_in).logits.argmax(-1).numpy() == yev[rows]).sum())
+    correct += int((model(**inputs(eev, yev, rows)).logits.argmax(-1).numpy() == yev[rows]).sum())
 print(json.dumps({"train_seq_per_sec": speed, "eval_accuracy": correct / len(evals)}))
 """
 
@@ -158,31 +142,18 @@ def run_ours(args, model: str, workdir: str) -> dict:
           "eval_accuracy": evals[-1], "evals": evals}
 
 
-def run_theirs(args, model: str, workdir: str) -> dict:
-  out = os.path.join(workdir, "transformers")
+def run_peer(mode: str, args, model: str, workdir: str) -> dict:
+  """transformers' side in a subprocess: 'trainer' (Trainer) or 'loop' (plain torch loop)."""
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-c", HF_SCRIPT, model, args.train, args.validation,
-                         out, str(args.lr), str(args.epochs), str(args.batch_size),
+  proc = subprocess.run([sys.executable, "-c", PEER_SCRIPT, mode, os.path.join(REPO, "bench"),
+                         model, args.train, args.validation, os.path.join(workdir, mode),
+                         str(args.lr), str(args.epochs), str(args.batch_size),
                          str(args.max_length), str(args.seed)],
                         capture_output=True, text=True, check=False,
                         env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
   wall = time.perf_counter() - start
   if proc.returncode:
-    sys.exit(f"transformers failed:\n{proc.stderr[-3000:]}")
-  return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall_s=wall)
-
-
-def run_loop(args, model: str) -> dict:
-  """The same recipe in a plain torch loop (bench/finetune_common.py), dynamic padding."""
-  start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-c", LOOP_SCRIPT, os.path.join(REPO, "bench"), model,
-                         args.train, args.validation, str(args.lr), str(args.epochs),
-                         str(args.batch_size), str(args.max_length), str(args.seed)],
-                        capture_output=True, text=True, check=False,
-                        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-  wall = time.perf_counter() - start
-  if proc.returncode:
-    sys.exit(f"torch loop failed:\n{proc.stderr[-3000:]}")
+    sys.exit(f"transformers ({mode}) failed:\n{proc.stderr[-3000:]}")
   return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall_s=wall)
 
 
@@ -210,8 +181,8 @@ def main():
     model = random_model(args.model, args.random_init, os.path.join(workdir, "random_model"))
   load_before = os.getloadavg()
   ours = run_ours(args, model, workdir)
-  theirs = run_theirs(args, model, workdir)
-  loop = run_loop(args, model)
+  theirs = run_peer("trainer", args, model, workdir)
+  loop = run_peer("loop", args, model, workdir)
   load_after = os.getloadavg()
   peak = matmul_gflops()
   print(f"model {model} ({args.random_init or 'as given'}); train {args.train}; "
