@@ -106,6 +106,17 @@ class EncoderTask:
     return model.init({"params": rng}, inputs["input_ids"], inputs["token_type_ids"],
                       inputs["attention_mask"])
 
+  def load_tokenizer(self, config: ml_collections.ConfigDict) -> tuple[Any, str]:
+    """(tokenizer, its dir) of config.init_checkpoint, which fine-tuning requires."""
+    from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
+    from bert_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+    from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
+    if not config.get("init_checkpoint"):
+      raise UserError("config.init_checkpoint is empty: fine-tuning starts from a model path "
+                      "(a Hugging Face or Google BERT dir, a bert_jax export or workdir)")
+    tokenizer_dir = convert.model_tokenizer_dir(config.init_checkpoint)
+    return tokenization.load_tokenizer(tokenizer_dir), tokenizer_dir
+
   def flops_per_sequence(self, bert_config: Any, config: ml_collections.ConfigDict) -> float:
     from bert_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
     return metrics_lib.pretraining_flops_per_sequence(bert_config, config.max_seq_length, 0,

@@ -16,7 +16,6 @@ labels are non-integer numbers) makes it a regression.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, Optional
 
 import jax
@@ -180,27 +179,14 @@ class SequenceTask(base.EncoderTask):
     return finetune_data.Encoded(seq, rows, lengths)
 
   def make_data(self, config: ml_collections.ConfigDict) -> base.Data:
-    from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
-    from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
-
-    if not config.init_checkpoint:
-      raise UserError("config.init_checkpoint is empty: fine-tuning starts from a model path "
-                      "(a Hugging Face or Google BERT dir, a bert_jax export or workdir)")
-    tokenizer_dir = convert.model_tokenizer_dir(config.init_checkpoint)
-    tokenizer = tokenization.load_tokenizer(tokenizer_dir)
+    tokenizer, tokenizer_dir = self.load_tokenizer(config)
     train, evals = self.read(config)
     self.pair = train.pairs is not None
     self.resolve_labels(config, train, evals)
     length = int(config.max_seq_length)
-    encoded_train = self.encode(tokenizer, train, length)
-    eval_batch = config.eval_batch_size or config.batch_size
-    where = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    eval_sets = {
-        infix: functools.partial(finetune_data.eval_batches, self.encode(tokenizer, ex, length),
-                                 global_batch_size=eval_batch, max_seq_length=length, **where)
-        for infix, ex in evals.items()}
-    stream = finetune_data.TrainStream(encoded_train, global_batch_size=config.batch_size,
-                                       seed=config.seed, max_seq_length=length, **where)
+    stream, eval_sets = finetune_data.make_streams(
+        config, self.encode(tokenizer, train, length),
+        {infix: self.encode(tokenizer, ex, length) for infix, ex in evals.items()})
     meta = dict(vocab_size=tokenizer.vocab_size, max_seq_length=length, kind=self.kind,
                 labels=self.labels, num_train_examples=len(train), text_pair=self.pair)
     return base.Data(meta=meta, train=stream, eval_sets=eval_sets, tokenizer_dir=tokenizer_dir)

@@ -22,11 +22,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from bert_jax import tokenization
 from bert_jax.data import finetune_data
 from bert_jax.data import squad
 from bert_jax.errors import UserError
-from bert_jax.formats import convert
 from bert_jax.model import BertForQuestionAnswering
 from bert_jax.tasks import base
 from bert_jax.tasks import squad_eval
@@ -129,13 +127,9 @@ class QATask(base.EncoderTask):
     return squad.check_examples(examples, stats, source, training)
 
   def make_data(self, config: ml_collections.ConfigDict) -> base.Data:
-    if not config.get("init_checkpoint"):
-      raise UserError("config.init_checkpoint is empty: fine-tuning starts from a model path "
-                      "(a Hugging Face or Google BERT dir, a bert_jax export or workdir)")
     if self.name == "squad_json" and not config.get("train_file"):
       raise UserError("config.task=squad_json needs config.train_file (SQuAD v1.1/v2.0 JSON)")
-    tokenizer_dir = convert.model_tokenizer_dir(config.init_checkpoint)
-    tokenizer = tokenization.load_tokenizer(tokenizer_dir)
+    tokenizer, tokenizer_dir = self.load_tokenizer(config)
     args = (tokenizer, self.max_seq_length, self.doc_stride, self.max_query_length)
     train = self._read(config, "train", training=True)
     train_features = squad.encode(train, *args, source=config.get("train_file") or self.name)

@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from bert_jax import tokenization
 from bert_jax.data import conll
 from bert_jax.data import finetune_data
 from bert_jax.errors import UserError
@@ -122,14 +121,10 @@ class TaggingTask(base.EncoderTask):
     return self._tfds_labels or conll.label_list(train)
 
   def make_data(self, config: ml_collections.ConfigDict) -> base.Data:
-    if not config.get("init_checkpoint"):
-      raise UserError("config.init_checkpoint is empty: fine-tuning starts from a model path "
-                      "(a Hugging Face or Google BERT dir, a bert_jax export or workdir)")
     if self.name == "conll" and not config.get("train_file"):
       raise UserError("config.task=conll needs config.train_file (a CoNLL file: a token and its "
                       "label per line, a blank line between sentences)")
-    tokenizer_dir = convert.model_tokenizer_dir(config.init_checkpoint)
-    tokenizer = tokenization.load_tokenizer(tokenizer_dir)
+    tokenizer, tokenizer_dir = self.load_tokenizer(config)
     train = self._read(config, "train")
     labels = self.resolve_labels(config, train)
     label_to_id = {l: i for i, l in enumerate(labels)}
