@@ -182,14 +182,8 @@ def read_qa_inputs(source: str) -> tuple[list[str], list[str], list[str]]:
 def _jsonl(path: str, keys: Sequence[str]) -> list[dict]:
   from bert_jax import inference  # pylint: disable=g-import-not-at-top
   rows = []
-  for number, line in enumerate(inference.read_lines(path), start=1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as exc:
-      raise UserError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
-    if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in keys):
+  for number, row in files.jsonl_objects(inference.read_lines(path), path):
+    if any(not isinstance(row.get(k), str) for k in keys):
       raise UserError(f"{path}:{number}: expected a JSON object with string fields "
                       f"{list(keys)}")
     rows.append(row)

@@ -123,6 +123,28 @@ class EncoderTask:
                                                       with_nsp=False)
 
 
+class FeatureSets:
+  """Evaluation sets whose rows are features (windows) of host-side items (sentences,
+  questions): feature ids are numbered across all sets, so `score` can tell from a gathered
+  `feature_index` which set a pass went over and map rows back to their items."""
+
+  def __init__(self):
+    self._sets: list[tuple[int, Any, list]] = []  # (first feature id, features, items)
+    self._next = 0
+
+  def add(self, features: Any, items: list) -> int:
+    """Registers a set; returns the id of its first feature (pass it to `encoded`)."""
+    offset = self._next
+    self._sets.append((offset, features, items))
+    self._next += len(features)
+    return offset
+
+  def lookup(self, index: np.ndarray) -> tuple[Any, list, np.ndarray]:
+    """(features, items, feature indices within that set) of a pass's gathered feature ids."""
+    offset, features, items = next(e for e in reversed(self._sets) if e[0] <= index.min())
+    return features, items, index - offset
+
+
 def combine_loss(sums: Mapping[str, Any], loss_terms: Iterable[tuple[str, str]],
                  denominators: Optional[Mapping[str, Any]] = None) -> Any:
   """sum_i sums[num_i] / den_i, den_i from `denominators` (default: `sums`), floored at 1.

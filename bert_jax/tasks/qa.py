@@ -49,7 +49,7 @@ class QATask(base.EncoderTask):
     self.n_best = int(config.get("n_best_size", 20))
     self.threshold = float(config.get("null_score_diff_threshold", 0.0))
     self.version_2 = self.name.endswith("2.0")  # or any unanswerable question in the data
-    self._eval: list[tuple[int, squad.QAFeatures, list[squad.QAExample]]] = []
+    self._eval = base.FeatureSets()  # windows of the evaluation sets, and their questions
 
   def bind(self, meta: dict) -> None:
     self.version_2 = bool(meta.get("version_2", self.version_2))
@@ -90,14 +90,14 @@ class QATask(base.EncoderTask):
     index = gathered["feature_index"][keep].astype(np.int64)
     if not len(index):
       return {}
-    offset, features, examples = next(e for e in reversed(self._eval) if e[0] <= index.min())
+    features, examples, local = self._eval.lookup(index)
     answers = squad_eval.best_answers(
-        examples, features, index - offset, gathered["start_logits"][keep],
+        examples, features, local, gathered["start_logits"][keep],
         gathered["end_logits"][keep], n_best=self.n_best,
         max_answer_length=self.max_answer_length, version_2=self.version_2,
         null_score_diff_threshold=self.threshold)
     # Only questions this pass reached (config.num_eval_batches may cap a pass).
-    seen = sorted(set(features.example_index[index - offset].tolist()))
+    seen = sorted(set(features.example_index[local].tolist()))
     return squad_eval.score([examples[k] for k in seen], answers)
 
   def model_info(self) -> dict:
@@ -133,15 +133,13 @@ class QATask(base.EncoderTask):
     args = (tokenizer, self.max_seq_length, self.doc_stride, self.max_query_length)
     train = self._read(config, "train", training=True)
     train_features = squad.encode(train, *args, source=config.get("train_file") or self.name)
-    evals, self._eval, offset = {}, [], 0
+    evals, self._eval = {}, base.FeatureSets()
     for split, infix in (("validation", ""), ("test", "test")):
       examples = self._read(config, split, training=False)
       if examples is None or (split == "test" and not any(ex.answers for ex in examples)):
         continue  # an unanswered test file is only predicted after training
       features = squad.encode(examples, *args, source=config.get(f"{split}_file") or self.name)
-      self._eval.append((offset, features, examples))
-      evals[infix] = features.encoded(self.max_seq_length, offset)
-      offset += len(features)
+      evals[infix] = features.encoded(self.max_seq_length, self._eval.add(features, examples))
     stream, eval_sets = finetune_data.make_streams(
         config, train_features.encoded(self.max_seq_length), evals)
     meta = dict(vocab_size=tokenizer.vocab_size, max_seq_length=self.max_seq_length,

@@ -45,7 +45,7 @@ class TaggingTask(base.EncoderTask):
     self.labels: list[str] = []
     self.max_seq_length = int(config.max_seq_length)
     # Evaluation sets: feature ids are unique over all sets, so `score` knows which set it sees.
-    self._eval: list[tuple[int, conll.TaggingFeatures, list[conll.Sentence]]] = []
+    self._eval = base.FeatureSets()  # features of the evaluation sets, and their sentences
     self._tfds_labels: Optional[list[str]] = None
 
   def bind(self, meta: dict) -> None:
@@ -86,11 +86,10 @@ class TaggingTask(base.EncoderTask):
     index = gathered["feature_index"][keep].astype(np.int64)
     if not len(index):
       return {}
-    offset, features, sentences = next(e for e in reversed(self._eval) if e[0] <= index.min())
-    words = conll.word_predictions(features, sentences, index - offset,
-                                   gathered["pred_ids"][keep])
+    features, sentences, local = self._eval.lookup(index)
+    words = conll.word_predictions(features, sentences, local, gathered["pred_ids"][keep])
     # Only sentences this pass reached (config.num_eval_batches may cap a pass).
-    seen = sorted(set(features.sentence_index[index - offset].tolist()))
+    seen = sorted(set(features.sentence_index[local].tolist()))
     predicted = [[self.labels[i] if i >= 0 else "O" for i in words[k]] for k in seen]
     return entities.precision_recall_f1([sentences[k].labels for k in seen], predicted)
 
@@ -130,16 +129,14 @@ class TaggingTask(base.EncoderTask):
     label_to_id = {l: i for i, l in enumerate(labels)}
     source = config.get("train_file") or f"{self.name}:train"
     train_features = conll.encode(train, tokenizer, label_to_id, self.max_seq_length, source)
-    evals, self._eval, offset = {}, [], 0
+    evals, self._eval = {}, base.FeatureSets()
     for split, infix in (("validation", ""), ("test", "test")):
       sentences = self._read(config, split)
       if sentences is None or not all(all(s.labels) for s in sentences):
         continue
       source = config.get(f"{split}_file") or f"{self.name}:{split}"
       features = conll.encode(sentences, tokenizer, label_to_id, self.max_seq_length, source)
-      self._eval.append((offset, features, sentences))
-      evals[infix] = features.encoded(self.max_seq_length, offset)
-      offset += len(features)
+      evals[infix] = features.encoded(self.max_seq_length, self._eval.add(features, sentences))
     stream, eval_sets = finetune_data.make_streams(
         config, train_features.encoded(self.max_seq_length), evals)
     meta = dict(vocab_size=tokenizer.vocab_size, max_seq_length=self.max_seq_length,
