@@ -35,6 +35,7 @@ import optax
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import loop as loop_lib
 from bert_jax import optim
+from bert_jax import platform as platform_lib
 from bert_jax import sharding as sharding_lib
 from bert_jax import tasks as tasks_lib
 from bert_jax.errors import UserError
@@ -71,20 +72,40 @@ def _micro_batches(batch: Batch, num: int, mesh: Optional[jax.sharding.Mesh]) ->
 
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]
 
+def auto_grad_accum_steps(rows_per_device: int, length: int, platform: str) -> int:
+  """`config.grad_accum_steps=0`: 1 on GPU/TPU; on CPU the fewest micro-batches, dividing the
+  per-device rows, of at most `platform.CPU_BATCH_TOKENS` tokens each (at least one row):
+  activations stay in cache and the per-update work (AdamW, clipping) is paid once per
+  accumulated batch (BENCHMARKS.md, "CPU")."""
+  if platform != "cpu" or rows_per_device <= 1:
+    return 1
+  most_rows = max(1, platform_lib.CPU_BATCH_TOKENS // max(length, 1))
+  return next(k for k in range(1, rows_per_device + 1)
+              if rows_per_device % k == 0 and rows_per_device // k <= most_rows)
+
 
 def make_train_step(task, model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum_steps: int = 1,
                     nonfinite: str = "stop", mesh: Optional[jax.sharding.Mesh] = None) -> StepFn:
   """The pure `train_step(state, batch, rng)` of `task`; `rng` is the run's base key.
 
-  `mesh` (optional) pins micro-batches to the batch axes when accumulating.
+  `grad_accum_steps=0` picks the number per batch shape when the step is traced
+  (`auto_grad_accum_steps`), so each length bucket gets its own. `mesh` (optional) pins
+  micro-batches to the batch axes when accumulating.
   """
   if nonfinite not in NONFINITE_MODES:
     raise UserError(f"config.nonfinite={nonfinite!r} is not one of {NONFINITE_MODES}")
 
+  shards = sharding_lib.num_batch_shards(mesh) if mesh is not None else 1
+
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict]:
     step_rng = jax.random.fold_in(rng, state.step)
     dens = task.denominators(batch)  # over the whole batch, whatever the accumulation
+    rows, length = batch["input_ids"].shape[:2]
+    num_micro = grad_accum_steps or auto_grad_accum_steps(rows // shards, length,
+                                                         jax.default_backend())
+    logging.info("train step for batches of %d x %d: %d micro-batch(es) of %d rows per device",
+                 rows, length, num_micro, rows // shards // num_micro)
 
     def grad_fn(params, micro, micro_rng):
       def loss_fn(p):
@@ -93,10 +114,10 @@ def make_train_step(task, model: nn.Module, tx: optax.GradientTransformation,
       (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       return grads, sums
 
-    if grad_accum_steps == 1:
+    if num_micro == 1:
       grads, sums = grad_fn(state.params, batch, step_rng)
     else:
-      micro = _micro_batches(batch, grad_accum_steps, mesh)
+      micro = _micro_batches(batch, num_micro, mesh)
       first = jax.tree_util.tree_map(lambda x: x[0], micro)
       zeros = jax.tree_util.tree_map(
           jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, step_rng))
@@ -106,7 +127,7 @@ def make_train_step(task, model: nn.Module, tx: optax.GradientTransformation,
         g, s = grad_fn(state.params, micro_batch, jax.random.fold_in(step_rng, i))
         return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
 
-      (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum_steps)))
+      (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_micro)))
 
     loss = combine_loss(sums, task.loss_terms, dens)
     grad_norm = optax.tree.norm(grads)
@@ -275,9 +296,10 @@ def _setup(config: ml_collections.ConfigDict, task, meta: dict) -> _Setup:
   model = task.build_model(bert_config)
   mesh = sharding_lib.make_mesh(config.mesh_shape)
   rules = sharding_lib.normalize_rules(config.logical_axis_rules)
-  if config.grad_accum_steps < 1:
-    raise UserError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
-  sharding_lib.check_batch_size(config.batch_size, mesh, config.grad_accum_steps)
+  if config.grad_accum_steps < 0:
+    raise UserError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1 "
+                    "(or 0: per platform)")
+  sharding_lib.check_batch_size(config.batch_size, mesh, max(config.grad_accum_steps, 1))
   if config.eval_every_steps and config.eval_batch_size:
     sharding_lib.check_batch_size(config.eval_batch_size, mesh, name="config.eval_batch_size")
   tx, schedule = optim.make_optimizer(config)

@@ -93,8 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.schedule_power = 1.0
   # Final learning rate as a fraction of the peak.
   c.end_learning_rate_ratio = 0.0
-  # Micro-batches per step (gradient accumulation); must divide the per-device batch.
-  c.grad_accum_steps = 1
+  # Micro-batches per step (gradient accumulation); must divide the per-device batch. 0 = per
+  # platform: 1 on GPU/TPU; on CPU micro-batches of ~512 tokens per device (4 rows at seq 128),
+  # measured ~1.45x faster than whole batches (bert_jax.train.auto_grad_accum_steps).
+  c.grad_accum_steps = 0
   # Clip gradients to this global norm (0 = no clipping).
   c.max_grad_norm = 1.0
   # On a non-finite loss or gradient: 'stop' (error naming the step, last good checkpoint kept)

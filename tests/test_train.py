@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bert_jax import optim
+from bert_jax import platform as platform_lib
 from bert_jax.data import synthetic
 from bert_jax import train
 from bert_jax.tasks import pretraining
@@ -70,6 +71,34 @@ def test_gradient_accumulation_matches_one_big_batch():
   assert float(m1["mlm_weight"]) == float(m4["mlm_weight"]) == float(
       batch["masked_weights"].sum())
   for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s4.params)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_auto_grad_accum_steps_per_platform_and_shape():
+  auto = train.auto_grad_accum_steps
+  assert auto(32, 128, "cpu") == 8  # micro-batches of 4 rows (512 tokens)
+  assert auto(64, 64, "cpu") == 8  # 8 rows of 64
+  assert auto(6, 128, "cpu") == 2  # 3 rows: the fewest that fit
+  assert auto(7, 128, "cpu") == 7  # only 1-row micro-batches divide 7
+  assert auto(4, 512, "cpu") == 4
+  assert auto(8, 32, "cpu") == 1  # the whole batch is under 512 tokens
+  assert auto(256, 128, "gpu") == auto(256, 128, "tpu") == 1
+
+
+def test_auto_grad_accumulation_matches_one_big_batch(monkeypatch):
+  """grad_accum_steps=0 splits the tiny test batch (8 x 32) into 4 micro-batches of 2 rows
+  once the CPU token budget is 64, and updates exactly like the whole batch."""
+  monkeypatch.setattr(platform_lib, "CPU_BATCH_TOKENS", 64)
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  step1, state, batch = _step_setup(1)
+  step0, _, _ = _step_setup(0)
+  rng = jax.random.PRNGKey(1)
+  s1, m1 = step1(state, batch, rng)
+  traced = jax.make_jaxpr(step0)(state, batch, rng)
+  assert "scan" in str(traced) and "length=4" in str(traced)
+  s0, m0 = step0(state, batch, rng)
+  np.testing.assert_allclose(m1["loss"], m0["loss"], rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s0.params)):
     np.testing.assert_allclose(a, b, atol=2e-6)
 
 
