@@ -134,7 +134,8 @@ def _wait_for(paths: list[str], timeout_s: float, what: str) -> None:
 def build_index(model: str, inputs: str | Sequence[str], output: str, *, pooling: str = "mean",
                 normalize: bool = False, layer: int = -1, max_seq_length: Optional[int] = None,
                 float16: bool = False, ann: bool = False, ann_m: int = 32,
-                chunk_lines: int = 10000, tokens_per_batch: int = 2048, overwrite: bool = False,
+                chunk_lines: int = 10000, tokens_per_batch: Optional[int] = None,
+                overwrite: bool = False,
                 progress: bool = True, process_index: Optional[int] = None,
                 process_count: Optional[int] = None, wait_timeout_s: float = 86400.0,
                 on_chunk: Optional[Callable[[int], None]] = None) -> Optional[str]:
@@ -149,7 +150,7 @@ def build_index(model: str, inputs: str | Sequence[str], output: str, *, pooling
     float16: store the vectors as float16 (search computes in float32).
     ann: also build a faiss HNSW graph (`ann_m` links per node) for `search(ann=True)`.
     chunk_lines: lines per resumable chunk.
-    tokens_per_batch: the Embedder's token budget per batch.
+    tokens_per_batch: the Embedder's token budget per batch (None: per platform).
     overwrite: replace an existing `output`.
     progress: lines done, rate and ETA on stderr.
     process_index, process_count: this host's share (default: `jax.process_index()`,

@@ -32,7 +32,9 @@ _FLOAT16 = flags.DEFINE_bool("float16", False, "Store vectors as float16 (half t
 _ANN = flags.DEFINE_bool("ann", False, "Also build a faiss HNSW graph for search.py --ann.")
 _ANN_M = flags.DEFINE_integer("ann_m", 32, "HNSW links per node.")
 _CHUNK_LINES = flags.DEFINE_integer("chunk_lines", 10000, "Lines per resumable chunk.")
-_TOKENS_PER_BATCH = flags.DEFINE_integer("tokens_per_batch", 2048, "Token budget of a batch.")
+_TOKENS_PER_BATCH = flags.DEFINE_integer(
+    "tokens_per_batch", 0, "Token budget of a batch; 0 = per platform (512 per CPU device, "
+    "2048 per accelerator).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")

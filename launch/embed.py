@@ -34,7 +34,9 @@ _MAX_SEQ_LENGTH = flags.DEFINE_integer("max_seq_length", None,
 _LAYER = flags.DEFINE_integer("layer", -1, "Hidden state to pool: 0 = embeddings, -1 = last layer.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None,
                                    "Largest rows per batch (default: from --tokens_per_batch).")
-_TOKENS_PER_BATCH = flags.DEFINE_integer("tokens_per_batch", 2048, "Token budget of a batch.")
+_TOKENS_PER_BATCH = flags.DEFINE_integer(
+    "tokens_per_batch", 0, "Token budget of a batch; 0 = per platform (512 per CPU device, "
+    "2048 per accelerator).")
 
 
 def _save(path: str, result) -> None:
