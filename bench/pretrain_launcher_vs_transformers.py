@@ -69,11 +69,9 @@ def pad_vocab(vocab_dir: str, size: int = 30522) -> int:
 
 
 def run(cmd: list[str]) -> float:
-  start = time.perf_counter()
-  done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if done.returncode:
-    sys.exit(f"{' '.join(cmd[:2])} failed:\n{done.stderr[-3000:]}")
-  return time.perf_counter() - start
+  """Seconds `cmd` took; exits with its stderr if it failed (the embed bench's `timed`)."""
+  from embed_vs_sentence_transformers import timed  # pylint: disable=g-import-not-at-top
+  return timed(cmd, dict(os.environ))
 
 
 def prepare(workdir: str, paragraphs: int) -> str:

@@ -72,6 +72,7 @@ def _micro_batches(batch: Batch, num: int, mesh: Optional[jax.sharding.Mesh]) ->
 
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]
 
+
 def auto_grad_accum_steps(rows_per_device: int, length: int, platform: str) -> int:
   """`config.grad_accum_steps=0`: 1 on GPU/TPU; on CPU the fewest micro-batches, dividing the
   per-device rows, of at most `platform.CPU_BATCH_TOKENS` tokens each (at least one row):
