@@ -22,8 +22,8 @@ import sys
 import tempfile
 import time
 
-from bert_jax.data import input_pipeline
-from bert_jax.data import pretraining_data
+from bert_jax.data import pretrain_pipeline
+from bert_jax.data import prepare_pretraining
 from bert_jax.data import stream
 from bert_jax.data import text_corpus
 from bert_jax.data import sample_corpus
@@ -37,16 +37,16 @@ def prepare_sample(workdir: str, mode: str) -> str:
   out = os.path.join(workdir, mode)
   stats = text_corpus.ReadStats()
   docs = text_corpus.read_documents([sample_corpus.shipped_path()], stats)
-  options = pretraining_data.PrepareOptions(max_seq_length=128, mode=mode, num_output_shards=4,
+  options = prepare_pretraining.PrepareOptions(max_seq_length=128, mode=mode, num_output_shards=4,
                                             num_workers=os.cpu_count() or 1)
-  pretraining_data.prepare(docs, stats, vocab, out, options)
+  prepare_pretraining.prepare(docs, stats, vocab, out, options)
   return out
 
 
 def measure(data_dir: str, batch_size: int, num_batches: int, prefetch: int, repeats: int,
             computed_order: bool = False, **kwargs) -> list[float]:
   """Sequences per second of `repeats` runs of `num_batches` batches each."""
-  it = input_pipeline.make_pretraining_iterator(
+  it = pretrain_pipeline.make_pretraining_iterator(
       data_dir, "train", global_batch_size=batch_size, seed=0, max_predictions_per_seq=20,
       process_index=0, process_count=1, prefetch=prefetch, **kwargs)
   if computed_order:
@@ -74,11 +74,11 @@ def main():
         f"({os.cpu_count()} cores)")
   with tempfile.TemporaryDirectory() as workdir:
     if args.data_dir:
-      dirs = {input_pipeline.read_meta(args.data_dir)["mode"]: args.data_dir}
+      dirs = {pretrain_pipeline.read_meta(args.data_dir)["mode"]: args.data_dir}
     else:
       dirs = {mode: prepare_sample(workdir, mode) for mode in ("nsp", "packed")}
     for mode, data_dir in dirs.items():
-      meta = input_pipeline.read_meta(data_dir)
+      meta = pretrain_pipeline.read_meta(data_dir)
       print(f"{mode}: {meta['splits']['train']['num_examples']:,} sequences of "
             f"{meta['max_seq_length']}, batch {args.batch_size}")
       configs = [dict(whole_word_mask=wwm, prefetch=prefetch)

@@ -7,7 +7,7 @@ Both sides run in this process on the same machine, on the same text:
 - tokenizers: `BertWordPieceTokenizer(vocab.txt).encode_batch(all lines)` and
   `encode_batch_fast` (no offsets), the library's own Rust thread pool, text
   already in memory; the faster of the two is the reference;
-- prepare_data: `bert_jax.data.pretraining_data.prepare` end to end (read files,
+- prepare_data: `bert_jax.data.prepare_pretraining.prepare` end to end (read files,
   split documents, tokenize in `--num_workers` processes, build NSP or packed
   examples, write ArrayRecord shards and meta.json).
 It prints MB of text per second for both and their ratio; the target is a
@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from bert_jax import files
-from bert_jax.data import pretraining_data
+from bert_jax.data import prepare_pretraining
 from bert_jax.data import text_corpus
 from bert_jax.data import sample_corpus
 from bert_jax import tokenization
@@ -49,9 +49,9 @@ def time_prepare(paths, vocab_dir: str, mode: str, num_workers: int, workdir: st
   start = time.perf_counter()
   stats = text_corpus.ReadStats()
   docs = text_corpus.read_documents(paths, stats)
-  options = pretraining_data.PrepareOptions(max_seq_length=128, mode=mode, num_workers=num_workers,
+  options = prepare_pretraining.PrepareOptions(max_seq_length=128, mode=mode, num_workers=num_workers,
                                             num_output_shards=4)
-  pretraining_data.prepare(docs, stats, vocab_dir, os.path.join(workdir, "out"), options,
+  prepare_pretraining.prepare(docs, stats, vocab_dir, os.path.join(workdir, "out"), options,
                            overwrite=True)  # the same output dir on every repeat
   return time.perf_counter() - start
 
@@ -60,7 +60,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--input", nargs="*", default=[sample_corpus.shipped_path()])
   parser.add_argument("--vocab", help="WordPiece vocab dir (default: train 8192 on the input)")
-  parser.add_argument("--mode", default="nsp", choices=pretraining_data.MODES)
+  parser.add_argument("--mode", default="nsp", choices=prepare_pretraining.MODES)
   parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()

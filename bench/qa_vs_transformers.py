@@ -6,7 +6,7 @@ transformers' BertForQuestionAnswering, same Hugging Face BERT dir, same JSON fi
 `--model`: any Hugging Face BERT dir (offline: see bench/tagging_vs_transformers.py).
 `--data` holds {train,validation}.json in SQuAD v1.1/v2.0 format (default: the
 sample QA set of `bert_jax.data.sample_tasks`, v2.0 with unanswerable questions).
-Both sides train on the same rows (BERT's windows from `bert_jax.data.squad`:
+Both sides train on the same rows (BERT's windows from `bert_jax.data.readers.squad`:
 max_seq_length 96, doc_stride 32, max_query_length 24; [CLS] for no answer) with
 the recipe of `bench/finetune_common.py`, and both are scored the same way
 (BERT's n-best selection, null threshold 0, the official EM/F1), so the figures
@@ -30,7 +30,7 @@ MAX_SEQ, STRIDE, MAX_QUERY = 96, 32, 24
 
 
 def _features(path, tok, training):
-  from bert_jax.data import squad  # pylint: disable=g-import-not-at-top
+  from bert_jax.data.readers import squad  # pylint: disable=g-import-not-at-top
   examples, stats = squad.read_squad_json(path)
   examples = squad.check_examples(examples, stats, path, training)
   return examples, squad.encode(examples, tok, MAX_SEQ, STRIDE, MAX_QUERY, path)

@@ -32,7 +32,7 @@ def run_transformers(model_dir, paths, labels, steps):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from seqeval import metrics  # pylint: disable=g-import-not-at-top
-  from bert_jax.data import conll  # pylint: disable=g-import-not-at-top
+  from bert_jax.data.readers import conll  # pylint: disable=g-import-not-at-top
 
   label_to_id = {l: i for i, l in enumerate(labels)}
   tok = transformers.BertTokenizerFast.from_pretrained(model_dir)
@@ -80,7 +80,7 @@ def main():
   parser.add_argument("--data", default="", help="dir with train.conll and validation.conll")
   parser.add_argument("--epochs", type=float, default=3.0)
   args = parser.parse_args()
-  from bert_jax.data import conll, sample_tasks  # pylint: disable=g-import-not-at-top
+  from bert_jax.data.readers import conll, sample_tasks  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as tmp:
     if args.data:

@@ -25,8 +25,8 @@ import numpy as np
 
 from bert_jax import files
 from bert_jax import model as model_lib
-from bert_jax.data import finetune_data
-from bert_jax.data import task_readers
+from bert_jax.data import finetune_pipeline
+from bert_jax.data.readers import sequences
 from bert_jax.errors import UserError
 from bert_jax.formats.convert import Pretrained
 
@@ -53,7 +53,7 @@ def batched_rows(lengths: np.ndarray, batch_size: int, limit: int):
   order = np.argsort(lengths, kind="stable")
   for start in range(0, len(order), batch_size):
     rows = order[start:start + batch_size]
-    yield rows, finetune_data.bucket_length(int(lengths[rows].max()), limit)
+    yield rows, finetune_pipeline.bucket_length(int(lengths[rows].max()), limit)
 
 
 class SequencePredictor:
@@ -75,7 +75,7 @@ class SequencePredictor:
 
   def logits(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
     """[N, num_labels] float32 logits in input order."""
-    seq, lengths = finetune_data.encode_texts(self.pre.tokenizer, texts, pairs, self.length)
+    seq, lengths = finetune_pipeline.encode_texts(self.pre.tokenizer, texts, pairs, self.length)
     out = np.zeros((len(lengths), self.pre.num_labels), np.float32)
     for rows, length in batched_rows(lengths, self.batch_size, self.length):
       shape_rows = np.concatenate([rows, np.full(self.batch_size - len(rows), rows[0])])
@@ -106,11 +106,11 @@ def read_inputs(source: str) -> tuple[list[str], Optional[list[str]]]:
   from bert_jax import inference  # pylint: disable=g-import-not-at-top
   if source.startswith("glue/"):
     name, _, split = source.partition(":")
-    examples = task_readers.read_glue(task_readers.glue_name(name), split or "test")
+    examples = sequences.read_glue(sequences.glue_name(name), split or "test")
     return examples.texts, examples.pairs
   if source.endswith(".txt"):
     return inference.read_lines(source), None
-  examples = task_readers.read_local(source, require_labels=False)
+  examples = sequences.read_local(source, require_labels=False)
   return examples.texts, examples.pairs
 
 
@@ -160,7 +160,7 @@ def predict_file(model_path: str, source: str, output: str) -> int:
 def read_tagging_inputs(source: str) -> tuple[Optional[list[str]], Optional[list[list[str]]]]:
   """(texts, None) from JSONL with `text`, or (None, word lists) from a CoNLL file (labels
   optional: a token per line, a blank line between sentences)."""
-  from bert_jax.data import conll  # pylint: disable=g-import-not-at-top
+  from bert_jax.data.readers import conll  # pylint: disable=g-import-not-at-top
   if source.endswith(".jsonl"):
     return [r["text"] for r in _jsonl(source, ("text",))], None
   return None, [s.words for s in conll.read_conll(source, require_labels=False)]
@@ -173,7 +173,7 @@ def read_qa_inputs(source: str) -> tuple[list[str], list[str], list[str]]:
     rows = _jsonl(source, ("question", "context"))
     return ([str(r.get("id", i)) for i, r in enumerate(rows)], [r["question"] for r in rows],
             [r["context"] for r in rows])
-  from bert_jax.data import squad  # pylint: disable=g-import-not-at-top
+  from bert_jax.data.readers import squad  # pylint: disable=g-import-not-at-top
   examples, _ = squad.read_squad_json(source)
   return ([e.qid for e in examples], [e.question for e in examples],
           [e.context for e in examples])

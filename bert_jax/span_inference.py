@@ -28,8 +28,8 @@ import numpy as np
 
 from bert_jax import inference
 from bert_jax import model as model_lib
-from bert_jax.data import conll
-from bert_jax.data import squad
+from bert_jax.data.readers import conll
+from bert_jax.data.readers import squad
 from bert_jax.errors import UserError
 from bert_jax.formats.convert import Pretrained
 from bert_jax.tasks import entities as entities_lib

@@ -8,7 +8,7 @@ JSONL with a `text` field (`.jsonl`), `.gz` of either, or a tfds text dataset
 (`--tfds_dataset=wikipedia/20230601.en:train --tfds_text_key=text`, needs the
 `[tf]` extra). On a pod, every host runs it with `--num_shards=N
 --shard_index=I` into the same (shared) output directory; the parts are found
-by `bert_jax.data.input_pipeline.read_meta`. Masking happens later, at read time.
+by `bert_jax.data.pretrain_pipeline.read_meta`. Masking happens later, at read time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from absl import flags
 from absl import logging
 
 from bert_jax import files
-from bert_jax.data import pretraining_data
+from bert_jax.data import prepare_pretraining
 from bert_jax.data import text_corpus
 from bert_jax.errors import UserError, run_main
 
@@ -35,7 +35,7 @@ _TEXT_KEY = flags.DEFINE_string("jsonl_text_key", "text",
 _VOCAB = flags.DEFINE_string("vocab", None, "Tokenizer: a dir, vocab.txt or SentencePiece .model.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
 _MAX_SEQ_LENGTH = flags.DEFINE_integer("max_seq_length", 128, "Tokens per row, specials included.")
-_MODE = flags.DEFINE_enum("mode", "nsp", pretraining_data.MODES,
+_MODE = flags.DEFINE_enum("mode", "nsp", prepare_pretraining.MODES,
                           "nsp: sentence pairs with NSP labels; packed: full rows of text, no NSP.")
 _DUPE = flags.DEFINE_integer("dupe_factor", 1, "Passes over each document, each with new splits. "
                              "Masks are fresh every epoch anyway, so 1 is usually enough.")
@@ -68,7 +68,7 @@ def main(argv):
     documents = text_corpus.read_documents(paths, stats, text_key=_TEXT_KEY.value)
   else:
     raise UserError("give --input=FILES or --tfds_dataset=NAME")
-  options = pretraining_data.PrepareOptions(
+  options = prepare_pretraining.PrepareOptions(
       max_seq_length=_MAX_SEQ_LENGTH.value, mode=_MODE.value, dupe_factor=_DUPE.value,
       short_seq_prob=_SHORT.value, eval_fraction=_EVAL.value,
       num_output_shards=_NUM_OUTPUT.value, num_shards=_NUM_SHARDS.value,
@@ -80,10 +80,10 @@ def main(argv):
                  p["documents"], p["text_mb"], p["mb_per_s"], p["sequences"])
 
   start = time.time()
-  meta = pretraining_data.prepare(documents, stats, _VOCAB.value, _OUTPUT.value, options,
+  meta = prepare_pretraining.prepare(documents, stats, _VOCAB.value, _OUTPUT.value, options,
                                   progress=progress, overwrite=_OVERWRITE.value, source=source)
   seconds = time.time() - start
-  print(pretraining_data.summarize(meta))
+  print(prepare_pretraining.summarize(meta))
   print(f"wrote {_OUTPUT.value} in {seconds:.1f} s ({stats.text_bytes / 1e6 / seconds:.2f} MB/s)")
 
 

@@ -110,7 +110,7 @@ def prepare_sample_data(base, num_lines: int = 4000, max_seq_length: int = 32,
                         num_shards: int = 3) -> str:
   """A small prepared dataset (vocab of 300) from the first lines of the shipped sample corpus."""
   from bert_jax import vocab_training  # pylint: disable=g-import-not-at-top
-  from bert_jax.data import pretraining_data, sample_corpus, text_corpus  # pylint: disable=g-import-not-at-top
+  from bert_jax.data import prepare_pretraining, sample_corpus, text_corpus  # pylint: disable=g-import-not-at-top
 
   base = str(base)
   os.makedirs(base, exist_ok=True)
@@ -123,8 +123,8 @@ def prepare_sample_data(base, num_lines: int = 4000, max_seq_length: int = 32,
   vocab_training.train_wordpiece(corpus, vocab, 300, lowercase=True)
   stats = text_corpus.ReadStats()
   out = os.path.join(base, "prepared")
-  options = pretraining_data.PrepareOptions(max_seq_length=max_seq_length, eval_fraction=0.1,
+  options = prepare_pretraining.PrepareOptions(max_seq_length=max_seq_length, eval_fraction=0.1,
                                             num_output_shards=num_shards)
-  pretraining_data.prepare(text_corpus.read_documents([corpus], stats), stats, vocab, out,
+  prepare_pretraining.prepare(text_corpus.read_documents([corpus], stats), stats, vocab, out,
                            options)
   return out

@@ -14,7 +14,7 @@ import hf_fixtures
 from bert_jax import predict
 from bert_jax import train
 from bert_jax.data import sample_pairs
-from bert_jax.data import task_readers
+from bert_jax.data.readers import sequences
 from bert_jax.errors import UserError
 from bert_jax.formats import convert
 from bert_jax.tasks import classification
@@ -95,7 +95,7 @@ def test_local_pairs_train_evaluate_export_and_predict(files, tmp_path):
   best = convert.from_pretrained(os.path.join(workdir, "best"))
   assert best.labels == sorted(sample_pairs.LABELS) and best.heads == ("classifier",)
   assert best.task["kind"] == "classification" and best.task["text_pair"]
-  examples = task_readers.read_local(files["validation"])
+  examples = sequences.read_local(files["validation"])
   got = predict.SequencePredictor(best).predict(examples.texts, examples.pairs)
   labels = [best.labels.index(label) for label in examples.labels]
   preds = [best.labels.index(g["label"]) for g in got]
@@ -180,7 +180,7 @@ def test_predictions_equal_transformers_pipeline(files, tmp_path):
   config = json.loads(open(os.path.join(hf_dir, "config.json")).read())
   assert config["architectures"] == ["BertForSequenceClassification"]
   assert config["id2label"] == {str(i): l for i, l in enumerate(sorted(sample_pairs.LABELS))}
-  examples = task_readers.read_local(files["validation"])
+  examples = sequences.read_local(files["validation"])
   ours = predict.SequencePredictor(convert.from_pretrained(hf_dir), max_seq_length=32).predict(
       examples.texts, examples.pairs)
   pipe = transformers.pipeline("text-classification", model=hf_dir, top_k=None, device="cpu")
@@ -196,15 +196,15 @@ def test_bad_local_files_name_the_culprit(files, tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"text": "no sentence column", "label": "x"}\n')
   with pytest.raises(UserError, match=r"bad.jsonl: expected a 'sentence' column"):
-    task_readers.read_local(str(bad))
+    sequences.read_local(str(bad))
   tsv = tmp_path / "short.tsv"
   tsv.write_text("sentence\tlabel\nonly one column\n")
   with pytest.raises(UserError, match=r"short.tsv:2: 1 columns where the header has 2"):
-    task_readers.read_local(str(tsv))
+    sequences.read_local(str(tsv))
   latin = tmp_path / "latin.csv"
   latin.write_bytes(b"sentence,label\ncaf\xe9,1\n")
   with pytest.raises(UserError, match=r"latin.csv:2: not UTF-8"):
-    task_readers.read_local(str(latin))
+    sequences.read_local(str(latin))
   with pytest.raises(UserError, match="num_labels=5 but the data has 3 labels"):
     train.train_and_evaluate(_local(files, num_labels=5), str(tmp_path / "x"))
 
@@ -213,7 +213,7 @@ def test_bad_local_files_name_the_culprit(files, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(task_readers.GLUE_FEATURES))
+@pytest.mark.parametrize("name", sorted(sequences.GLUE_FEATURES))
 def test_glue_task_end_to_end_on_mock_data(name, files, tmp_path):
   """Every GLUE task trains and evaluates; its logged metrics equal scikit-learn/scipy on the
   predictions of the exported model over the same validation split(s)."""
@@ -223,8 +223,8 @@ def test_glue_task_end_to_end_on_mock_data(name, files, tmp_path):
                       eval_every_steps=2, checkpoint_every_steps=2, eval_batch_size=8)
   with tfds.testing.mock_data(num_examples=20):
     result = train.train_and_evaluate(c, workdir)
-    splits = task_readers.GLUE_EVAL_SPLITS.get(name, {"": "validation"})
-    evals = {infix: task_readers.read_glue(name, split) for infix, split in splits.items()}
+    splits = sequences.GLUE_EVAL_SPLITS.get(name, {"": "validation"})
+    evals = {infix: sequences.read_glue(name, split) for infix, split in splits.items()}
   assert result["step"] == 2
   best = convert.from_pretrained(os.path.join(workdir, "best"))
   row = [r for r in read_rows(workdir) if any(k.startswith("eval_") for k in r)][-1]

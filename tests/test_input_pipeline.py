@@ -12,8 +12,8 @@ from array_record.python.array_record_module import ArrayRecordReader
 import numpy as np
 import pytest
 
-from bert_jax.data import input_pipeline
-from bert_jax.data import pretraining_data as pd
+from bert_jax.data import pretrain_pipeline
+from bert_jax.data import prepare_pretraining as pd
 from bert_jax.data import text_corpus
 from bert_jax.errors import UserError
 
@@ -54,7 +54,7 @@ def _it(path, **kwargs):
   defaults = dict(global_batch_size=8, seed=3, max_predictions_per_seq=4, process_index=0,
                   process_count=1)
   defaults.update(kwargs)
-  return input_pipeline.make_pretraining_iterator(path, "train", **defaults)
+  return pretrain_pipeline.make_pretraining_iterator(path, "train", **defaults)
 
 
 def _rows(batch):
@@ -67,7 +67,7 @@ def _rows(batch):
 
 def _file_rows(path):
   """input_ids rows of the train split read straight from its shards, in meta.json order."""
-  meta = input_pipeline.read_meta(path)
+  meta = pretrain_pipeline.read_meta(path)
   records = []
   for shard in meta["splits"]["train"]["shards"]:
     reader = ArrayRecordReader(os.path.join(path, shard["file"]))
@@ -127,7 +127,7 @@ def _global(path, hosts, batches, state=None, **kwargs):
 
 @pytest.mark.parametrize("mode", ["nsp", "packed"])
 def test_global_batches_do_not_depend_on_the_host_count(data, mode):
-  total = input_pipeline.read_meta(data[mode])["splits"]["train"]["num_examples"]
+  total = pretrain_pipeline.read_meta(data[mode])["splits"]["train"]["num_examples"]
   batches = -(-2 * total // 8) + 1                         # past two epoch boundaries
   reference, state = _global(data[mode], 1, batches)
   assert state["position"] == batches * 8 and state["epoch"] == batches * 8 // total
@@ -154,7 +154,7 @@ def test_state_saved_with_two_hosts_restores_with_one_and_four(data):
 
 @pytest.mark.parametrize("hosts", [1, 2, 4])
 def test_evaluation_is_one_exact_pass_for_any_host_count(data, hosts):
-  total = input_pipeline.read_meta(data["nsp"])["splits"]["train"]["num_examples"]
+  total = pretrain_pipeline.read_meta(data["nsp"])["splits"]["train"]["num_examples"]
   everything = _file_rows(data["nsp"])
   batches, _ = _global(data["nsp"], hosts, -(-total // 8), shuffle=False, num_epochs=1,
                        drop_remainder=False)
@@ -240,9 +240,9 @@ def test_epochs_reshuffle_and_remask(data):
 
 
 def test_num_epochs_and_padded_last_batch(data):
-  meta = input_pipeline.read_meta(data["nsp"])
+  meta = pretrain_pipeline.read_meta(data["nsp"])
   total = meta["splits"]["eval"]["num_examples"]
-  it = input_pipeline.make_pretraining_iterator(
+  it = pretrain_pipeline.make_pretraining_iterator(
       data["nsp"], "eval", global_batch_size=8, seed=0, max_predictions_per_seq=4,
       shuffle=False, num_epochs=1, drop_remainder=False, process_index=0, process_count=1)
   batches = list(it)
@@ -257,7 +257,7 @@ def test_whole_word_masking_uses_the_tokenizer(data):
   """Every word with a selected piece has all its pieces selected, words of several pieces
   included; the word boundaries are the prepared data's tokenizer's."""
   from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
-  meta = input_pipeline.read_meta(data["nsp"])
+  meta = pretrain_pipeline.read_meta(data["nsp"])
   tokenizer = tokenization.load_tokenizer(os.path.join(data["nsp"], meta["tokenizer"]))
   word_start = np.asarray(tokenizer.word_start_mask(np.arange(meta["vocab_size"])), bool)
   special = list(meta["special_ids"].values())
@@ -289,11 +289,11 @@ def test_whole_word_masking_uses_the_tokenizer(data):
 
 def test_errors(data, tmp_path):
   with pytest.raises(UserError, match="no split"):
-    input_pipeline.PretrainingIterator(data["nsp"], "test", global_batch_size=8, seed=0,
+    pretrain_pipeline.PretrainingIterator(data["nsp"], "test", global_batch_size=8, seed=0,
                                        max_predictions_per_seq=4)
   with pytest.raises(UserError, match="divisible"):
     _it(data["nsp"], global_batch_size=7, process_count=2)
   with pytest.raises(FileNotFoundError):
-    input_pipeline.read_meta(str(tmp_path / "missing"))
+    pretrain_pipeline.read_meta(str(tmp_path / "missing"))
   with pytest.raises(UserError, match="no meta.json"):
-    input_pipeline.read_meta(str(tmp_path))
+    pretrain_pipeline.read_meta(str(tmp_path))

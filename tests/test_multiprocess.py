@@ -58,7 +58,7 @@ def _same_global_batch(c):
   """Whether the global batch assembled from this process's rows equals a 1-process read."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from bert_jax import sharding  # pylint: disable=g-import-not-at-top
-  from bert_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from bert_jax.data import pretrain_pipeline  # pylint: disable=g-import-not-at-top
   from bert_jax.tasks import pretraining  # pylint: disable=g-import-not-at-top
 
   data = pretraining.PretrainingTask(c).make_data(c)
@@ -67,7 +67,7 @@ def _same_global_batch(c):
   data.train.close()
   assembled = multihost_utils.process_allgather(sharding.make_global_batch(local, mesh),
                                                 tiled=True)
-  whole = next(input_pipeline.make_pretraining_iterator(
+  whole = next(pretrain_pipeline.make_pretraining_iterator(
       c.train_data, c.train_split, global_batch_size=c.batch_size, seed=c.seed, prefetch=0,
       max_predictions_per_seq=c.max_predictions_per_seq, process_index=0, process_count=1))
   rows = sharding.process_rows(mesh, c.batch_size)

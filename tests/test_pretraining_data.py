@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from bert_jax.data import input_pipeline
-from bert_jax.data import pretraining_data as pd
+from bert_jax.data import pretrain_pipeline
+from bert_jax.data import prepare_pretraining as pd
 from bert_jax.data import sample_corpus
 from bert_jax.data import text_corpus
 from bert_jax.errors import UserError
@@ -176,7 +176,7 @@ def test_hosts_prepare_disjoint_parts_that_merge(tiny, tmp_path):
   for host in range(2):
     _prepare(tiny, out, num_shards=2, shard_index=host, mode="packed")
   single = _prepare(tiny, tmp_path / "single", mode="packed")
-  meta = input_pipeline.read_meta(str(out))
+  meta = pretrain_pipeline.read_meta(str(out))
   assert [s["file"] for s in meta["splits"]["train"]["shards"]] == [
       "train-00000-of-00002.array_record", "train-00001-of-00002.array_record"]
   assert meta["splits"]["train"]["num_tokens"] == single["splits"]["train"]["num_tokens"]
@@ -210,7 +210,7 @@ def test_launcher_bad_bytes_jsonl_and_summary(tiny, tmp_path):
                         f"--output={tmp_path}/out", "--max_seq_length=16", "--num_workers=1")
   assert result.returncode == 0, result.stderr
   assert "bad bytes 2 (in 1 lines)" in result.stdout
-  meta = input_pipeline.read_meta(str(tmp_path / "out"))
+  meta = pretrain_pipeline.read_meta(str(tmp_path / "out"))
   assert meta["summary"]["documents"] == 3       # two text documents, one JSONL document
   assert meta["summary"]["empty_documents"] == 1  # the empty JSONL text
   assert meta["summary"]["sentences"] == 5

@@ -14,7 +14,7 @@ import transformers
 from bert_jax import tokenization
 from bert_jax import train
 from bert_jax.data import sample_tasks
-from bert_jax.data import squad
+from bert_jax.data.readers import squad
 from bert_jax.errors import UserError
 from bert_jax.formats import convert
 from bert_jax.tasks import qa

@@ -13,7 +13,7 @@ import transformers
 
 from bert_jax import tokenization
 from bert_jax import train
-from bert_jax.data import conll
+from bert_jax.data.readers import conll
 from bert_jax.data import sample_tasks
 from bert_jax.errors import UserError
 from bert_jax.formats import convert

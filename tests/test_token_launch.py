@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import transformers
 
-from bert_jax.data import conll
+from bert_jax.data.readers import conll
 from bert_jax.data import sample_tasks
 from conftest import ROOT, child_env, read_rows
 import hf_fixtures

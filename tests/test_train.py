@@ -183,7 +183,7 @@ def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
 def test_pretraining_eval_is_one_exact_pass_and_a_missing_split_is_named(tmp_path):
   """The eval split is read once, every row (the last batch padded with weight-0 rows); an
   explicitly given eval_data without the split asked for names the splits it has."""
-  from bert_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from bert_jax.data import pretrain_pipeline  # pylint: disable=g-import-not-at-top
   from conftest import prepare_sample_data  # pylint: disable=g-import-not-at-top
   data_dir = prepare_sample_data(tmp_path / "data", num_lines=1500)
   c = tiny_config(train_data=data_dir, eval_data=data_dir, eval_every_steps=2,
@@ -191,7 +191,7 @@ def test_pretraining_eval_is_one_exact_pass_and_a_missing_split_is_named(tmp_pat
   data = pretraining.PretrainingTask(c).make_data(c)
   batches = list(data.eval_sets[""]())
   data.train.close()
-  num_eval = input_pipeline.read_meta(data_dir)["splits"]["eval"]["num_examples"]
+  num_eval = pretrain_pipeline.read_meta(data_dir)["splits"]["eval"]["num_examples"]
   weights = np.concatenate([b["example_weights"] for b in batches])
   assert weights.sum() == num_eval and len(weights) == 8 * -(-num_eval // 8)
   bad = tiny_config(train_data=data_dir, eval_data=data_dir, eval_split="dev", eval_every_steps=2)

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax.tasks.base import Data
+from bert_jax.data.contract import Data
 
 
 class SyntheticIterator:

@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from bert_jax.data import finetune_data
-from bert_jax.data import task_readers
+from bert_jax.data import finetune_pipeline
+from bert_jax.data.readers import sequences
 from bert_jax.errors import UserError
 from bert_jax.model import BertForSequenceClassification
 from bert_jax.tasks import base
@@ -43,7 +43,7 @@ class SequenceTask(base.EncoderTask):
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
     self.name = config.task
-    self.glue = task_readers.glue_name(self.name) if self.name.startswith("glue") else None
+    self.glue = sequences.glue_name(self.name) if self.name.startswith("glue") else None
     self.kind = "classification"
     self.labels: Optional[list[str]] = None
     self.pair = False
@@ -118,17 +118,17 @@ class SequenceTask(base.EncoderTask):
 
   # -- data
 
-  def read(self, config) -> tuple[task_readers.Examples, dict[str, task_readers.Examples]]:
+  def read(self, config) -> tuple[sequences.Examples, dict[str, sequences.Examples]]:
     """(train examples, {eval infix: examples})."""
     if self.glue:
       data_dir = config.get("tfds_data_dir") or None
-      train = task_readers.read_glue(self.glue, "train", data_dir)
-      splits = task_readers.GLUE_EVAL_SPLITS.get(self.glue, {"": "validation"})
-      evals = {infix: task_readers.read_glue(self.glue, split, data_dir)
+      train = sequences.read_glue(self.glue, "train", data_dir)
+      splits = sequences.GLUE_EVAL_SPLITS.get(self.glue, {"": "validation"})
+      evals = {infix: sequences.read_glue(self.glue, split, data_dir)
                for infix, split in splits.items()}
       return train, evals
-    train = task_readers.read_local(config.train_file)
-    evals = {"": task_readers.read_local(config.validation_file)} if config.validation_file else {}
+    train = sequences.read_local(config.train_file)
+    evals = {"": sequences.read_local(config.validation_file)} if config.validation_file else {}
     return train, evals
 
   def resolve_labels(self, config, train, evals) -> None:
@@ -153,7 +153,7 @@ class SequenceTask(base.EncoderTask):
       raise UserError(f"config.num_labels={wanted} but the data has {len(self.labels)} labels "
                       f"{self.labels[:20]}")
 
-  def _label_ids(self, examples: task_readers.Examples) -> np.ndarray:
+  def _label_ids(self, examples: sequences.Examples) -> np.ndarray:
     if self.kind == "regression":
       try:
         return np.asarray([float(v) for v in examples.labels], np.float32)
@@ -171,12 +171,12 @@ class SequenceTask(base.EncoderTask):
       ids.append(index[str(label)])
     return np.asarray(ids, np.int32)
 
-  def encode(self, tokenizer, examples: task_readers.Examples, max_seq_length: int,
-             labelled: bool = True) -> finetune_data.Encoded:
-    seq, lengths = finetune_data.encode_texts(tokenizer, examples.texts, examples.pairs,
+  def encode(self, tokenizer, examples: sequences.Examples, max_seq_length: int,
+             labelled: bool = True) -> finetune_pipeline.Encoded:
+    seq, lengths = finetune_pipeline.encode_texts(tokenizer, examples.texts, examples.pairs,
                                               max_seq_length)
     rows = {"labels": self._label_ids(examples)} if labelled else {}
-    return finetune_data.Encoded(seq, rows, lengths)
+    return finetune_pipeline.Encoded(seq, rows, lengths)
 
   def make_data(self, config: ml_collections.ConfigDict) -> base.Data:
     tokenizer, tokenizer_dir = self.load_tokenizer(config)
@@ -184,7 +184,7 @@ class SequenceTask(base.EncoderTask):
     self.pair = train.pairs is not None
     self.resolve_labels(config, train, evals)
     length = int(config.max_seq_length)
-    stream, eval_sets = finetune_data.make_streams(
+    stream, eval_sets = finetune_pipeline.make_streams(
         config, self.encode(tokenizer, train, length),
         {infix: self.encode(tokenizer, ex, length) for infix, ex in evals.items()})
     meta = dict(vocab_size=tokenizer.vocab_size, max_seq_length=length, kind=self.kind,

@@ -99,13 +99,13 @@ class PretrainingTask:
         bert_config, config.max_seq_length, config.max_predictions_per_seq, self.with_nsp)
 
   def make_data(self, config: ml_collections.ConfigDict) -> base.Data:
-    """The prepared data's iterators (bert_jax.data.input_pipeline) for this process."""
-    from bert_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    """The prepared data's iterators (bert_jax.data.pretrain_pipeline) for this process."""
+    from bert_jax.data import pretrain_pipeline  # pylint: disable=g-import-not-at-top
 
     if not config.train_data:
       raise UserError("config.train_data is empty: give a directory written by "
                       "launch/prepare_data.py (--config.train_data=DIR)")
-    meta = input_pipeline.read_meta(config.train_data)
+    meta = pretrain_pipeline.read_meta(config.train_data)
     if int(meta["max_seq_length"]) != int(config.max_seq_length):
       raise UserError(f"config.max_seq_length={config.max_seq_length} but {config.train_data} "
                       f"was prepared with max_seq_length={meta['max_seq_length']}")
@@ -114,10 +114,10 @@ class PretrainingTask:
     eval_sets = {}
     if config.eval_every_steps:
       eval_dir = config.eval_data or config.train_data
-      eval_meta = meta if eval_dir == config.train_data else input_pipeline.read_meta(eval_dir)
+      eval_meta = meta if eval_dir == config.train_data else pretrain_pipeline.read_meta(eval_dir)
       if config.eval_split in eval_meta.get("splits", {}):
         eval_sets[""] = functools.partial(
-            input_pipeline.make_pretraining_iterator, eval_dir, config.eval_split,
+            pretrain_pipeline.make_pretraining_iterator, eval_dir, config.eval_split,
             global_batch_size=config.eval_batch_size or config.batch_size, seed=config.seed,
             shuffle=False, num_epochs=1, drop_remainder=False, **common)
       elif config.eval_data:
@@ -125,7 +125,7 @@ class PretrainingTask:
                         f"{sorted(eval_meta.get('splits', {}))} (set config.eval_split)")
       else:
         logging.warning("no split %r in %s: no evaluation", config.eval_split, eval_dir)
-    train = input_pipeline.make_pretraining_iterator(
+    train = pretrain_pipeline.make_pretraining_iterator(
         config.train_data, config.train_split, global_batch_size=config.batch_size,
         seed=config.seed, **common)
     tok = os.path.join(config.train_data, meta.get("tokenizer", "tokenizer"))

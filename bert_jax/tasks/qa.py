@@ -2,7 +2,7 @@
 
 Data: `config.task=squad_json` reads SQuAD v1.1/v2.0 JSON files (`train_file`,
 `validation_file`); `squad/v1.1` and `squad/v2.0` read tfds (train/validation).
-Rows are BERT's windows (`bert_jax.data.squad`: `doc_stride`,
+Rows are BERT's windows (`bert_jax.data.readers.squad`: `doc_stride`,
 `max_query_length`). The loss is BERT's: the mean of the start and end
 cross-entropies over all positions ([CLS] = no answer in this window).
 
@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from bert_jax.data import finetune_data
-from bert_jax.data import squad
+from bert_jax.data import finetune_pipeline
+from bert_jax.data.readers import squad
 from bert_jax.errors import UserError
 from bert_jax.model import BertForQuestionAnswering
 from bert_jax.tasks import base
@@ -140,7 +140,7 @@ class QATask(base.EncoderTask):
         continue  # an unanswered test file is only predicted after training
       features = squad.encode(examples, *args, source=config.get(f"{split}_file") or self.name)
       evals[infix] = features.encoded(self.max_seq_length, self._eval.add(features, examples))
-    stream, eval_sets = finetune_data.make_streams(
+    stream, eval_sets = finetune_pipeline.make_streams(
         config, train_features.encoded(self.max_seq_length), evals)
     meta = dict(vocab_size=tokenizer.vocab_size, max_seq_length=self.max_seq_length,
                 version_2=self.version_2, num_train_examples=len(train_features))

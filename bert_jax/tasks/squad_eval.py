@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from bert_jax.data import squad
+from bert_jax.data.readers import squad
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)

@@ -5,7 +5,7 @@ Data: `config.task=conll` reads CoNLL files (`train_file`, `validation_file`,
 The label set is the init checkpoint's when it is a tagging model (so a tagger
 is fine-tuned further with its own labels; a label outside them is an error),
 else the training data's. Rows are windows of whole words with the label on
-each word's first piece (`bert_jax.data.conll`).
+each word's first piece (`bert_jax.data.readers.conll`).
 
 Metrics: the loss and token accuracy (`eval_accuracy`, over labelled words) are
 sums in the step; entity precision/recall/F1 (seqeval's default mode,
@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from bert_jax.data import conll
-from bert_jax.data import finetune_data
+from bert_jax.data.readers import conll
+from bert_jax.data import finetune_pipeline
 from bert_jax.errors import UserError
 from bert_jax.formats import convert
 from bert_jax.model import BertForTokenClassification
@@ -137,7 +137,7 @@ class TaggingTask(base.EncoderTask):
       source = config.get(f"{split}_file") or f"{self.name}:{split}"
       features = conll.encode(sentences, tokenizer, label_to_id, self.max_seq_length, source)
       evals[infix] = features.encoded(self.max_seq_length, self._eval.add(features, sentences))
-    stream, eval_sets = finetune_data.make_streams(
+    stream, eval_sets = finetune_pipeline.make_streams(
         config, train_features.encoded(self.max_seq_length), evals)
     meta = dict(vocab_size=tokenizer.vocab_size, max_seq_length=self.max_seq_length,
                 labels=labels, num_train_examples=len(train_features))

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 
-from bert_jax.data import finetune_data
+from bert_jax.data import finetune_pipeline
 from bert_jax.errors import UserError
 
 
@@ -153,7 +153,7 @@ class QAFeatures:
   def __len__(self) -> int:
     return len(self.input_ids)
 
-  def encoded(self, max_seq_length: int, offset: int = 0) -> finetune_data.Encoded:
+  def encoded(self, max_seq_length: int, offset: int = 0) -> finetune_pipeline.Encoded:
     """Rows padded to `max_seq_length` for the fine-tuning stream; `feature_index` (a row
     field) is the row number plus `offset`, unique over a task's evaluation sets."""
     seq = {k: np.zeros((len(self), max_seq_length), np.int32)
@@ -162,7 +162,7 @@ class QAFeatures:
       seq["input_ids"][i, :len(ids)], seq["token_type_ids"][i, :len(ids)] = ids, types
     rows = {"start_positions": self.start_positions, "end_positions": self.end_positions,
             "feature_index": np.arange(offset, offset + len(self), dtype=np.int32)}
-    return finetune_data.Encoded(seq, rows, np.asarray([len(r) for r in self.input_ids],
+    return finetune_pipeline.Encoded(seq, rows, np.asarray([len(r) for r in self.input_ids],
                                                        np.int32))
 
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 
-from bert_jax.data import finetune_data
+from bert_jax.data import finetune_pipeline
 from bert_jax.errors import UserError
 
 IGNORE = -1  # label id of pieces that are not a word's first piece
@@ -129,11 +129,11 @@ class TaggingFeatures:
   def __len__(self) -> int:
     return len(self.input_ids)
 
-  def encoded(self, max_seq_length: int, offset: int = 0) -> finetune_data.Encoded:
+  def encoded(self, max_seq_length: int, offset: int = 0) -> finetune_pipeline.Encoded:
     """Rows padded to `max_seq_length` for the fine-tuning stream; `feature_index` (a row
     field) is the row number plus `offset`, unique over a task's evaluation sets."""
     ids = _padded(self.input_ids, max_seq_length, 0)
-    return finetune_data.Encoded(
+    return finetune_pipeline.Encoded(
         {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
          "label_ids": _padded(self.label_ids, max_seq_length, IGNORE)},
         {"feature_index": np.arange(offset, offset + len(self), dtype=np.int32)},

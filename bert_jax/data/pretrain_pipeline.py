@@ -35,7 +35,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 import numpy as np
 
 from bert_jax.data import masking
-from bert_jax.data import pretraining_data
+from bert_jax.data import prepare_pretraining
 from bert_jax.data import stream
 from bert_jax import tokenization
 from bert_jax.errors import UserError
@@ -313,7 +313,7 @@ class PretrainingIterator:
       positions[num_real:] = end - 1
     indices, epochs = self.order.records(positions)
     records = self._source.read(indices)
-    out = pretraining_data.decode_records(
+    out = prepare_pretraining.decode_records(
         records, dtype=self._dtype, max_seq_length=self.max_seq_length, mode=self.mode,
         pad_id=self._special["pad"], cls_id=self._special["cls"], sep_id=self._special["sep"])
     out.update(self._masker(out["input_ids"], indices, epochs))

@@ -1,0 +1,1 @@
+"""Task readers: labelled files and tfds datasets -> examples (and their encoded features)."""
