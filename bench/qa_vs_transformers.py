@@ -40,7 +40,7 @@ def run_transformers(model_dir, paths, steps):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
-  from bert_jax.tasks import squad_eval  # pylint: disable=g-import-not-at-top
+  from bert_jax.heads import squad_eval  # pylint: disable=g-import-not-at-top
 
   tok = tokenization.load_tokenizer(model_dir)
   _, train = _features(paths["train"], tok, True)

@@ -12,6 +12,8 @@ Why this layout (WORKDIR/checkpoints/<step>/{params,train_state,data_iterator}):
   sees exactly the batches an uninterrupted one would.
 Orbax writes into a temporary directory and renames it when complete, so a
 checkpoint killed mid-save is never listed, and the previous one is restored.
+The model-directory format around it (config, tokenizer, exports) is
+`bert_jax/formats/model_dir.py`'s.
 """
 
 from __future__ import annotations
@@ -19,58 +21,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any, Optional, Sequence
 
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
-from bert_jax import files
-from bert_jax import tokenization
 from bert_jax.errors import UserError
-from bert_jax.model import BertConfig
 
 CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "bert_jax_config.json"
-TOKENIZER_DIR = "tokenizer"
 PARAMS_ITEM = "params"  # the Checkpointer item (and export subdir) that holds the params
-
-
-def write_model_doc(directory: str, config: BertConfig, heads: Sequence[str],
-                    num_labels: Optional[int], tokenizer: Optional[str],
-                    task: Optional[dict] = None) -> None:
-  """DIRECTORY/bert_jax_config.json: what `convert.from_pretrained` needs to rebuild a model.
-
-  `task` records what a fine-tuned head means (task name, kind, label names,
-  max_seq_length), so predict needs nothing but the model dir.
-  """
-  doc = {"format": "bert_jax", "model": dataclasses.asdict(config), "heads": list(heads),
-         "num_labels": num_labels, "tokenizer": tokenizer, "task": task}
-  data = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
-  files.write_file_atomically(os.path.join(directory, CONFIG_FILE), lambda f: f.write(data))
-
-
-def read_model_doc(directory: str) -> dict:
-  """DIRECTORY/bert_jax_config.json, checked to be a bert_jax model doc."""
-  path = os.path.join(directory, CONFIG_FILE)
-  try:
-    with open(path, encoding="utf-8") as f:
-      doc = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-    raise UserError(f"{path} is not valid JSON: {exc}") from None
-  if not isinstance(doc, dict) or doc.get("format") != "bert_jax" or "model" not in doc:
-    raise UserError(f"{path}: expected format 'bert_jax' and a 'model' key")
-  return doc
-
-
-def latest_params_dir(workdir: str) -> str:
-  """WORKDIR/checkpoints/<largest finished step>/params."""
-  root = os.path.join(workdir, CHECKPOINT_DIR)
-  steps = sorted(int(n) for n in os.listdir(root) if n.isdigit())
-  if not steps:
-    raise UserError(f"{root} holds no finished checkpoint")
-  return os.path.join(root, str(steps[-1]), PARAMS_ITEM)
 
 
 class IteratorStateHandler(ocp.CheckpointHandler):
@@ -202,93 +162,7 @@ def _path_str(path: tuple) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
-# BertConfig fields that fix the parameter shapes (and, for scan_layers, the tree layout).
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                "max_position_embeddings", "type_vocab_size", "scan_layers")
-
-
-def check_resume_compatible(workdir: str, config: BertConfig, heads: tuple[str, ...]) -> None:
-  """Raises UserError when WORKDIR's earlier run trained a differently shaped model.
-
-  Compares `config` with WORKDIR/bert_jax_config.json (written by that run); a workdir
-  without one passes. Call it before restoring, whose own error does not name the setting.
-  """
-  if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
-    return
-  doc = read_model_doc(workdir)
-  saved = doc.get("model") or {}
-  hint = "use a new --workdir or the same model settings"
-  for field in SHAPE_FIELDS:
-    if field in saved and saved[field] != getattr(config, field):
-      raise UserError(f"workdir {workdir} was trained with {field}={saved[field]!r}, the config "
-                      f"asks for {getattr(config, field)!r}: {hint}")
-  if doc.get("heads") is not None and list(doc["heads"]) != list(heads):
-    raise UserError(f"workdir {workdir} was trained with heads {doc['heads']}, this run has "
-                    f"{list(heads)} (the data's mode decides nsp): use a new --workdir or "
-                    "data of the same mode")
-
-
 def abstract_like(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the given shardings: restore targets."""
   return jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
-def write_model_files(workdir: str, config: BertConfig, heads: tuple[str, ...],
-                      tokenizer_dir: Optional[str], task: Optional[dict] = None) -> None:
-  """WORKDIR/bert_jax_config.json and WORKDIR/tokenizer/, so from_pretrained(WORKDIR) works.
-
-  Process 0 only; each output goes to a temporary name first and is renamed.
-  """
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  if tokenizer_dir:
-    if not os.path.isdir(tokenizer_dir):
-      raise FileNotFoundError(2, "No such tokenizer directory", tokenizer_dir)
-    final = os.path.join(workdir, TOKENIZER_DIR)
-    if not os.path.isdir(final):
-      files.write_dir_atomically(final, tokenization.load_tokenizer(tokenizer_dir).save)
-  write_model_doc(workdir, config, heads, (task or {}).get("num_labels"),
-                  TOKENIZER_DIR if tokenizer_dir else None, task)
-
-
-def export_model(directory: str, params: Any, config: BertConfig, heads: tuple[str, ...],
-                 tokenizer_dir: Optional[str], task: Optional[dict] = None,
-                 extra_files: Optional[dict[str, str]] = None) -> None:
-  """Writes (or replaces) a bert_jax export dir from a run's live params, atomically.
-
-  Every process takes part in the (sharded) Orbax save into a staging dir; process
-  0 adds the model doc, tokenizer and `extra_files`, then swaps the staging dir in.
-  """
-  directory = os.path.abspath(directory)
-  staging = directory + ".staging"
-  if jax.process_index() == 0 and os.path.exists(staging):
-    shutil.rmtree(staging)
-  _sync("export_model_clean")
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(staging, PARAMS_ITEM), params)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
-  if jax.process_index() == 0:
-    if tokenizer_dir:
-      tokenization.load_tokenizer(tokenizer_dir).save(os.path.join(staging, TOKENIZER_DIR))
-    write_model_doc(staging, config, heads,
-                    (task or {}).get("num_labels"), TOKENIZER_DIR if tokenizer_dir else None,
-                    task)
-    for name, text in (extra_files or {}).items():
-      with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
-        f.write(text)
-    old = directory + ".old"
-    if os.path.exists(directory):
-      os.replace(directory, old)
-    os.replace(staging, directory)
-    if os.path.exists(old):
-      shutil.rmtree(old)
-  _sync("export_model_done")
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)

@@ -3,9 +3,9 @@
 Why it is separate from `train.py`: the jitted steps are pure and task-agnostic;
 this is the stateful part (clocks, files, signals). Metrics of step N are read
 after step N+1 is dispatched; evaluation and checkpoints happen on step
-boundaries. Evaluation runs one exact pass over each of the task's evaluation
-sets: sums are added up, per-row predictions (when the task has them) are
-gathered on the host with their weights and scored there. When the task names
+boundaries. Evaluation runs one exact pass over each of the run's evaluation
+sets: sums are added up, per-row predictions (when the head has them) are
+gathered on the host with their weights and scored there. When the head names
 a main metric, the best model so far is exported to WORKDIR/best (a model dir
 every tool reads) and its score kept in WORKDIR/best/best.json, so a resumed
 run keeps comparing against it.
@@ -24,11 +24,11 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from bert_jax import checkpoint as ckpt_lib
 from bert_jax import metrics as metrics_lib
 from bert_jax import sharding as sharding_lib
 from bert_jax.errors import UserError
-from bert_jax.tasks.base import combine_loss, finite_iter
+from bert_jax.formats import model_dir
+from bert_jax.heads.base import combine_loss
 
 BEST_DIR = "best"
 BEST_FILE = "best.json"
@@ -71,13 +71,21 @@ class Preemption:
     return bool(np.max(flags))
 
 
-def summarize(task, sums: dict[str, float], steps: int = 0,
+def finite_iter(iterator, max_batches: int):
+  """At most `max_batches` batches of `iterator` (all when `max_batches` <= 0)."""
+  for i, batch in enumerate(iterator):
+    if 0 < max_batches <= i:
+      return
+    yield batch
+
+
+def summarize(head, sums: dict[str, float], steps: int = 0,
               last: Optional[dict[str, float]] = None) -> dict[str, Any]:
-  """A logged row from summed step metrics: the loss, the task's metrics, optimizer state."""
+  """A logged row from summed step metrics: the loss, the head's metrics, optimizer state."""
   row: dict[str, Any] = {}
-  if any(num in sums for num, _ in task.loss_terms):
-    row["loss"] = float(combine_loss(sums, task.loss_terms))
-  row.update(task.summarize(sums))
+  if any(num in sums for num, _ in head.loss_terms):
+    row["loss"] = float(combine_loss(sums, head.loss_terms))
+  row.update(head.summarize(sums))
   if "grad_norm" in sums and steps:
     row["grad_norm"] = sums["grad_norm"] / steps
   if last and "learning_rate" in last:  # the rate of the logged step, not a window average
@@ -98,10 +106,10 @@ def read_best(workdir: str) -> Optional[dict]:
 class Loop:
   """Runs the steps of one training run (a context manager: closes its writer)."""
 
-  def __init__(self, config, task, bert_config, workdir: str, checkpointer, mesh,
+  def __init__(self, config, head, bert_config, workdir: str, checkpointer, mesh,
                restored: Optional[int], tokenizer_dir: Optional[str]):
     self.config = config
-    self.task = task
+    self.head = head
     self.bert_config = bert_config
     self.workdir = workdir
     self.writer = metrics_lib.MetricWriter(workdir, resume_step=restored)
@@ -110,7 +118,7 @@ class Loop:
     self.tokenizer_dir = tokenizer_dir
     self.total = int(config.num_train_steps)
     self.acc = metrics_lib.Accumulator()
-    self.flops_per_seq = task.flops_per_sequence(bert_config, config)
+    self.flops_per_seq = head.flops_per_sequence(bert_config, config)
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
                                              config.get("peak_flops_per_device"))
     self.peak_total = peak * jax.device_count() if peak else None
@@ -148,7 +156,7 @@ class Loop:
       self.window_steps += 1
     self.acc.add({k: v for k, v in m.items() if k != "loss"})
     if step % self.config.log_every_steps == 0 or step == self.total:
-      row = summarize(self.task, self.acc.sums, self.acc.steps, self.acc.last)
+      row = summarize(self.head, self.acc.sums, self.acc.steps, self.acc.last)
       if self.window_steps:
         seq_per_sec = self.window_steps * self.config.batch_size / max(now - self.window_start,
                                                                        1e-9)
@@ -178,24 +186,26 @@ class Loop:
       finally:
         if hasattr(iterator, "close"):
           iterator.close()  # stop its prefetch thread
-      metrics = summarize(self.task, acc.sums)
+      metrics = summarize(self.head, acc.sums)
       if gathered:
-        metrics.update(self.task.score({k: np.concatenate(v) for k, v in gathered.items()}))
+        metrics.update(self.head.score({k: np.concatenate(v) for k, v in gathered.items()},
+                                       data.eval_items))
       prefix = f"eval_{infix}_" if infix else "eval_"
       row.update({prefix + k: v for k, v in metrics.items()})
     return row
 
   def _maybe_export_best(self, step: int, params, row: dict[str, Any]) -> None:
-    key = self.task.main_metric
+    key = self.head.main_metric
     if not key or f"eval_{key}" not in row:
       return
     value = float(row[f"eval_{key}"])
     if not np.isfinite(value) or (self.best is not None and value <= self.best["value"]):
       return
     self.best = {"step": step, "metric": f"eval_{key}", "value": value}
-    ckpt_lib.export_model(os.path.join(self.workdir, BEST_DIR), params, self.bert_config,
-                          self.task.heads, self.tokenizer_dir, self.task.model_info(),
-                          extra_files={BEST_FILE: json.dumps(self.best) + "\n"})
+    model_dir.export_model(os.path.join(self.workdir, BEST_DIR), params, self.bert_config,
+                           self.head.recorded_heads, self.tokenizer_dir,
+                           self.head.spec.to_record(),
+                           extra_files={BEST_FILE: json.dumps(self.best) + "\n"})
     logging.info("step %d: best %s so far (%.4f), exported to %s", step, f"eval_{key}", value,
                  os.path.join(self.workdir, BEST_DIR))
 

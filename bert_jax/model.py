@@ -11,16 +11,12 @@ Design choices, and why:
   and logits are returned in float32.
 - The attention kernel is chosen once per call of `BertModel`
   (`attention.select_implementation`: platform, dtype, length, dropout).
-- The MLM decoder multiplies by the word table padded with zero rows to a
-  multiple of `vocab_pad_multiple` (128: whole tensor-core/MXU tiles) and slices
-  the logits back to the vocabulary: the stored table, checkpoints and
-  conversions keep the true vocabulary size and the logits are unchanged.
 - Post-LN residual blocks, exact (erf) GELU and LayerNorm eps 1e-12, as BERT.
 - The parameter tree mirrors the Hugging Face module names closely enough that
   `bert_jax/formats/convert.py` is a table of renames, but q/k/v kernels are stored per
   head ([embed, heads, kv]) so that head-sharding is a logical rule.
-- The MLM head gathers the masked positions before the vocabulary projection:
-  with 20 predictions in a 128-token row that is 6x less decoder work.
+- The heads on this encoder (MLM, NSP, classifiers, QA, ...) live in
+  `bert_jax/heads/`, one file each.
 """
 
 from __future__ import annotations
@@ -94,7 +90,7 @@ class BertConfig:
   type_vocab_size: int = 2
   hidden_act: str = "gelu"
   hidden_dropout_rate: float = 0.1
-  # None = `default_attention_dropout()` of the platform this config is built on.
+  # None = `default_attention_dropout()` of the platform the run is set up on (`for_platform`).
   attention_dropout_rate: Optional[float] = 0.1
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
@@ -113,11 +109,8 @@ class BertConfig:
   remat_policy: str = "none"
 
   def __post_init__(self):
-    # Platform-dependent defaults are made concrete once, where the config is built.
-    if self.dtype == "auto":
-      object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
-    if self.attention_dropout_rate is None:
-      object.__setattr__(self, "attention_dropout_rate", default_attention_dropout())
+    # A frozen config is the same on every machine: "auto" dtype and None attention dropout
+    # stay as they are until `for_platform` makes them concrete (once, in the run's setup).
     if self.dtype not in DTYPES:
       raise UserError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
     if self.vocab_pad_multiple < 1:
@@ -138,7 +131,19 @@ class BertConfig:
 
   @property
   def compute_dtype(self) -> Any:
+    if self.dtype == "auto":
+      raise UserError("BertConfig.dtype='auto' must be made concrete first (config.for_platform)")
     return jnp.dtype(self.dtype)
+
+  def for_platform(self, platform: Optional[str] = None) -> "BertConfig":
+    """This config with the platform's defaults made concrete: "auto" dtype
+    (`resolve_dtype`) and None attention dropout (`default_attention_dropout`)."""
+    platform = platform or jax.default_backend()
+    return self.replace(
+        dtype=resolve_dtype(self.dtype, platform),
+        attention_dropout_rate=(default_attention_dropout(platform)
+                                if self.attention_dropout_rate is None
+                                else self.attention_dropout_rate))
 
   def replace(self, **changes: Any) -> "BertConfig":
     return dataclasses.replace(self, **changes)
@@ -207,6 +212,10 @@ def _dense(features, axes, config: BertConfig, name: str, **kwargs) -> nn.Module
       kernel_init=_partitioned(init, axes),
       bias_init=_partitioned(nn.initializers.zeros, bias_axes),
       name=name, **kwargs)
+
+
+# The heads (`bert_jax/heads/`) build their layers with the same init and axis names.
+dense = _dense
 
 
 class LayerNorm(nn.Module):
@@ -346,7 +355,7 @@ class BertEncoder(nn.Module):
 @flax.struct.dataclass
 class BertOutput:
   sequence_output: jax.Array  # [B, L, E]
-  pooled_output: Optional[jax.Array]  # [B, E], tanh(dense([CLS]))
+  pooled_output: Optional[jax.Array]  # [B, E], tanh(_dense([CLS]))
   # Embedding output then each layer's output, when asked for: num_layers + 1 of [B, L, E].
   hidden_states: tuple[jax.Array, ...]
   word_embeddings: jax.Array  # [V, E], for tied output layers
@@ -391,117 +400,6 @@ class BertModel(nn.Module):
                                    "pooler")(x_BxLxE[:, 0]))
     hidden = (embedded,) + layers if output_hidden_states else ()
     return BertOutput(x_BxLxE, pooled_BxE, hidden, word_VxE)
-
-
-class MaskedLMHead(nn.Module):
-  """dense + GELU + LayerNorm, then the decoder tied to the word embeddings, plus a bias."""
-
-  config: BertConfig
-
-  @nn.compact
-  def __call__(self, x_BxPxE, word_VxE):
-    cfg = self.config
-    h_BxPxE = _dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "transform")(x_BxPxE)
-    h_BxPxE = LayerNorm(cfg, name="layer_norm")(ACTIVATIONS[cfg.hidden_act](h_BxPxE))
-    bias_V = self.param("output_bias",
-                        nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                        (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
-    vocab = word_VxE.shape[0]
-    padded = -(-vocab // cfg.vocab_pad_multiple) * cfg.vocab_pad_multiple
-    # Zero rows up to a whole number of 128-wide tiles; their logits are sliced off below.
-    word_WxE = jnp.pad(word_VxE.astype(cfg.compute_dtype), ((0, padded - vocab), (0, 0)))
-    logits_BxPxW = jnp.einsum("bpe,we->bpw", h_BxPxE, word_WxE)
-    return logits_BxPxW[..., :vocab].astype(jnp.float32) + bias_V.astype(jnp.float32)
-
-
-def gather_positions(x_BxLxE: jax.Array, positions_BxP: jax.Array) -> jax.Array:
-  """x[b, positions[b, p]] -> [B, P, E]."""
-  return jnp.take_along_axis(x_BxLxE, positions_BxP[:, :, None].astype(jnp.int32), axis=1)
-
-
-class BertForPreTraining(nn.Module):
-  """Encoder + MLM head (+ NSP head unless `with_nsp=False`, i.e. a masked-LM model).
-
-  Returns a dict: `mlm_logits` [B, P, V] at `masked_positions` (all L positions
-  when none are given), `nsp_logits` [B, 2], `sequence_output`, `pooled_output`.
-  """
-
-  config: BertConfig
-  with_nsp: bool = True
-
-  @nn.compact
-  def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
-               position_ids_BxL=None, packing_ids_BxL=None, masked_positions_BxP=None, *,
-               deterministic: bool = True, output_hidden_states: bool = False):
-    cfg = self.config
-    out = BertModel(cfg, add_pooling_layer=self.with_nsp, name="bert")(
-        input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
-        packing_ids_BxL, deterministic=deterministic, output_hidden_states=output_hidden_states)
-    x_BxPxE = out.sequence_output
-    if masked_positions_BxP is not None:
-      x_BxPxE = gather_positions(x_BxPxE, masked_positions_BxP)
-    result = dict(mlm_logits=MaskedLMHead(cfg, name="mlm")(x_BxPxE, out.word_embeddings),
-                  sequence_output=out.sequence_output, pooled_output=out.pooled_output,
-                  hidden_states=out.hidden_states)
-    if self.with_nsp:
-      result["nsp_logits"] = _dense(2, ("embed", None), cfg, "nsp")(
-          out.pooled_output).astype(jnp.float32)
-    return result
-
-
-class BertForSequenceClassification(nn.Module):
-  """Pooled [CLS] -> dropout -> linear. `num_labels=1` is regression."""
-
-  config: BertConfig
-  num_labels: int = 2
-
-  @nn.compact
-  def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
-               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True):
-    cfg = self.config
-    out = BertModel(cfg, name="bert")(input_ids_BxL, token_type_ids_BxL, attention_mask_BxL,
-                                      position_ids_BxL, packing_ids_BxL,
-                                      deterministic=deterministic)
-    pooled_BxE = nn.Dropout(cfg.hidden_dropout_rate)(out.pooled_output,
-                                                     deterministic=deterministic)
-    return _dense(self.num_labels, ("embed", None), cfg, "classifier")(pooled_BxE).astype(
-        jnp.float32)
-
-
-class BertForTokenClassification(nn.Module):
-  """Per-token linear classifier on the sequence output (NER, tagging)."""
-
-  config: BertConfig
-  num_labels: int = 2
-
-  @nn.compact
-  def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
-               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True):
-    cfg = self.config
-    out = BertModel(cfg, add_pooling_layer=False, name="bert")(
-        input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
-        packing_ids_BxL, deterministic=deterministic)
-    x_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(out.sequence_output,
-                                                  deterministic=deterministic)
-    return _dense(self.num_labels, ("embed", None), cfg, "classifier")(x_BxLxE).astype(
-        jnp.float32)
-
-
-class BertForQuestionAnswering(nn.Module):
-  """Extractive QA: a 2-output linear layer on the sequence output -> start/end logits [B, L]."""
-
-  config: BertConfig
-
-  @nn.compact
-  def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
-               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True):
-    cfg = self.config
-    out = BertModel(cfg, add_pooling_layer=False, name="bert")(
-        input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
-        packing_ids_BxL, deterministic=deterministic)
-    logits_BxLx2 = _dense(2, ("embed", None), cfg, "qa_outputs")(out.sequence_output).astype(
-        jnp.float32)
-    return dict(start_logits=logits_BxLx2[..., 0], end_logits=logits_BxLx2[..., 1])
 
 
 # --- Parameter-tree helpers shared by the converter, checkpoints and trainer. ---

@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bert_jax import checkpoint as ckpt_lib
+from bert_jax.formats import model_dir
 from bert_jax.data import synthetic
 from bert_jax import train
 from bert_jax.errors import UserError
@@ -58,7 +59,7 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path):
   rows_cut = {r["step"]: r["loss"] for r in read_rows(cut)}
   assert rows_cut == rows_whole  # every step's loss, bit for bit
   # The workdir is a model dir too.
-  meta = json.loads((tmp_path / "cut" / ckpt_lib.CONFIG_FILE).read_text())
+  meta = json.loads((tmp_path / "cut" / model_dir.CONFIG_FILE).read_text())
   assert meta["heads"] == ["mlm", "nsp"]
 
 
@@ -85,7 +86,7 @@ def test_resume_with_a_changed_model_size_names_the_setting(tmp_path):
   with pytest.raises(UserError, match=r"workdir .* hidden_size=32, the config asks for 64"):
     train.train_and_evaluate(bigger, wd, data=synthetic.synthetic_data(bigger))
   # Without the config file, the checkpoint's own shapes name the first differing tensor.
-  os.remove(os.path.join(wd, ckpt_lib.CONFIG_FILE))
+  os.remove(os.path.join(wd, model_dir.CONFIG_FILE))
   with pytest.raises(UserError, match=(r"params bert/\S+ of shape \([^)]*32[^)]*\), "
                                       r"the config's model has \([^)]*64")):
     train.train_and_evaluate(bigger, wd, data=synthetic.synthetic_data(bigger))

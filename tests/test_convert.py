@@ -16,6 +16,7 @@ import transformers
 
 from bert_jax.formats import convert
 from bert_jax import model as model_lib
+from bert_jax.heads import classifier, pretraining, qa, token_classifier
 from bert_jax.formats import tf_checkpoint
 from bert_jax.errors import UserError
 
@@ -62,20 +63,20 @@ def jax_outputs(pre: convert.Pretrained) -> dict:
   sequence = model_lib.BertModel(cfg, add_pooling_layer=False).apply(
       {"params": pre.params["bert"]}, IDS, TYPES, MASK).sequence_output
   if "token_classifier" in pre.heads:
-    logits = model_lib.BertForTokenClassification(cfg, pre.num_labels).apply(
+    logits = token_classifier.BertForTokenClassification(cfg, pre.num_labels).apply(
         params, IDS, TYPES, MASK)
     return {"logits": logits, "sequence_output": sequence}
   if "qa" in pre.heads:
-    return {**model_lib.BertForQuestionAnswering(cfg).apply(params, IDS, TYPES, MASK),
+    return {**qa.BertForQuestionAnswering(cfg).apply(params, IDS, TYPES, MASK),
             "sequence_output": sequence}
   if "classifier" in pre.heads:
-    logits = model_lib.BertForSequenceClassification(cfg, pre.num_labels).apply(
+    logits = classifier.BertForSequenceClassification(cfg, pre.num_labels).apply(
         params, IDS, TYPES, MASK)
     out = model_lib.BertModel(cfg).apply({"params": pre.params["bert"]}, IDS, TYPES, MASK)
     return {"logits": logits, "sequence_output": out.sequence_output,
             "pooled_output": out.pooled_output}
   if "mlm" in pre.heads:
-    return model_lib.BertForPreTraining(cfg, with_nsp="nsp" in pre.heads).apply(
+    return pretraining.BertForPreTraining(cfg, with_nsp="nsp" in pre.heads).apply(
         params, IDS, TYPES, MASK)
   out = model_lib.BertModel(cfg).apply({"params": pre.params["bert"]}, IDS, TYPES, MASK)
   return {"sequence_output": out.sequence_output, "pooled_output": out.pooled_output}

@@ -7,7 +7,7 @@ import pytest
 from seqeval import metrics as seqeval_metrics
 from seqeval.metrics.sequence_labeling import get_entities
 
-from bert_jax.tasks import entities
+from bert_jax.heads import entities
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "E-LOC", "S-PER", "I-ORG", "E-ORG", "S-ORG"]
 

@@ -17,7 +17,7 @@ from bert_jax.data import sample_pairs
 from bert_jax.data.readers import sequences
 from bert_jax.errors import UserError
 from bert_jax.formats import convert
-from bert_jax.tasks import classification
+from bert_jax.heads import classifier as classification
 from conftest import load_config, override, read_rows
 
 
@@ -96,7 +96,7 @@ def test_local_pairs_train_evaluate_export_and_predict(files, tmp_path):
   assert best.labels == sorted(sample_pairs.LABELS) and best.heads == ("classifier",)
   assert best.task["kind"] == "classification" and best.task["text_pair"]
   examples = sequences.read_local(files["validation"])
-  got = predict.SequencePredictor(best).predict(examples.texts, examples.pairs)
+  got = classification.SequencePredictor(best).predict(examples.texts, examples.pairs)
   labels = [best.labels.index(label) for label in examples.labels]
   preds = [best.labels.index(g["label"]) for g in got]
   assert evals[0]["eval_accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(labels, preds))
@@ -181,7 +181,7 @@ def test_predictions_equal_transformers_pipeline(files, tmp_path):
   assert config["architectures"] == ["BertForSequenceClassification"]
   assert config["id2label"] == {str(i): l for i, l in enumerate(sorted(sample_pairs.LABELS))}
   examples = sequences.read_local(files["validation"])
-  ours = predict.SequencePredictor(convert.from_pretrained(hf_dir), max_seq_length=32).predict(
+  ours = classification.SequencePredictor(convert.from_pretrained(hf_dir), max_seq_length=32).predict(
       examples.texts, examples.pairs)
   pipe = transformers.pipeline("text-classification", model=hf_dir, top_k=None, device="cpu")
   theirs = pipe([{"text": t, "text_pair": p} for t, p in zip(examples.texts, examples.pairs)],
@@ -230,7 +230,7 @@ def test_glue_task_end_to_end_on_mock_data(name, files, tmp_path):
   row = [r for r in read_rows(workdir) if any(k.startswith("eval_") for k in r)][-1]
   for infix, examples in evals.items():
     prefix = f"eval_{infix}_" if infix else "eval_"
-    got = predict.SequencePredictor(best).predict(examples.texts, examples.pairs)
+    got = classification.SequencePredictor(best).predict(examples.texts, examples.pairs)
     if name == "stsb":
       values = np.asarray([g["value"] for g in got])
       assert row[prefix + "pearson"] == pytest.approx(

@@ -4,6 +4,7 @@ import numpy as np
 
 from bert_jax import loop
 from bert_jax import metrics
+from bert_jax import heads
 from bert_jax.tasks import pretraining
 from conftest import tiny_config
 
@@ -14,7 +15,7 @@ def test_window_row_weights_by_denominators_and_keeps_the_last_learning_rate():
                nsp_correct=1.0, nsp_count=2.0, grad_norm=1.0, learning_rate=1e-5))
   acc.add(dict(mlm_loss_sum=1.0, mlm_correct=1.0, mlm_weight=1.0, nsp_loss_sum=0.0,
                nsp_correct=2.0, nsp_count=2.0, grad_norm=3.0, learning_rate=2e-5))
-  task = pretraining.PretrainingTask(tiny_config())
+  task = heads.for_spec(pretraining.spec_of(tiny_config(), {"vocab_size": 128}))
   out = loop.summarize(task, acc.sums, acc.steps, acc.last)
   # Per-token averages over the whole window (1.75 and 0.5), not the mean of the per-step
   # averages (1.5 and 0.667): steps with more masked tokens weigh more.

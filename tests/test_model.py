@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bert_jax import model as model_lib
+from bert_jax.heads import classifier, pretraining, token_classifier
 
 TINY = model_lib.BertConfig(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4,
                             intermediate_size=48, max_position_embeddings=40)
@@ -38,7 +39,7 @@ def test_preset_parameter_counts_match_the_paper(size, expected_millions):
   # BertModel with the pooler (as Hugging Face counts them) are 109.48M / 335.14M
   # plus the MLM transform + bias and the NSP head.
   config = model_lib.BertConfig.preset(size)
-  shapes = jax.eval_shape(lambda: model_lib.BertForPreTraining(config).init(
+  shapes = jax.eval_shape(lambda: pretraining.BertForPreTraining(config).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))
   encoder = model_lib.count_params(nn.unbox(shapes["params"])["bert"])
   total = model_lib.count_params(nn.unbox(shapes["params"]))
@@ -48,7 +49,7 @@ def test_preset_parameter_counts_match_the_paper(size, expected_millions):
 
 
 def test_every_parameter_has_logical_axis_names():
-  _, boxed = _init(model_lib.BertForPreTraining(TINY))
+  _, boxed = _init(pretraining.BertForPreTraining(TINY))
   leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
   names = {name for leaf in leaves for name in leaf.names if name}
@@ -59,7 +60,7 @@ def test_every_parameter_has_logical_axis_names():
 
 def test_scanned_layers_carry_the_layers_axis():
   config = TINY.replace(scan_layers=True)
-  _, boxed = _init(model_lib.BertForPreTraining(config))
+  _, boxed = _init(pretraining.BertForPreTraining(config))
   kernel = boxed["bert"]["encoder"]["layers"]["attention"]["query"]["kernel"]
   assert kernel.names == ("layers", "embed", "heads", "kv")
   assert kernel.value.shape == (2, 32, 4, 8)
@@ -67,13 +68,13 @@ def test_scanned_layers_carry_the_layers_axis():
 
 @pytest.mark.parametrize("scan,remat", [(True, "none"), (False, "full"), (True, "dots")])
 def test_scan_and_remat_give_the_same_outputs_and_gradients(scan, remat):
-  params, _ = _init(model_lib.BertForPreTraining(TINY))
+  params, _ = _init(pretraining.BertForPreTraining(TINY))
   ids, types, mask = _inputs()
   variant = TINY.replace(scan_layers=scan, remat_policy=remat)
   variant_params = model_lib.to_layout(params, variant)
 
   def loss(p, config):
-    out = model_lib.BertForPreTraining(config).apply({"params": p}, ids, types, mask)
+    out = pretraining.BertForPreTraining(config).apply({"params": p}, ids, types, mask)
     return jnp.mean(out["mlm_logits"] ** 2) + jnp.mean(out["nsp_logits"] ** 2)
 
   ref_loss, ref_grads = jax.value_and_grad(loss)(params, TINY)
@@ -85,7 +86,7 @@ def test_scan_and_remat_give_the_same_outputs_and_gradients(scan, remat):
 
 
 def test_layout_round_trip_is_exact():
-  params, _ = _init(model_lib.BertForPreTraining(TINY))
+  params, _ = _init(pretraining.BertForPreTraining(TINY))
   scanned = model_lib.to_layout(params, TINY.replace(scan_layers=True))
   assert set(scanned["bert"]["encoder"]) == {"layers"}
   back = model_lib.to_layout(scanned, TINY)
@@ -125,7 +126,7 @@ def test_padding_does_not_change_real_token_outputs():
 
 
 def test_masked_positions_gather_matches_full_logits():
-  module = model_lib.BertForPreTraining(TINY)
+  module = pretraining.BertForPreTraining(TINY)
   params, _ = _init(module)
   ids, types, mask = _inputs()
   positions = np.array([[0, 3, 5], [1, 1, 9], [15, 2, 4]], np.int32)
@@ -138,7 +139,7 @@ def test_masked_positions_gather_matches_full_logits():
 
 
 def test_mlm_decoder_is_tied_to_word_embeddings():
-  module = model_lib.BertForPreTraining(TINY, with_nsp=False)
+  module = pretraining.BertForPreTraining(TINY, with_nsp=False)
   params, _ = _init(module)
   assert "nsp" not in params and "pooler" not in params["bert"]
   ids, types, mask = _inputs()
@@ -158,14 +159,14 @@ def test_mlm_decoder_is_tied_to_word_embeddings():
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   config = TINY.replace(dtype="bfloat16")
-  module = model_lib.BertForPreTraining(config)
+  module = pretraining.BertForPreTraining(config)
   params, _ = _init(module)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
   ids, types, mask = _inputs()
   out = module.apply({"params": params}, ids, types, mask)
   assert out["sequence_output"].dtype == jnp.bfloat16
   assert out["mlm_logits"].dtype == jnp.float32
-  ref = model_lib.BertForPreTraining(TINY).apply({"params": params}, ids, types, mask)
+  ref = pretraining.BertForPreTraining(TINY).apply({"params": params}, ids, types, mask)
   np.testing.assert_allclose(out["mlm_logits"], ref["mlm_logits"], atol=0.1)
 
 
@@ -173,8 +174,8 @@ def test_vocab_padding_leaves_logits_loss_and_gradients_unchanged():
   ids, types, mask = _inputs()
   positions = np.array([[0, 3, 5], [1, 1, 9], [15, 2, 4]], np.int32)
   labels = np.array([[7, 100, 5], [99, 6, 8], [50, 51, 0]], np.int32)
-  padded = model_lib.BertForPreTraining(TINY.replace(vocab_pad_multiple=128))
-  plain = model_lib.BertForPreTraining(TINY.replace(vocab_pad_multiple=1))
+  padded = pretraining.BertForPreTraining(TINY.replace(vocab_pad_multiple=128))
+  plain = pretraining.BertForPreTraining(TINY.replace(vocab_pad_multiple=1))
   params, _ = _init(padded)
   # The stored table stays at the true vocabulary: checkpoints and conversions are unchanged.
   assert params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape == (101, 32)
@@ -206,10 +207,14 @@ def test_resolve_dtype(name, platform, want):
   assert model_lib.resolve_dtype(name, platform) == want
 
 
-def test_platform_defaults_resolve_where_the_config_is_built():
+def test_platform_defaults_resolve_once_in_setup():
   assert jax.default_backend() == "cpu"
   config = TINY.replace(dtype="auto", attention_dropout_rate=None)
-  assert config.dtype == "float32" and config.attention_dropout_rate == 0.1
+  assert config.dtype == "auto" and config.attention_dropout_rate is None  # machine-independent
+  cpu = config.for_platform()
+  assert cpu.dtype == "float32" and cpu.attention_dropout_rate == 0.1
+  gpu = config.for_platform("gpu")
+  assert gpu.dtype == "bfloat16" and gpu.attention_dropout_rate == 0.0
   assert model_lib.default_attention_dropout("gpu") == 0.0
   assert model_lib.default_attention_dropout("tpu") == 0.0
   with pytest.raises(ValueError, match="'bf16'"):
@@ -236,7 +241,7 @@ def test_splash_kernel_in_the_model_matches_xla(packed):
 
 
 def test_dropout_is_active_only_when_not_deterministic():
-  module = model_lib.BertForPreTraining(TINY)
+  module = pretraining.BertForPreTraining(TINY)
   params, _ = _init(module)
   ids, types, mask = _inputs()
   apply = lambda det, seed: module.apply({"params": params}, ids, types, mask,
@@ -249,13 +254,13 @@ def test_dropout_is_active_only_when_not_deterministic():
 
 def test_classification_heads_shapes():
   ids, types, mask = _inputs()
-  seq_cls = model_lib.BertForSequenceClassification(TINY, num_labels=3)
+  seq_cls = classifier.BertForSequenceClassification(TINY, num_labels=3)
   params, _ = _init(seq_cls)
   assert seq_cls.apply({"params": params}, ids, types, mask).shape == (3, 3)
-  regression = model_lib.BertForSequenceClassification(TINY, num_labels=1)
+  regression = classifier.BertForSequenceClassification(TINY, num_labels=1)
   params, _ = _init(regression)
   assert regression.apply({"params": params}, ids, types, mask).shape == (3, 1)
-  tagger = model_lib.BertForTokenClassification(TINY, num_labels=5)
+  tagger = token_classifier.BertForTokenClassification(TINY, num_labels=5)
   params, _ = _init(tagger)
   assert tagger.apply({"params": params}, ids, types, mask).shape == (3, 16, 5)
 

@@ -61,7 +61,7 @@ def _same_global_batch(c):
   from bert_jax.data import pretrain_pipeline  # pylint: disable=g-import-not-at-top
   from bert_jax.tasks import pretraining  # pylint: disable=g-import-not-at-top
 
-  data = pretraining.PretrainingTask(c).make_data(c)
+  data, _ = pretraining.make_data(c)
   mesh = sharding.make_mesh(c.mesh_shape)
   local = next(data.train)
   data.train.close()

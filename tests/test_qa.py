@@ -18,7 +18,7 @@ from bert_jax.data.readers import squad
 from bert_jax.errors import UserError
 from bert_jax.formats import convert
 from bert_jax.tasks import qa
-from bert_jax.tasks import squad_eval
+from bert_jax.heads import squad_eval
 
 from conftest import read_rows, tiny_config
 import hf_fixtures
@@ -185,13 +185,12 @@ def test_tfds_squad(tmp_path, tok_dir):
             "validation": _raw(sample_tasks.squad_json(2, 2))}
   c = _config({"train": "", "validation": ""}, tok_dir, task="squad/v1.1")
   with tfds.testing.mock_data(as_data_source_fn=lambda self, split, **kw: stored[split]):
-    task = qa.QATask(c)
-    data = task.make_data(c)
+    data, spec = qa.make_data(c)
     examples, _ = squad.read_squad_tfds("squad/v1.1", "validation")
   assert [e.qid for e in examples] == [r["id"] for r in stored["validation"]]
   assert examples[0].answers == [(stored["validation"][0]["answers"]["text"][0],
                                   stored["validation"][0]["answers"]["answer_start"][0])]
-  assert sorted(data.eval_sets) == [""] and not data.meta["version_2"]
+  assert sorted(data.eval_sets) == [""] and not spec.options["version_2"]
   batch = next(data.train)
   assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] <= 64
   assert batch["start_positions"].max() > 0

@@ -57,6 +57,7 @@ def test_same_losses_on_every_mesh_shape(tmp_path):
 def _child(workdir):
   import jax  # pylint: disable=g-import-not-at-top
   from bert_jax import train  # pylint: disable=g-import-not-at-top
+  from bert_jax import heads  # pylint: disable=g-import-not-at-top
   from bert_jax.tasks import pretraining  # pylint: disable=g-import-not-at-top
   from bert_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from conftest import read_rows, tiny_config  # pylint: disable=g-import-not-at-top
@@ -78,7 +79,8 @@ def _child(workdir):
   for mesh_shape in [(1, 8, 1), (2, 2, 2)]:
     # The trainer's own state setup (shardings from the model's logical names and the rules).
     c = tiny_config(mesh_shape=mesh_shape)
-    setup = train._setup(c, pretraining.PretrainingTask(c), {"vocab_size": 128})  # pylint: disable=protected-access
+    spec = pretraining.spec_of(c, {"vocab_size": 128})
+    setup = train._setup(c, heads.for_spec(spec), spec)  # pylint: disable=protected-access
     params = train.fresh_params(setup, jax.random.PRNGKey(0))
     emb = setup.state_sharding.params["bert"]["embeddings"]["word_embeddings"]["embedding"].spec
     q = params["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]

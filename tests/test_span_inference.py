@@ -5,7 +5,8 @@ import pytest
 import torch
 import transformers
 
-from bert_jax import span_inference
+from bert_jax.heads import qa as qa_head
+from bert_jax.heads import token_classifier as tagging_head
 from bert_jax.errors import UserError
 from bert_jax.formats import convert
 
@@ -30,7 +31,7 @@ def test_entities_equal_the_token_classification_pipeline(tagger_dir):
   pipe = transformers.pipeline("token-classification", model=tagger_dir, tokenizer=tagger_dir,
                                aggregation_strategy="first", device="cpu")
   pre = convert.from_pretrained(tagger_dir)
-  got = span_inference.tag(pre, TEXTS)
+  got = tagging_head.tag(pre, TEXTS)
   total = 0
   for text, ours in zip(TEXTS, got):
     want = pipe(text)
@@ -47,10 +48,10 @@ def test_entities_equal_the_token_classification_pipeline(tagger_dir):
 def test_long_text_is_tagged_in_windows(tagger_dir):
   pre = convert.from_pretrained(tagger_dir)
   text = " ".join(TEXTS * 4)  # ~140 pieces, more than the 64 positions
-  windowed = span_inference.tag(pre, [text], max_seq_length=24)[0]
+  windowed = tagging_head.tag(pre, [text], max_seq_length=24)[0]
   assert windowed and max(e["end"] for e in windowed) > len(text) * 0.9
   with pytest.raises(UserError, match="no question-answering head"):
-    span_inference.answer(pre, ["q"], ["c"])
+    qa_head.answer(pre, ["q"], ["c"])
 
 
 def _fine_tuned_qa(directory):
@@ -100,7 +101,7 @@ def test_answers_equal_the_classic_postprocessing_on_transformers_logits(tmp_pat
   contexts = ["The woman read the text in Paris, they had a new model.",
               "Paris is the capital city of France.",
               "Bert is a model: it can learn language and read text."]
-  got = span_inference.answer(pre, questions, contexts, top_k=3)
+  got = qa_head.answer(pre, questions, contexts, top_k=3)
   for q, c, ours in zip(questions, contexts, got):
     want = classic_answers(model, tok, q, c)
     assert [(a["answer"], a["start"], a["end"]) for a in ours] == [

@@ -169,10 +169,10 @@ def test_label_outside_the_init_models_label_set(tmp_path):
   hf_fixtures.save_hf_dir(hf_fixtures.make_model(
       "BertForTokenClassification", max_position_embeddings=128,
       id2label=dict(enumerate(["O", "B-PER", "I-PER"]))), init)
-  task = tagging.TaggingTask(_config(tmp_path, paths, init))
+  c = _config(tmp_path, paths, init)
   with pytest.raises(UserError, match=r"train.conll: sentence \d+ has label\(s\) \['B-\w+'.*"
                      r"outside the model's label set \['O', 'B-PER', 'I-PER'\]"):
-    task.make_data(task.config)
+    tagging.make_data(c)
 
 
 def test_tfds_conll2003(tmp_path, hf_vocab_dir):
@@ -186,10 +186,9 @@ def test_tfds_conll2003(tmp_path, hf_vocab_dir):
   c = _config(tmp_path, {"train": "", "validation": ""}, hf_vocab_dir, task="conll2003")
   # The examples tfds.data_source serves (random mock examples have unequal tokens/tags).
   with tfds.testing.mock_data(as_data_source_fn=lambda self, split, **kw: stored[split]):
-    task = tagging.TaggingTask(c)
-    data = task.make_data(c)
+    data, spec = tagging.make_data(c)
     sentences, _ = conll.read_conll2003_tfds("dev")
-  assert data.meta["labels"] == names and data.meta["num_train_examples"] == 6
+  assert list(spec.labels) == names and spec.num_train_examples == 6
   assert sorted(data.eval_sets) == ["", "test"]
   assert [s.words for s in sentences] == [list(e["tokens"]) for e in stored["dev"]]
   assert [s.labels for s in sentences] == [[names[i] for i in e["ner"]] for e in stored["dev"]]

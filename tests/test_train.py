@@ -12,6 +12,7 @@ from bert_jax import optim
 from bert_jax import platform as platform_lib
 from bert_jax.data import synthetic
 from bert_jax import train
+from bert_jax import heads
 from bert_jax.tasks import pretraining
 
 from conftest import read_rows, tiny_config
@@ -43,11 +44,11 @@ def test_loop_learns_and_writes_metrics_and_model_files(tmp_path):
 
 def _step_setup(grad_accum_steps, nonfinite="stop", nsp=True):
   c = tiny_config(grad_accum_steps=grad_accum_steps, nonfinite=nonfinite)
-  task = pretraining.PretrainingTask(c)
-  task.bind({"mode": "nsp" if nsp else "packed"})
+  data, spec = synthetic.synthetic_data(c, nsp=nsp)
+  task = heads.for_spec(spec)
   model = task.build_model(train.model_config(c, 128))
   tx, schedule = optim.make_optimizer(c)
-  batch = next(synthetic.synthetic_data(c, nsp=nsp).train)
+  batch = next(data.train)
   ids = jnp.asarray(batch["input_ids"])
   params = model.init(jax.random.PRNGKey(0), ids, masked_positions_BxP=jnp.asarray(
       batch["masked_positions"]))["params"]
@@ -130,11 +131,11 @@ class _PoisonedIterator(synthetic.SyntheticIterator):
 
 def test_nonfinite_stop_names_step_and_keeps_last_good_checkpoint(tmp_path):
   c = tiny_config(num_train_steps=8, checkpoint_every_steps=2)
-  data = synthetic.synthetic_data(c)
+  data, spec = synthetic.synthetic_data(c)
   data.train = _PoisonedIterator(4, vocab_size=128, seq_len=32, max_predictions=5,
                                  global_batch_size=8)
   with pytest.raises(train.NonFiniteError, match="at step 5.*last good checkpoint is step 4"):
-    train.train_and_evaluate(c, str(tmp_path), data=data)
+    train.train_and_evaluate(c, str(tmp_path), data=(data, spec))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
@@ -159,9 +160,9 @@ def write_vocab(directory, size=128):
 def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
   src = tmp_path / "src"
   c = tiny_config(num_train_steps=2)
-  data = synthetic.synthetic_data(c)
+  data, spec = synthetic.synthetic_data(c)
   data.tokenizer_dir = write_vocab(tmp_path / "vocab")
-  train.train_and_evaluate(c, str(src), data=data)
+  train.train_and_evaluate(c, str(src), data=(data, spec))
   assert (src / "tokenizer" / "vocab.txt").exists()
   wrong = tiny_config(num_train_steps=1, init_checkpoint=str(src))
   wrong.model.intermediate_size = 48
@@ -170,9 +171,9 @@ def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
     train.train_and_evaluate(wrong, str(tmp_path / "bad"), data=synthetic.synthetic_data(wrong))
   ok = tiny_config(num_train_steps=1, init_checkpoint=str(src), learning_rate=0.0,
                    warmup_steps=0, schedule="constant")
-  data = synthetic.synthetic_data(ok)
+  data, spec = synthetic.synthetic_data(ok)
   data.tokenizer_dir = str(tmp_path / "vocab")
-  train.train_and_evaluate(ok, str(tmp_path / "ok"), data=data)
+  train.train_and_evaluate(ok, str(tmp_path / "ok"), data=(data, spec))
   from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
   a = convert.from_pretrained(str(src)).params
   b = convert.from_pretrained(str(tmp_path / "ok")).params
@@ -188,7 +189,7 @@ def test_pretraining_eval_is_one_exact_pass_and_a_missing_split_is_named(tmp_pat
   data_dir = prepare_sample_data(tmp_path / "data", num_lines=1500)
   c = tiny_config(train_data=data_dir, eval_data=data_dir, eval_every_steps=2,
                   num_eval_batches=0, eval_batch_size=8)
-  data = pretraining.PretrainingTask(c).make_data(c)
+  data, _ = pretraining.make_data(c)
   batches = list(data.eval_sets[""]())
   data.train.close()
   num_eval = pretrain_pipeline.read_meta(data_dir)["splits"]["eval"]["num_examples"]
@@ -196,4 +197,4 @@ def test_pretraining_eval_is_one_exact_pass_and_a_missing_split_is_named(tmp_pat
   assert weights.sum() == num_eval and len(weights) == 8 * -(-num_eval // 8)
   bad = tiny_config(train_data=data_dir, eval_data=data_dir, eval_split="dev", eval_every_steps=2)
   with pytest.raises(train.UserError, match=r"has no split 'dev'; it has \['eval', 'train'\]"):
-    pretraining.PretrainingTask(bad).make_data(bad)
+    pretraining.make_data(bad)

@@ -36,8 +36,68 @@ class Data:
   host; rows past the end carry `example_weights` 0.
   """
 
-  meta: dict  # vocab_size, max_seq_length, and what the task records (labels, ...)
   train: DataIterator
   eval_sets: dict[str, Callable[[], Iterable[HostBatch]]] = dataclasses.field(
       default_factory=dict)
   tokenizer_dir: Optional[str] = None
+  # Host-side items behind the evaluation rows (sentences, questions) for heads whose
+  # metrics need them (`FeatureSets`); None when every metric is a sum.
+  eval_items: Optional["FeatureSets"] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What a run's data fixes about its head: frozen, saved with the run, compared on resume.
+
+  `task` is config.task; `head` a name of the head registry (`bert_jax.heads`); `kind`
+  what the head's outputs mean (classification, regression, tagging, qa, multiple_choice,
+  pretraining, ...); `labels` the label names in id order (None where outputs are not
+  labelled); `options` the head's other settings (text_pair, version_2, doc_stride, ...).
+  `to_record()` is the model dir's `task` record, which predict reads.
+  """
+
+  task: str
+  head: str
+  kind: str
+  max_seq_length: int
+  vocab_size: int
+  labels: Optional[tuple[str, ...]] = None
+  num_train_examples: Optional[int] = None
+  options: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_labels(self) -> Optional[int]:
+    if self.kind == "regression":
+      return 1
+    return None if self.labels is None else len(self.labels)
+
+  def to_record(self) -> dict:
+    record = {"name": self.task, "head": self.head, "kind": self.kind,
+              "max_seq_length": int(self.max_seq_length)}
+    if self.labels is not None or self.kind == "regression":
+      record.update(labels=None if self.labels is None else list(self.labels),
+                    num_labels=self.num_labels)
+    record.update(self.options)
+    return record
+
+
+class FeatureSets:
+  """Evaluation sets whose rows are features (windows) of host-side items (sentences,
+  questions): feature ids are numbered across all sets, so a head's `score` can tell from a
+  gathered `feature_index` which set a pass went over and map rows back to their items."""
+
+  def __init__(self):
+    self._sets: list[tuple[int, object, list]] = []  # (first feature id, features, items)
+    self._next = 0
+
+  def add(self, features: object, items: list) -> int:
+    """Registers a set; returns the id of its first feature (pass it to `encoded`)."""
+    offset = self._next
+    self._sets.append((offset, features, items))
+    self._next += len(features)
+    return offset
+
+  def lookup(self, index: np.ndarray) -> tuple[object, list, np.ndarray]:
+    """(features, items, feature indices within that set) of a pass's gathered feature ids."""
+    offset, features, items = next(e for e in reversed(self._sets) if e[0] <= index.min())
+    return features, items, index - offset

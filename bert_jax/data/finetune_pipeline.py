@@ -35,9 +35,9 @@ BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 class Encoded:
   """N encoded examples: fields [N, L] (sequence) or [N, ...] (per row), and their lengths."""
 
-  seq_fields: dict[str, np.ndarray]  # input_ids, token_type_ids, ... [N, max_seq_length]
+  seq_fields: dict[str, np.ndarray]  # input_ids, token_type_ids, ... [N, (C,) max_seq_length]
   row_fields: dict[str, np.ndarray]  # labels, example ids, ... [N, ...]
-  lengths: np.ndarray  # [N] real tokens per row
+  lengths: np.ndarray  # [N] (or [N, C]) real tokens per row
 
   def __len__(self) -> int:
     return int(self.lengths.shape[0])
@@ -59,8 +59,9 @@ def bucket_length(longest: int, max_seq_length: int,
 
 
 def _batch(data: Encoded, rows: np.ndarray, length: int, weights: np.ndarray) -> dict:
-  out = {k: v[rows, :length] for k, v in data.seq_fields.items()}
-  out["attention_mask"] = (np.arange(length)[None] < data.lengths[rows][:, None]).astype(np.int32)
+  # Sequence fields are [N, L], or [N, C, L] for examples of several rows (multiple choice).
+  out = {k: v[rows][..., :length] for k, v in data.seq_fields.items()}
+  out["attention_mask"] = (np.arange(length) < data.lengths[rows][..., None]).astype(np.int32)
   out.update({k: v[rows] for k, v in data.row_fields.items()})
   out["example_weights"] = weights.astype(np.float32)
   return out
@@ -118,7 +119,7 @@ def eval_batches(data: Encoded, *, global_batch_size: int, max_seq_length: int,
     raise UserError(f"eval batch size {global_batch_size} must be divisible by the "
                     f"{process_count} processes")
   per_host = global_batch_size // process_count
-  order = np.argsort(data.lengths, kind="stable")
+  order = np.argsort(data.lengths.reshape(len(data), -1).max(-1), kind="stable")
   n = len(order)
   for start in range(0, n, global_batch_size):
     rows_all = order[start:start + global_batch_size]

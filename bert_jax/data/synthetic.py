@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax.data.contract import Data
+from bert_jax.data.contract import Data, Spec
 
 
 class SyntheticIterator:
@@ -75,17 +75,19 @@ class SyntheticIterator:
 
 
 def synthetic_data(config: ml_collections.ConfigDict, vocab_size: int = 128,
-                   nsp: bool = True) -> Data:
-  """`Data` of SyntheticIterator batches shaped by the config (eval: a fixed other seed)."""
+                   nsp: bool = True) -> tuple[Data, Spec]:
+  """(`Data` of SyntheticIterator batches shaped by the config (eval: a fixed other seed), the
+  pretraining `Spec` of such data)."""
   common = dict(vocab_size=vocab_size, seq_len=config.max_seq_length,
                 max_predictions=config.max_predictions_per_seq, nsp=nsp)
-  meta = {"vocab_size": vocab_size, "max_seq_length": config.max_seq_length,
-          "mode": "nsp" if nsp else "packed"}
+  spec = Spec(task="pretraining", head="pretraining", kind="pretraining",
+              max_seq_length=int(config.max_seq_length), vocab_size=vocab_size,
+              options={"mode": "nsp" if nsp else "packed"})
   eval_batches = int(config.get("num_eval_batches", 0) or 0) or 2
   make_eval = lambda: itertools.islice(SyntheticIterator(  # pylint: disable=g-long-lambda
       global_batch_size=config.eval_batch_size or config.batch_size,
       seed=config.seed + 1000003, **common), eval_batches)
-  return Data(meta=meta,
-              train=SyntheticIterator(global_batch_size=config.batch_size, seed=config.seed,
+  data = Data(train=SyntheticIterator(global_batch_size=config.batch_size, seed=config.seed,
                                       **common),
               eval_sets={"": make_eval})
+  return data, spec

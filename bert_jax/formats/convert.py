@@ -27,40 +27,19 @@ import orbax.checkpoint as ocp
 import safetensors.flax
 import safetensors.numpy
 
-from bert_jax import checkpoint
 from bert_jax import files
 from bert_jax import model as model_lib
 from bert_jax.formats import tf_checkpoint
 from bert_jax import tokenization
 from bert_jax.formats import torch_pickle
-from bert_jax.formats import heads as heads_lib
+from bert_jax import heads as heads_lib
+from bert_jax.formats import model_dir
 from bert_jax.formats import weight_names
 from bert_jax.errors import UserError
 from bert_jax.model import BertConfig
 
-# The bert_jax model-dir format is the checkpoint module's: one definition for both.
-CONFIG_FILE, TOKENIZER_DIR = checkpoint.CONFIG_FILE, checkpoint.TOKENIZER_DIR
-CHECKPOINT_DIR, PARAMS_DIR = checkpoint.CHECKPOINT_DIR, checkpoint.PARAMS_ITEM
-
-
-@dataclasses.dataclass(frozen=True)
-class Pretrained:
-  """A loaded model: what every consumer (fine-tuning, inference, export) needs."""
-
-  config: BertConfig
-  params: dict  # unrolled bert_jax tree of float32 numpy arrays, heads included
-  tokenizer: Optional[tokenization.Tokenizer]
-  heads: tuple[str, ...]  # names of bert_jax.formats.heads.HEADS, in registry order
-  num_labels: Optional[int] = None
-  format: str = ""  # 'bert_jax' | 'bert_jax_workdir' | 'hf' | 'google'
-  tokenizer_dir: Optional[str] = None
-  # What a fine-tuned head means: {'name', 'kind', 'labels', 'max_seq_length', ...}
-  # (bert_jax dirs record it; Hugging Face dirs give their id2label).
-  task: Optional[dict] = None
-
-  @property
-  def labels(self) -> Optional[list[str]]:
-    return (self.task or {}).get("labels")
+from bert_jax.formats.model_dir import (  # noqa: F401  (the model-dir format's names)
+    CHECKPOINT_DIR, CONFIG_FILE, PARAMS_DIR, TOKENIZER_DIR, Pretrained, save_bert_jax)
 
 
 # --- Format detection and loading. ---
@@ -142,11 +121,8 @@ def _hf_task(hf: dict, heads: tuple[str, ...], num_labels: Optional[int]) -> Opt
     return None
   id2label = {int(k): str(v) for k, v in (hf.get("id2label") or {}).items()}
   labels = [id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
-  regression = head == "classifier" and (hf.get("problem_type") == "regression"
-                                         or num_labels == 1)
-  kind = "regression" if regression else ("tagging" if head == "token_classifier"
-                                          else "classification")
-  return {"name": "hf", "kind": kind, "labels": labels, "num_labels": num_labels}
+  return {"name": "hf", "head": head.name, "kind": head.hf_kind(hf, num_labels),
+          "labels": labels, "num_labels": num_labels}
 
 
 def _load_hf(path: str) -> tuple[BertConfig, dict, tuple, Optional[int], Optional[dict]]:
@@ -188,25 +164,12 @@ def _load_google(path: str) -> tuple[BertConfig, dict, tuple, Optional[int], str
   return config, params, heads, num_labels, directory
 
 
-def _load_orbax_params(directory: str) -> dict:
-  try:
-    return ocp.StandardCheckpointer().restore(os.path.abspath(directory))
-  except Exception as exc:  # orbax/tensorstore raise many types
-    raise UserError(f"{directory} is not a readable Orbax checkpoint: {exc}") from None
-
-
-def _bert_jax_config(path: str) -> tuple[BertConfig, dict]:
-  doc = checkpoint.read_model_doc(path)
-  fields = {f.name for f in dataclasses.fields(BertConfig)}
-  return BertConfig(**{k: v for k, v in doc["model"].items() if k in fields}), doc
-
-
 def read_model_config(path: str) -> BertConfig:
   """The architecture of any model path, read from its config file only (no weights)."""
   path = os.fspath(path)
   fmt = detect_format(path)
   if fmt in ("bert_jax", "bert_jax_workdir"):
-    config = _bert_jax_config(path)[0]
+    config = model_dir._bert_jax_config(path)[0]
   elif fmt == "hf":
     config = _hf_config(path)[0]
   else:
@@ -223,7 +186,7 @@ def model_tokenizer_dir(path: str) -> str:
   path = os.fspath(path)
   fmt = detect_format(path)
   if fmt in ("bert_jax", "bert_jax_workdir"):
-    doc = checkpoint.read_model_doc(path)
+    doc = model_dir.read_model_doc(path)
     if not doc.get("tokenizer"):
       raise UserError(f"{path} has no tokenizer (its {CONFIG_FILE} names none)")
     return os.path.join(path, doc["tokenizer"])
@@ -236,12 +199,12 @@ def read_model_task(path: str) -> Optional[dict]:
   """What a model dir says its head means (labels, kind), without reading weights."""
   fmt = detect_format(os.fspath(path))
   if fmt in ("bert_jax", "bert_jax_workdir"):
-    return checkpoint.read_model_doc(path).get("task")
+    return model_dir.read_model_doc(path).get("task")
   if fmt == "hf":
     _, hf = _hf_config(path)
     names = hf.get("architectures") or []
-    head = {"BertForSequenceClassification": "classifier",
-            "BertForTokenClassification": "token_classifier"}.get(names[0] if names else "")
+    head = {h.architecture: h.name for h in heads_lib.HEADS.values()
+            if h.labelled}.get(names[0] if names else "")
     num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels")
     return _hf_task(hf, (head,), num_labels) if head else None
   return None
@@ -262,16 +225,16 @@ def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
   fmt = detect_format(path)
   tokenizer_dir, task = path, None
   if fmt in ("bert_jax", "bert_jax_workdir"):
-    config, doc = _bert_jax_config(path)
+    config, doc = model_dir._bert_jax_config(path)
     source = (os.path.join(path, PARAMS_DIR) if fmt == "bert_jax"
-              else checkpoint.latest_params_dir(path))
-    params = model_lib.to_layout(_load_orbax_params(source), config.replace(scan_layers=False))
+              else model_dir.latest_params_dir(path))
+    params = model_lib.to_layout(model_dir._load_orbax_params(source), config.replace(scan_layers=False))
     params = jax.tree_util.tree_map(np.asarray, params)
     heads = heads_lib.ordered(doc.get("heads", []))
     num_labels, task = doc.get("num_labels"), doc.get("task")
     labelled = heads_lib.labelled_head(heads)
     if labelled and num_labels is None:
-      num_labels = int(params[heads_lib.HEADS[labelled].param_key]["bias"].shape[0])
+      num_labels = int(params[labelled.param_key]["bias"].shape[0])
     tokenizer_dir = (os.path.join(path, doc["tokenizer"]) if doc.get("tokenizer") else None)
   elif fmt == "hf":
     config, params, heads, num_labels, task = _load_hf(path)
@@ -292,23 +255,6 @@ def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
 
 # --- Writers. ---
 
-def _write_tokenizer(pre: Pretrained, directory: str) -> None:
-  if pre.tokenizer is None:
-    raise UserError("cannot write a model without its tokenizer")
-  os.makedirs(directory, exist_ok=True)
-  pre.tokenizer.save(directory)
-
-
-def save_bert_jax(pre: Pretrained, directory: str) -> None:
-  """bert_jax export dir: bert_jax_config.json + params/ (Orbax) + tokenizer/."""
-  checkpoint.write_model_doc(directory, pre.config, pre.heads, pre.num_labels, TOKENIZER_DIR,
-                             pre.task)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(os.path.join(directory, PARAMS_DIR)), pre.params)
-  checkpointer.wait_until_finished()
-  _write_tokenizer(pre, os.path.join(directory, TOKENIZER_DIR))
-
-
 def save_hf(pre: Pretrained, directory: str) -> None:
   """Hugging Face dir: config.json + model.safetensors + vocab.txt (from_pretrained-ready)."""
   hf = pre.config.to_hf_dict()
@@ -317,16 +263,17 @@ def save_hf(pre: Pretrained, directory: str) -> None:
     labels = pre.labels or [f"LABEL_{i}" for i in range(pre.num_labels)]
     hf["id2label"] = {str(i): label for i, label in enumerate(labels)}
     hf["label2id"] = {label: i for i, label in enumerate(labels)}
-    if (pre.task or {}).get("kind") == "regression":
+    kind = (pre.task or {}).get("kind")
+    if kind == "regression":
       hf["problem_type"] = "regression"
-    elif heads_lib.labelled_head(pre.heads) == "classifier":
+    elif kind == "classification":
       hf["problem_type"] = "single_label_classification"
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf, f, indent=2)
   state = weight_names.params_to_state(pre.params, pre.config, pre.heads, pre.num_labels)
   safetensors.numpy.save_file(state, os.path.join(directory, "model.safetensors"),
                               metadata={"format": "pt"})
-  _write_tokenizer(pre, directory)
+  model_dir._write_tokenizer(pre, directory)
 
 
 def convert(input_path: str, output_dir: str, to: str, overwrite: bool = False) -> Pretrained:

@@ -27,7 +27,8 @@ import ml_dtypes
 import numpy as np
 
 from bert_jax.errors import UserError
-from bert_jax.formats import heads as heads_lib
+from bert_jax import heads as heads_lib
+from bert_jax.heads import base as head_base
 from bert_jax.model import BertConfig
 
 
@@ -44,26 +45,26 @@ class _Entry:
 def _table(config: BertConfig, heads: tuple[str, ...], pooler: bool,
            num_labels: Optional[int]) -> list[_Entry]:
   e, m, v = config.hidden_size, config.intermediate_size, config.vocab_size
-  rows: list[heads_lib.Row] = []
+  rows: list[head_base.Row] = []
   for name, n in (("word_embeddings", v), ("position_embeddings", config.max_position_embeddings),
                   ("token_type_embeddings", config.type_vocab_size)):
     rows.append((f"embeddings.{name}.weight", ("bert", "embeddings", name, "embedding"),
                  "copy", (n, e)))
-  rows += heads_lib.norm_rows("embeddings.LayerNorm", ("bert", "embeddings", "layer_norm"), e)
+  rows += head_base.norm_rows("embeddings.LayerNorm", ("bert", "embeddings", "layer_norm"), e)
   for i in range(config.num_layers):
     hf, path = f"encoder.layer.{i}", ("bert", "encoder", f"layer_{i}")
     for name in ("query", "key", "value"):
-      rows += heads_lib.dense_rows(f"{hf}.attention.self.{name}", path + ("attention", name), e,
+      rows += head_base.dense_rows(f"{hf}.attention.self.{name}", path + ("attention", name), e,
                                    e, "qkv", "qkv_bias")
-    rows += heads_lib.dense_rows(f"{hf}.attention.output.dense", path + ("attention", "output"),
+    rows += head_base.dense_rows(f"{hf}.attention.output.dense", path + ("attention", "output"),
                                  e, e, "attn_out")
-    rows += heads_lib.norm_rows(f"{hf}.attention.output.LayerNorm",
+    rows += head_base.norm_rows(f"{hf}.attention.output.LayerNorm",
                                 path + ("attention_layer_norm",), e)
-    rows += heads_lib.dense_rows(f"{hf}.intermediate.dense", path + ("intermediate",), m, e)
-    rows += heads_lib.dense_rows(f"{hf}.output.dense", path + ("output",), e, m)
-    rows += heads_lib.norm_rows(f"{hf}.output.LayerNorm", path + ("output_layer_norm",), e)
+    rows += head_base.dense_rows(f"{hf}.intermediate.dense", path + ("intermediate",), m, e)
+    rows += head_base.dense_rows(f"{hf}.output.dense", path + ("output",), e, m)
+    rows += head_base.norm_rows(f"{hf}.output.LayerNorm", path + ("output_layer_norm",), e)
   if pooler:
-    rows += heads_lib.dense_rows("pooler.dense", ("bert", "pooler"), e, e)
+    rows += head_base.dense_rows("pooler.dense", ("bert", "pooler"), e, e)
   for head in heads:
     rows += heads_lib.HEADS[head].rows(config, num_labels)
   return [_Entry(*row) for row in rows]
@@ -143,7 +144,7 @@ def state_to_params(state: dict[str, np.ndarray], config: BertConfig, source: st
         raise UserError(f"{source}: {names[extra]} differs from {names.get(twin, twin)}: an untied "
                         "MLM decoder is not supported (bert_jax ties it to the word embeddings)")
   labelled = heads_lib.labelled_head(heads)
-  weight = labelled and heads_lib.HEADS[labelled].hf_prefix + "weight"
+  weight = labelled and labelled.hf_prefix + "weight"
   if labelled is not None and weight in flat:
     found = flat[weight].shape[0]
     if num_labels is not None and num_labels != found:

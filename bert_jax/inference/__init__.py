@@ -115,7 +115,8 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> list[list[dict]]:
 @functools.lru_cache(maxsize=8)
 def _mlm_forward(config: model_lib.BertConfig, with_nsp: bool) -> Callable:
   """jit(params, ids, types, mask, masked_positions) -> MLM logits; one per model config."""
-  module = model_lib.BertForPreTraining(config, with_nsp=with_nsp)
+  from bert_jax.heads import pretraining  # pylint: disable=g-import-not-at-top
+  module = pretraining.BertForPreTraining(config, with_nsp=with_nsp)
 
   def forward(params, ids, types, mask, positions):
     return module.apply({"params": params}, ids, types, mask, None, None,

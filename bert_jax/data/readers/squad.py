@@ -129,6 +129,11 @@ def check_examples(examples: Sequence[QAExample], stats: ReadStats, source: str,
       kept.append(dataclasses.replace(ex, answers=good) if training else ex)
     elif not training:
       kept.append(ex)
+  answerable = sum(1 for ex in examples if ex.answers and not ex.is_impossible)
+  if training and answerable and not any(ex.answers for ex in kept):
+    raise UserError(f"{source}: none of the {answerable} answerable question(s) has an answer at "
+                    "its answer_start (the answer text must start there in the context): "
+                    "nothing left to train on but the unanswerable ones")
   if stats.misaligned_answers:
     logging.warning("%s: %d answer(s) not at their answer_start%s", source,
                     stats.misaligned_answers,

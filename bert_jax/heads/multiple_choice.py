@@ -1,0 +1,169 @@
+"""Multiple choice (SWAG, the BERT paper's fourth task family): one score per choice.
+
+Each choice is encoded as `[CLS] context [SEP] choice [SEP]`; the rows of one
+example are [C, L] and the encoder sees them as C rows; the pooled [CLS] of
+each goes through dropout and a 1-output linear layer, and a softmax over the
+C scores is the example's distribution (transformers' `BertForMultipleChoice`,
+whose weights load with the head kept). Metric: accuracy (a sum). Prediction
+gives `{"label": i, "choice": str, "probabilities": [...]}`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bert_jax import model as model_lib
+from bert_jax.errors import UserError
+from bert_jax.heads import base
+
+
+class BertForMultipleChoice(nn.Module):
+  """[B, C, L] inputs -> [B, C] choice scores (pooled [CLS] -> dropout -> linear to 1)."""
+
+  config: model_lib.BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids_BxCxL, token_type_ids_BxCxL=None, attention_mask_BxCxL=None,
+               position_ids_BxCxL=None, packing_ids_BxCxL=None, *, deterministic: bool = True):
+    cfg = self.config
+    batch, choices, length = input_ids_BxCxL.shape
+
+    def rows(x):  # [B, C, L] -> [B*C, L]
+      return None if x is None else x.reshape(batch * choices, length)
+
+    out = model_lib.BertModel(cfg, name="bert")(
+        rows(input_ids_BxCxL), rows(token_type_ids_BxCxL), rows(attention_mask_BxCxL),
+        rows(position_ids_BxCxL), rows(packing_ids_BxCxL), deterministic=deterministic)
+    pooled_NxE = nn.Dropout(cfg.hidden_dropout_rate)(out.pooled_output,
+                                                     deterministic=deterministic)
+    scores_Nx1 = model_lib.dense(1, ("embed", None), cfg, "classifier")(pooled_NxE)
+    return scores_Nx1.astype(jnp.float32).reshape(batch, choices)
+
+
+class MultipleChoice(base.Head):
+  """BertForMultipleChoice on (context, choices, label) examples."""
+
+  name = "multiple_choice"
+  hf_prefix = "classifier."
+  param_key = "classifier"
+  uses_pooler = True
+  architecture = "BertForMultipleChoice"
+  loss_terms = (("mc_loss_sum", "example_weight"),)
+  main_metric = "accuracy"
+
+  @classmethod
+  def rows(cls, config, num_labels):
+    return base.dense_rows("classifier", ("classifier",), 1, config.hidden_size)
+
+  @classmethod
+  def hf_kind(cls, hf, num_labels):
+    return "multiple_choice"
+
+  # --- Training. ---
+
+  def build_model(self, bert_config) -> BertForMultipleChoice:
+    return BertForMultipleChoice(bert_config)
+
+  def init_inputs(self, config) -> dict[str, jax.Array]:
+    ids = jnp.zeros((1, int(self.spec.options.get("num_choices", 2)), config.max_seq_length),
+                    jnp.int32)
+    return dict(input_ids=ids, token_type_ids=ids, attention_mask=ids)
+
+  def sums(self, model, params, batch, rng) -> dict:
+    scores_BxC = base.apply_model(model, params, batch, rng)
+    w_B = batch["example_weights"].astype(jnp.float32)
+    labels_B = batch["labels"]
+    xent_B = optax.softmax_cross_entropy_with_integer_labels(scores_BxC, labels_B)
+    correct_B = (jnp.argmax(scores_BxC, -1) == labels_B).astype(jnp.float32)
+    return dict(mc_loss_sum=jnp.sum(xent_B * w_B), example_weight=jnp.sum(w_B),
+                mc_correct=jnp.sum(correct_B * w_B))
+
+  def denominators(self, batch) -> dict:
+    return dict(example_weight=jnp.sum(batch["example_weights"].astype(jnp.float32)))
+
+  def summarize(self, sums: Mapping[str, float]) -> dict[str, float]:
+    if "mc_correct" not in sums:
+      return {}
+    return {"accuracy": base.ratio(sums, "mc_correct", "example_weight")}
+
+  def flops_per_sequence(self, bert_config, config) -> float:
+    return super().flops_per_sequence(bert_config, config) * int(
+        self.spec.options.get("num_choices", 2))
+
+  # --- Prediction. ---
+
+  @classmethod
+  def read_inputs(cls, source: str) -> list[tuple[str, list[str]]]:
+    from bert_jax.data.readers import multiple_choice  # pylint: disable=g-import-not-at-top
+    examples = multiple_choice.read_jsonl(source, require_labels=False)
+    return [(ex.context, list(ex.choices)) for ex in examples]
+
+  @classmethod
+  def command_line_inputs(cls, args):
+    if args.get("text") is None or not args.get("choices"):
+      raise UserError("a multiple-choice model needs --text=CONTEXT and --choices=a,b,c (or "
+                      "--input=FILE.jsonl with context and choices)")
+    choices = [c.strip() for c in args["choices"].split(",")]
+    if len(choices) < 2 or not all(choices):
+      raise UserError(f"--choices={args['choices']!r}: give at least two non-empty choices, "
+                      "separated by commas")
+    return [(args["text"], choices)]
+
+  @classmethod
+  def predict(cls, pre, inputs, options) -> list[dict]:
+    if cls.name not in pre.heads:
+      raise UserError(f"this model has no multiple-choice head (heads: {list(pre.heads)})")
+    length = base.max_length(pre, options.get("max_seq_length"))
+    scores = choice_scores(pre, inputs, length, options.get("batch_size") or 8)
+    out = []
+    for (_, choices), s in zip(inputs, scores):
+      p = np.exp(s - s.max())
+      p = p / p.sum()
+      best = int(np.argmax(p))
+      out.append({"label": best, "choice": choices[best],
+                  "probabilities": [float(x) for x in p]})
+    return out
+
+  @classmethod
+  def shown_inputs(cls, inputs) -> list[str]:
+    return [f"{context} ({' | '.join(choices)})" for context, choices in inputs]
+
+  @classmethod
+  def show(cls, result, options) -> str:
+    return f"{result['label']}\t{result['choice']}\t{result['probabilities'][result['label']]:.4f}"
+
+  @classmethod
+  def tsv_field(cls, result) -> str:
+    return str(result["label"])
+
+
+@functools.lru_cache(maxsize=8)
+def _forward(config: model_lib.BertConfig):
+  module = BertForMultipleChoice(config)
+  return jax.jit(lambda params, ids, types, mask: module.apply({"params": params}, ids, types,
+                                                                 mask))
+
+
+def choice_scores(pre, inputs: Sequence[tuple[str, list[str]]], length: int,
+                  batch_size: int) -> list[np.ndarray]:
+  """[C] scores per (context, choices), batched by length bucket, in input order."""
+  from bert_jax.data.readers import multiple_choice  # pylint: disable=g-import-not-at-top
+  seq, lengths = multiple_choice.encode(pre.tokenizer, [c for c, _ in inputs], [ch for _, ch in inputs], length)
+  forward = _forward(pre.config)
+  out: list = [None] * len(inputs)
+  for rows, bucket in base.batched_rows(lengths.max(-1), batch_size, length):
+    shape_rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
+    ids = seq["input_ids"][shape_rows, :, :bucket]
+    types = seq["token_type_ids"][shape_rows, :, :bucket]
+    mask = (np.arange(bucket) < lengths[shape_rows][..., None]).astype(np.int32)
+    scores = np.asarray(forward(pre.params, ids, types, mask))
+    for b, r in enumerate(rows):
+      out[r] = scores[b]
+  return out
