@@ -1,4 +1,5 @@
-"""Small tagging (CoNLL) and QA (SQuAD JSON) sets about the sample corpus's invented world.
+"""Small tagging (CoNLL), QA (SQuAD JSON) and multiple-choice (JSONL) sets about the sample
+corpus's invented world.
 
 Why: fine-tuning must run offline in tests, in the README and in benchmarks.
 These sets reuse the towns, rivers, people, companies and animals of
@@ -7,8 +8,11 @@ pretrained on the sample corpus already knows the words. Entities are tagged
 PER (people), LOC (towns, rivers), ORG (companies) and MISC (animals) in IOB2;
 QA contexts state a person's facts and the questions ask for one of them, with
 some questions about facts the context leaves out (no answer, for v2.0).
+Multiple-choice contexts state two of a person's facts and the four choices
+continue with one fact about them, only one of which the context supports
+(the others take another person's job, town, pet or colour).
 
-  python -m bert_jax.data.sample_tasks OUT_DIR   # OUT_DIR/ner/*.conll, OUT_DIR/squad/*.json
+  python -m bert_jax.data.sample_tasks OUT_DIR   # OUT_DIR/{ner/*.conll, squad/*.json, mc/*.jsonl}
 """
 
 from __future__ import annotations
@@ -123,11 +127,45 @@ def squad_json(seed: int, num_paragraphs: int, version_2: bool = False) -> dict:
   return {"version": "v2.0" if version_2 else "1.1", "data": data}
 
 
+def _choice_example(rng: corpus._Rng, world: dict, p: dict) -> dict:
+  f, t, pet = p["first"], p["town"], p["pet"]
+  facts = [  # (context sentence, continuation, field, value)
+      (f"{p['name']} works as a {p['job']}.", "works as a {}", "job", p["job"]),
+      (f"{f} lives in {t['name']}.", "lives in {}", "town", t["name"]),
+      (f"{f} keeps a {pet['name']} as a pet.", "keeps a {} as a pet", "pet", pet["name"]),
+      (f"The favourite colour of {f} is {p['colour']}.", "likes the colour {}", "colour",
+       p["colour"]),
+  ]
+  facts = corpus._shuffled(rng, facts)  # pylint: disable=protected-access
+  (first, _, _, _), (stated, pattern, field, value) = facts[0], facts[1]
+  def value_of(person):
+    return {"job": person["job"], "town": person["town"]["name"], "pet": person["pet"]["name"],
+            "colour": person["colour"]}[field]
+  wrong = []
+  while len(wrong) < 3:
+    other = value_of(rng.pick(world["people"]))
+    if other != value_of(p) and other not in wrong:
+      wrong.append(other)
+  label = rng.below(4)
+  values = wrong[:label] + [value] + wrong[label:]
+  return {"context": f"{first} {stated}",
+          "choices": [f"So {f} {pattern.format(v)}." for v in values], "label": label}
+
+
+def choices_jsonl(seed: int, num_examples: int) -> str:
+  """Multiple-choice JSONL: {"context", "choices" (4), "label"} per line."""
+  world = corpus._entities(corpus._Rng(0))  # pylint: disable=protected-access
+  rng = corpus._Rng(seed)  # pylint: disable=protected-access
+  rows = [_choice_example(rng, world, rng.pick(world["people"])) for _ in range(num_examples)]
+  return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 def write(directory: str, num_train: int = 600, num_eval: int = 150,
           version_2: bool = True) -> dict[str, dict[str, str]]:
-  """Writes ner/{train,validation,test}.conll and squad/{...}.json; returns their paths."""
+  """Writes ner/{train,validation,test}.conll, squad/{...}.json and mc/{...}.jsonl; returns
+  their paths."""
   sizes = {"train": num_train, "validation": num_eval, "test": num_eval}
-  paths: dict[str, dict[str, str]] = {"ner": {}, "squad": {}}
+  paths: dict[str, dict[str, str]] = {"ner": {}, "squad": {}, "mc": {}}
   for k, split in enumerate(_SPLITS):
     ner = os.path.join(directory, "ner", f"{split}.conll")
     os.makedirs(os.path.dirname(ner), exist_ok=True)
@@ -138,7 +176,11 @@ def write(directory: str, num_train: int = 600, num_eval: int = 150,
     doc = squad_json(200 + k, max(1, sizes[split] // 4), version_2)
     body = json.dumps(doc, indent=1).encode("utf-8")
     files.write_file_atomically(qa, lambda f, body=body: f.write(body))
-    paths["ner"][split], paths["squad"][split] = ner, qa
+    mc = os.path.join(directory, "mc", f"{split}.jsonl")
+    os.makedirs(os.path.dirname(mc), exist_ok=True)
+    rows = choices_jsonl(300 + k, sizes[split]).encode("utf-8")
+    files.write_file_atomically(mc, lambda f, rows=rows: f.write(rows))
+    paths["ner"][split], paths["squad"][split], paths["mc"][split] = ner, qa, mc
   return paths
 
 
