@@ -23,15 +23,15 @@ def after_training(config: ml_collections.ConfigDict, workdir: str, head) -> Non
   if jax.process_index() != 0:
     return
   if not os.path.isdir(best):
-    if head.main_metric and (config.get("validation_file") or config.get("eval_every_steps")):
-      logging.warning("no best/ export: eval_%s was never finite (see metrics.jsonl)",
-                      head.main_metric)
+    if head.main_metric and config.eval_every_steps:
+      logging.warning("no best/ export: eval_%s was never logged or never finite (see "
+                      "metrics.jsonl)", head.main_metric)
     return
-  if config.get("export_hf"):
+  if config.export_hf:
     from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
     convert.convert(best, os.path.join(workdir, "best_hf"), "hf", overwrite=True)
     logging.info("exported %s as a Hugging Face dir: %s", best, os.path.join(workdir, "best_hf"))
-  if config.get("test_file"):
+  if config.test_file:
     from bert_jax import predict  # pylint: disable=g-import-not-at-top
     out = os.path.join(workdir, "test_predictions.tsv")
     predict.predict_file(best, config.test_file, out)

@@ -68,7 +68,7 @@ def run_training(config, workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from bert_jax import train  # pylint: disable=g-import-not-at-top
 
-  if config.get("compilation_cache_dir"):
+  if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)

@@ -120,7 +120,7 @@ class Loop:
     self.acc = metrics_lib.Accumulator()
     self.flops_per_seq = head.flops_per_sequence(bert_config, config)
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
-                                             config.get("peak_flops_per_device"))
+                                             config.peak_flops_per_device)
     self.peak_total = peak * jax.device_count() if peak else None
     if peak is None and self.writer.enabled:
       logging.info("peak FLOP/s of %r unknown: mfu is logged as null (set "
@@ -177,7 +177,7 @@ class Loop:
       gathered: dict[str, list[np.ndarray]] = {}
       iterator = make()
       try:
-        for local in finite_iter(iterator, int(self.config.get("num_eval_batches", 0) or 0)):
+        for local in finite_iter(iterator, int(self.config.num_eval_batches or 0)):
           out = jax.device_get(p_eval_step(params, sharding_lib.make_global_batch(local,
                                                                                   self.mesh)))
           acc.add(out["sums"])

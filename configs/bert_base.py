@@ -10,14 +10,7 @@ this repo): MLM accuracy ~0.65-0.70 and NSP accuracy ~0.98 at the end of phase 1
 paper ran in ~4 days on 16 TPU v3 chips (4 Cloud TPUs). Then run configs/bert_base_phase2.py.
 """
 
-import importlib.util
-import os
-
-# Load default.py next to this file (config files are loaded by path, not as a package).
-_spec = importlib.util.spec_from_file_location(
-    "bert_jax_configs_default", os.path.join(os.path.dirname(__file__), "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config():

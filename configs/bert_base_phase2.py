@@ -12,14 +12,7 @@ steps (new position rows 128-511 are barely trained) and recover to phase-1 leve
 whole phase takes ~1/4 of phase 1's time (the paper: 100k of 1M steps).
 """
 
-import importlib.util
-import os
-
-# Load bert_base.py next to this file: phase 2 is phase 1 with these changes.
-_spec = importlib.util.spec_from_file_location(
-    "bert_jax_configs_bert_base", os.path.join(os.path.dirname(__file__), "bert_base.py"))
-bert_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bert_base)
+from configs import bert_base
 
 
 def get_config():

@@ -13,14 +13,7 @@ quality with a 64k/32k mixed-batch schedule: 7,038 steps at seq 128 (this config
 FSDP (mesh_shape=(1,-1,1)) when memory is short.
 """
 
-import importlib.util
-import os
-
-# Load default.py next to this file (config files are loaded by path, not as a package).
-_spec = importlib.util.spec_from_file_location(
-    "bert_jax_configs_default", os.path.join(os.path.dirname(__file__), "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config(recipe: str = "adamw"):

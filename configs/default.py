@@ -1,5 +1,11 @@
 r"""Defaults for MLM+NSP pretraining; every other pretraining config starts here.
 
+`training()` holds what every training run has (model, optimisation, parallelism,
+logging, checkpoints); `get_config()` adds the pretraining data keys.
+`configs/finetune.py` starts from `training()` and adds the fine-tuning keys, so
+neither namespace carries the other's keys. Configs are a package: presets
+`from configs import default` (the launchers put the repository root on the path).
+
 Not meant to be run by itself (it has no data). Presets import it and override:
 
   python launch/pretrain.py --config=configs/tiny.py --workdir=/tmp/bert_tiny
@@ -14,11 +20,9 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
   """The default pretraining config (BERT-base, phase 1 recipe of Devlin et al.)."""
-  c = ml_collections.ConfigDict()
+  c = training()
 
   # --- Data ---------------------------------------------------------------
-  # What to train: 'pretraining' (MLM+NSP on prepared data); configs/finetune.py sets others.
-  c.task = "pretraining"
   # Directory written by launch/prepare_data.py (meta.json, tokenizer/, *.array_record).
   c.train_data = ""
   # Split of `train_data` to train on.
@@ -27,14 +31,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_data = ""
   # Split of `eval_data` evaluated every `eval_every_steps`.
   c.eval_split = "eval"
-  # Tokens per row; must equal the prepared data's meta.json max_seq_length.
-  c.max_seq_length = 128
   # Masked positions per row (P): 20 for seq 128, 80 for seq 512 in the original recipe.
   c.max_predictions_per_seq = 20
   # Fraction of tokens masked (80% [MASK], 10% random, 10% kept).
   c.mask_rate = 0.15
   # Mask whole words (all WordPiece pieces of a word together).
   c.whole_word_mask = False
+  return c
+
+
+def training() -> ml_collections.ConfigDict:
+  """What every training run has: model, optimisation, parallelism, logging, checkpoints."""
+  c = ml_collections.ConfigDict()
+  # What to train: 'pretraining' (MLM+NSP on prepared data); configs/finetune.py sets others.
+  c.task = "pretraining"
+  # Tokens per row; for pretraining it must equal the prepared data's meta.json max_seq_length.
+  c.max_seq_length = 128
 
   # --- Model --------------------------------------------------------------
   c.model = ml_collections.ConfigDict()

@@ -22,25 +22,18 @@ for bert_jax against 0.668 for transformers' Trainer with the same recipe, same 
 load 6-9); see BENCHMARKS.md.
 """
 
-import importlib.util
-import os
+import ml_collections
 
-# Load default.py next to this file (config files are loaded by path, not as a package).
-_spec = importlib.util.spec_from_file_location(
-    "bert_jax_configs_default", os.path.join(os.path.dirname(__file__), "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config():
-  """Fine-tuning defaults; pretraining-only keys removed."""
-  c = default.get_config()
-  for key in ("train_data", "train_split", "eval_data", "eval_split", "max_predictions_per_seq",
-              "mask_rate", "whole_word_mask"):
-    del c[key]
+  """Fine-tuning defaults: default.training() plus the fine-tuning keys (no pretraining ones)."""
+  c = default.training()
   # glue/<cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte|wnli> (tensorflow-datasets) or local (files);
   # tagging: conll (CoNLL files) or conll2003 (tfds); extractive QA: squad_json (SQuAD v1.1/v2.0
-  # JSON files) or squad/v1.1, squad/v2.0 (tfds).
+  # JSON files) or squad/v1.1, squad/v2.0 (tfds); multiple_choice (JSONL with context, choices,
+  # label).
   c.task = "glue/sst2"
   # Labelled training file for task=local: .csv, .tsv or .jsonl with 'sentence' (or
   # 'sentence1' and 'sentence2') and 'label'.
@@ -97,16 +90,17 @@ def get_config():
   # Checkpoints kept.
   c.keep_checkpoints = 2
   # --- Extractive QA (squad_json, squad/*): BERT's SQuAD recipe. ---
+  c.qa = ml_collections.ConfigDict()
   # Context windows start every doc_stride pieces.
-  c.doc_stride = 128
+  c.qa.doc_stride = 128
   # Question pieces kept (longer questions are truncated and counted).
-  c.max_query_length = 64
+  c.qa.max_query_length = 64
   # Longest answer span (pieces) the evaluation considers.
-  c.max_answer_length = 30
+  c.qa.max_answer_length = 30
   # Start and end candidates per window in the evaluation's n-best search.
-  c.n_best_size = 20
+  c.qa.n_best_size = 20
   # SQuAD v2.0: predict no answer when null score - best span score > this.
-  c.null_score_diff_threshold = 0.0
+  c.qa.null_score_diff_threshold = 0.0
   # Also write WORKDIR/best_hf, a Hugging Face dir (BertFor<head> with id2label).
   c.export_hf = False
   return c

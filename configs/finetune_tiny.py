@@ -13,13 +13,7 @@ after 5 epochs (470 steps, ~1 minute), against 0.33 for chance. The tiny model n
 learning rate than BERT-base's 2e-5 (with 2e-5 it reaches 0.41 in 3 epochs).
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "bert_jax_configs_finetune", os.path.join(os.path.dirname(__file__), "finetune.py"))
-finetune = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(finetune)
+from configs import finetune
 
 
 def get_config():

@@ -16,14 +16,7 @@ eval_mlm_accuracy 0.21 (step 250) -> 0.60 (750) -> 0.68 (1500), eval_nsp_accurac
 against 0.12 for always predicting the most frequent token on the same masks.
 """
 
-import importlib.util
-import os
-
-# Load default.py next to this file (config files are loaded by path, not as a package).
-_spec = importlib.util.spec_from_file_location(
-    "bert_jax_configs_default", os.path.join(os.path.dirname(__file__), "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config():

@@ -9,14 +9,7 @@ Expect (an estimate, not measured in this repo): on v4-32 (16 chips) with BERT-b
 axis (mesh_shape=(1,-1,2)) only pays off for large models at a small per-chip batch.
 """
 
-import importlib.util
-import os
-
-# Load default.py next to this file (config files are loaded by path, not as a package).
-_spec = importlib.util.spec_from_file_location(
-    "bert_jax_configs_default", os.path.join(os.path.dirname(__file__), "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config(size: str = "base"):

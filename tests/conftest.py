@@ -17,6 +17,7 @@ import jax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # configs/ is a package at the repository root
 CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(),
                                                        "bert_jax_test_compilation_cache"),
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

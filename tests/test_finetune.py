@@ -21,6 +21,17 @@ from bert_jax.heads import classifier as classification
 from conftest import load_config, override, read_rows
 
 
+def tiny_finetune_config(**overrides):
+  """configs/finetune.py with the training values of conftest.tiny_config (no dropout, batch 8,
+  seq 32, 6 steps, constant schedule), the model's size from init_checkpoint."""
+  c = load_config("finetune.py")
+  c.model.update(hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
+  c.update(batch_size=8, eval_batch_size=0, max_seq_length=32, num_train_steps=6,
+           learning_rate=1e-3, warmup_steps=2, schedule="constant", log_every_steps=1,
+           eval_every_steps=0, checkpoint_every_steps=2, num_eval_batches=2)
+  return override(c, **overrides)
+
+
 def finetune_config(**overrides):
   """configs/finetune.py at test size: batch 8, seq 32, a few steps, eval at the end."""
   c = load_config("finetune.py")

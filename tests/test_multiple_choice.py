@@ -21,8 +21,9 @@ from bert_jax.errors import UserError
 from bert_jax.formats import convert
 
 sys.path.insert(0, os.path.dirname(__file__))
-import hf_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
-from conftest import read_rows, tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+import hf_fixtures
+from test_finetune import tiny_finetune_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import read_rows  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUTS = [("the cat sat on a mat.", ["he is a man.", "it was a day.", "she read a text."]),
@@ -90,8 +91,7 @@ def test_reader_errors(tmp_path):
 
 
 def _config(paths, init, **overrides):
-  c = tiny_config()
-  c.model.preset = ""
+  c = tiny_finetune_config()
   c.update(task="multiple_choice", init_checkpoint=init, train_file=paths["train"],
            validation_file=paths["validation"], test_file="", max_seq_length=128,
            eval_every_steps=4, num_eval_batches=0, num_train_steps=4, learning_rate=1e-4)

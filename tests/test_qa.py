@@ -20,8 +20,9 @@ from bert_jax.formats import convert
 from bert_jax.tasks import qa
 from bert_jax.heads import squad_eval
 
-from conftest import read_rows, tiny_config
+from conftest import read_rows
 import hf_fixtures
+from test_finetune import tiny_finetune_config
 
 
 def test_official_normalisation_and_scores_hand_worked():
@@ -138,12 +139,11 @@ def test_best_answers_hand_worked(tok_dir):
 
 
 def _config(paths, init, **overrides):
-  c = tiny_config()
-  c.model.preset = ""
+  c = tiny_finetune_config()
   c.update(task="squad_json", init_checkpoint=init, train_file=paths["train"],
            validation_file=paths["validation"], test_file="", max_seq_length=64,
-           eval_every_steps=2, num_eval_batches=0, num_train_steps=2, learning_rate=1e-4,
-           doc_stride=16, max_query_length=16)
+           eval_every_steps=2, num_eval_batches=0, num_train_steps=2, learning_rate=1e-4)
+  c.qa.update(doc_stride=16, max_query_length=16)
   c.update(**overrides)
   return c
 

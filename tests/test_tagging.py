@@ -19,8 +19,9 @@ from bert_jax.errors import UserError
 from bert_jax.formats import convert
 from bert_jax.tasks import tagging
 
-from conftest import read_rows, tiny_config
+from conftest import read_rows
 import hf_fixtures
+from test_finetune import tiny_finetune_config
 
 CONLL = """-DOCSTART- -X- -X- O
 
@@ -108,8 +109,7 @@ def test_long_sentences_are_windowed_never_cut(hf_vocab_dir):
 
 
 def _config(root, paths, init, **overrides):
-  c = tiny_config()
-  c.model.preset = ""
+  c = tiny_finetune_config()
   c.update(task="conll", init_checkpoint=init, train_file=paths["train"],
            validation_file=paths["validation"], test_file="", max_seq_length=64,
            eval_every_steps=2, num_eval_batches=0, num_train_steps=2, learning_rate=1e-4)

@@ -77,8 +77,8 @@ def test_tagging_finetune_and_predict_equal_the_pipeline(setup):
 def test_qa_finetune_and_predict_equal_the_classic_postprocessing(setup):
   root, paths = setup
   workdir, proc = _finetune(root, "BertForQuestionAnswering", "qa", "--config.task=squad_json",
-                            "--config.max_seq_length=64", "--config.doc_stride=16",
-                            "--config.max_query_length=8",
+                            "--config.max_seq_length=64", "--config.qa.doc_stride=16",
+                            "--config.qa.max_query_length=8",
                             f"--config.train_file={paths['squad']['train']}",
                             f"--config.validation_file={paths['squad']['validation']}")
   assert "question(s) longer than max_query_length=8 pieces were truncated" in proc.stderr

@@ -139,7 +139,7 @@ def make_streams(config, train: Encoded, evals: dict[str, Encoded]):
   import jax  # pylint: disable=g-import-not-at-top
   where = dict(process_index=jax.process_index(), process_count=jax.process_count())
   length = int(config.max_seq_length)
-  eval_batch = config.get("eval_batch_size") or config.batch_size
+  eval_batch = config.eval_batch_size or config.batch_size
   eval_sets = {infix: functools.partial(eval_batches, data, global_batch_size=eval_batch,
                                         max_seq_length=length, **where)
                for infix, data in evals.items()}

@@ -83,7 +83,7 @@ def synthetic_data(config: ml_collections.ConfigDict, vocab_size: int = 128,
   spec = Spec(task="pretraining", head="pretraining", kind="pretraining",
               max_seq_length=int(config.max_seq_length), vocab_size=vocab_size,
               options={"mode": "nsp" if nsp else "packed"})
-  eval_batches = int(config.get("num_eval_batches", 0) or 0) or 2
+  eval_batches = int(config.num_eval_batches or 0) or 2
   make_eval = lambda: itertools.islice(SyntheticIterator(  # pylint: disable=g-long-lambda
       global_batch_size=config.eval_batch_size or config.batch_size,
       seed=config.seed + 1000003, **common), eval_batches)

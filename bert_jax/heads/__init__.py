@@ -103,6 +103,7 @@ def predicting_head(heads) -> type[base.Head]:
   """The fine-tuned head a model predicts with (launch/predict.py)."""
   head = next((HEADS[h] for h in heads if HEADS[h].predicts), None)
   if head is None:
-    raise UserError(f"this model has no fine-tuned head to predict with (heads: "
-                    f"{list(heads) or 'none'}); fine-tune it first (launch/finetune.py)")
+    kinds = ", ".join(f"no {h.description} head" for h in _HEADS if h.predicts)
+    raise UserError(f"this model has no fine-tuned head to predict with ({kinds}; heads: "
+                    f"{list(heads) or 'none'}): fine-tune it first (launch/finetune.py)")
   return head

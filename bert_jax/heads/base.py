@@ -59,6 +59,8 @@ class Head:
   architecture: ClassVar[Optional[str]] = None  # the HF architecture with exactly this head
   # Is this head what a fine-tuned model predicts with (mlm/nsp are not)?
   predicts: ClassVar[bool] = True
+  # What it is, for messages ("sequence-classification").
+  description: ClassVar[str] = ""
 
   @classmethod
   def rows(cls, config: Any, num_labels: Optional[int]) -> list[Row]:

@@ -52,6 +52,7 @@ class Classifier(base.Head):
   """One label (or value) per text or text pair."""
 
   name = "classifier"
+  description = "sequence-classification"
   hf_prefix = "classifier."
   param_key = "classifier"
   uses_pooler = True

@@ -51,6 +51,7 @@ class MultipleChoice(base.Head):
   """BertForMultipleChoice on (context, choices, label) examples."""
 
   name = "multiple_choice"
+  description = "multiple-choice"
   hf_prefix = "classifier."
   param_key = "classifier"
   uses_pooler = True

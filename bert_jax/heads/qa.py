@@ -55,6 +55,7 @@ class QuestionAnswering(base.Head):
   """BertForQuestionAnswering on SQuAD-style questions."""
 
   name = "qa"
+  description = "question-answering"
   hf_prefix = "qa_outputs."
   param_key = "qa_outputs"
   architecture = "BertForQuestionAnswering"

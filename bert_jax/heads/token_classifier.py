@@ -54,6 +54,7 @@ class TokenClassifier(base.Head):
   """BertForTokenClassification on word-labelled sentences."""
 
   name = "token_classifier"
+  description = "token-classification"
   hf_prefix = "classifier."
   param_key = "classifier"
   labelled = True

@@ -33,7 +33,7 @@ def task_names() -> list[str]:
 
 def builder(config: ml_collections.ConfigDict):
   """The module whose `make_data` builds `config.task` (default 'pretraining')."""
-  name = config.get("task") or "pretraining"
+  name = config.task or "pretraining"
   module = _REGISTRY.get(name) or _REGISTRY.get(name.split("/")[0])
   if module is None:
     raise UserError(f"config.task={name!r} is not a task I know; expected one of "

@@ -21,7 +21,7 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> tuple[Any, str]:
   """(tokenizer, its dir) of config.init_checkpoint, which fine-tuning requires."""
   from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
   from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
-  if not config.get("init_checkpoint"):
+  if not config.init_checkpoint:
     raise UserError("config.init_checkpoint is empty: fine-tuning starts from a model path "
                     "(a Hugging Face or Google BERT dir, a bert_jax export or workdir)")
   tokenizer_dir = convert.model_tokenizer_dir(config.init_checkpoint)
@@ -48,6 +48,6 @@ def check_files(config: ml_collections.ConfigDict, keys=("train_file", "validati
   test_file used to surface only after training)."""
   import os  # pylint: disable=g-import-not-at-top
   for key in keys:
-    path = config.get(key) or ""
+    path = config[key]
     if path and not os.path.isfile(path):
       raise UserError(f"config.{key}={path}: no such file")

@@ -33,7 +33,7 @@ def read(config) -> tuple[sequences.Examples, dict[str, sequences.Examples]]:
   """(train examples, {eval infix: examples})."""
   if config.task.startswith("glue"):
     glue = sequences.glue_name(config.task)
-    data_dir = config.get("tfds_data_dir") or None
+    data_dir = config.tfds_data_dir or None
     train = sequences.read_glue(glue, "train", data_dir)
     splits = sequences.GLUE_EVAL_SPLITS.get(glue, {"": "validation"})
     return train, {infix: sequences.read_glue(glue, split, data_dir)
@@ -47,7 +47,7 @@ def resolve_labels(config, train: sequences.Examples,
                    evals: dict[str, sequences.Examples]) -> tuple[str, Optional[list[str]]]:
   """(kind, label names) from the config, the data and the init checkpoint."""
   glue = sequences.glue_name(config.task) if config.task.startswith("glue") else None
-  wanted = config.get("num_labels")
+  wanted = config.num_labels
   if glue == "stsb" or wanted == 1:
     return "regression", None
   if train.label_names is not None:
@@ -65,7 +65,7 @@ def resolve_labels(config, train: sequences.Examples,
                       len(stray), len(train.labels))
       return "regression", None
     labels = _sort_labels(values)
-    known = base.checkpoint_labels(config.get("init_checkpoint"), "classification")
+    known = base.checkpoint_labels(config.init_checkpoint, "classification")
     if known and set(labels) <= set(known):
       labels = known
     for infix, examples in evals.items():

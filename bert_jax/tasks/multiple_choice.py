@@ -27,7 +27,7 @@ def encode(tokenizer, examples, max_seq_length: int) -> finetune_pipeline.Encode
 
 
 def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
-  if not config.get("train_file"):
+  if not config.train_file:
     raise UserError("config.task=multiple_choice needs config.train_file (JSONL with "
                     "'context', 'choices' and 'label')")
   base.check_files(config)
@@ -35,7 +35,7 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
   length = int(config.max_seq_length)
   train = reader.read_jsonl(config.train_file)
   evals = {}
-  if config.get("validation_file"):
+  if config.validation_file:
     evals[""] = encode(tokenizer, reader.read_jsonl(config.validation_file), length)
   stream, eval_sets = finetune_pipeline.make_streams(config, encode(tokenizer, train, length),
                                                      evals)

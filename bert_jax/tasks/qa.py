@@ -24,7 +24,7 @@ HEAD = "qa"
 
 def _read(config, split: str, training: bool) -> Optional[list[squad.QAExample]]:
   if config.task == "squad_json":
-    path = config.get(f"{split}_file") or ""
+    path = config[f"{split}_file"]
     if not path:
       return None
     examples, stats = squad.read_squad_json(path)
@@ -32,8 +32,7 @@ def _read(config, split: str, training: bool) -> Optional[list[squad.QAExample]]
   else:
     if split == "test":
       return None
-    examples, stats = squad.read_squad_tfds(config.task, split,
-                                            config.get("tfds_data_dir") or None)
+    examples, stats = squad.read_squad_tfds(config.task, split, config.tfds_data_dir or None)
     source = f"{config.task}:{split}"
   return squad.check_examples(examples, stats, source, training)
 
@@ -43,16 +42,15 @@ def _unanswerable(examples) -> bool:
 
 
 def options(config: ml_collections.ConfigDict) -> dict:
-  """The QA settings of the run (BERT's SQuAD recipe in configs/finetune.py)."""
-  return {"doc_stride": int(config.get("doc_stride") or 128),
-          "max_query_length": int(config.get("max_query_length") or 64),
-          "max_answer_length": int(config.get("max_answer_length") or 30),
-          "n_best_size": int(config.get("n_best_size") or 20),
-          "null_score_diff_threshold": float(config.get("null_score_diff_threshold") or 0.0)}
+  """The QA settings of the run (`config.qa`: BERT's SQuAD recipe in configs/finetune.py)."""
+  q = config.qa
+  return {"doc_stride": int(q.doc_stride), "max_query_length": int(q.max_query_length),
+          "max_answer_length": int(q.max_answer_length), "n_best_size": int(q.n_best_size),
+          "null_score_diff_threshold": float(q.null_score_diff_threshold)}
 
 
 def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
-  if config.task == "squad_json" and not config.get("train_file"):
+  if config.task == "squad_json" and not config.train_file:
     raise UserError("config.task=squad_json needs config.train_file (SQuAD v1.1/v2.0 JSON)")
   base.check_files(config)
   tokenizer, tokenizer_dir = base.load_tokenizer(config)
@@ -61,14 +59,14 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
   args = (tokenizer, length, opts["doc_stride"], opts["max_query_length"])
   train = _read(config, "train", training=True)
   version_2 = config.task.endswith("2.0") or _unanswerable(train)
-  train_features = squad.encode(train, *args, source=config.get("train_file") or config.task)
+  train_features = squad.encode(train, *args, source=config.train_file or config.task)
   evals, items = {}, FeatureSets()
   for split, infix in (("validation", ""), ("test", "test")):
     examples = _read(config, split, training=False)
     if examples is None or (split == "test" and not any(ex.answers for ex in examples)):
       continue  # an unanswered test file is only predicted after training
     version_2 = version_2 or _unanswerable(examples)
-    features = squad.encode(examples, *args, source=config.get(f"{split}_file") or config.task)
+    features = squad.encode(examples, *args, source=config[f"{split}_file"] or config.task)
     evals[infix] = features.encoded(length, items.add(features, examples))
   stream, eval_sets = finetune_pipeline.make_streams(config, train_features.encoded(length),
                                                      evals)
