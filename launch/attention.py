@@ -80,7 +80,7 @@ def main(argv):
   if output is None:
     return
   text = _TEXT.value + (f" / {_TEXT_PAIR.value}" if _TEXT_PAIR.value is not None else "")
-  title = f"{os.path.basename(os.path.normpath(_MODEL.value))}: {text}"
+  title = f"{os.path.normpath(_MODEL.value)}: {text}"
   if output.lower().endswith(".html"):
     render.save_html(output, document, title)
   elif _ROLLOUT.value:

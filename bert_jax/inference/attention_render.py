@@ -31,6 +31,15 @@ def _cut(label: str, width: int = _WIDTH) -> str:
   return label if len(label) <= width else label[:width - 1] + "…"
 
 
+def _names(tokens: Sequence[str]) -> list[str]:
+  """Token labels for tables: a token that occurs more than once carries its index ("the@6")."""
+  counts: dict[str, int] = {}
+  for t in tokens:
+    counts[t] = counts.get(t, 0) + 1
+  return [_cut(t) if counts[t] == 1 else _cut(t, _WIDTH - 3) + f"@{i}"
+          for i, t in enumerate(tokens)]
+
+
 def word_table(att: attention_lib.Attention, word: attention_lib.WordAttention,
                top_k: int = 5) -> str:
   """Per layer (mean over heads) and overall: the tokens the word attends to most."""
@@ -41,12 +50,13 @@ def word_table(att: attention_lib.Attention, word: attention_lib.WordAttention,
            + (f" and its {len(word.pieces)} pieces" if len(word.pieces) > 1 else "")
            + "; [CLS]/[SEP] and the word itself ranked apart)"]
   specials = np.flatnonzero(att.special)
+  names = _names(att.tokens)
   header = f"{'layer':<8}" + "".join(f"{f'#{k + 1}':<{_WIDTH + 8}}" for k in range(top_k))
   lines.append(header + f"{'[CLS]/[SEP]':>12}{'itself':>8}")
   rows = [(str(i), r) for i, r in enumerate(word.per_layer_NxL)] + [("overall", word.overall_L)]
   for name, row_L in rows:
     best = word.ranked[np.argsort(-row_L[word.ranked], kind="stable")][:top_k]
-    cells = "".join(f"{f'{_cut(att.tokens[j])} {row_L[j]:.3f}':<{_WIDTH + 8}}" for j in best)
+    cells = "".join(f"{f'{names[j]} {row_L[j]:.3f}':<{_WIDTH + 8}}" for j in best)
     lines.append(f"{name:<8}{cells}{row_L[specials].sum():>12.3f}"
                  f"{row_L[word.pieces].sum():>8.3f}")
   return "\n".join(lines)
@@ -54,11 +64,12 @@ def word_table(att: attention_lib.Attention, word: attention_lib.WordAttention,
 
 def top_table(tokens: Sequence[str], matrix_LxL: np.ndarray, title: str, top_k: int = 3) -> str:
   """For each query token, the keys it weights most."""
+  names = _names(tokens)
   lines = [title, f"{'query':<{_WIDTH + 6}}" + "".join(
       f"{f'#{k + 1}':<{_WIDTH + 8}}" for k in range(top_k))]
   for i, row in enumerate(matrix_LxL):
     best = np.argsort(-row, kind="stable")[:top_k]
-    cells = "".join(f"{f'{_cut(tokens[j])} {row[j]:.3f}':<{_WIDTH + 8}}" for j in best)
+    cells = "".join(f"{f'{names[j]} {row[j]:.3f}':<{_WIDTH + 8}}" for j in best)
     lines.append(f"{f'{i:>3} {_cut(tokens[i])}':<{_WIDTH + 6}}{cells}")
   return "\n".join(lines)
 
