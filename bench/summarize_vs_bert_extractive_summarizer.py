@@ -1,4 +1,4 @@
-"""Summarization throughput: `launch/summarize.py --method=cluster` against bert-extractive-summarizer.
+"""Summarization throughput: `launch/summarize.py --method=cluster` vs bert-extractive-summarizer.
 
   python bench/summarize_vs_bert_extractive_summarizer.py [--documents=30] [--repeats=3]
 
@@ -66,7 +66,8 @@ def stdlib_documents(count: int, min_paragraphs: int = 4) -> list[str]:
   root = sysconfig.get_paths()["stdlib"]
   documents = []
   for directory, subdirs, files in os.walk(root):
-    subdirs[:] = sorted(d for d in subdirs if d not in ("test", "tests", "site-packages", "idlelib"))
+    subdirs[:] = sorted(d for d in subdirs
+                        if d not in ("test", "tests", "site-packages", "idlelib"))
     for name in sorted(files):
       if not name.endswith(".py"):
         continue

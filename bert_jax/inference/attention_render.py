@@ -174,7 +174,8 @@ colour per head.</div>
   "use strict";
   var data = JSON.parse(document.getElementById("attention-data").textContent);
   var tokens = data.tokens, att = data.attention;
-  var layerNames = data.layers.map(String), headNames = data.heads === "mean" ? ["mean"] : data.heads;
+  var layerNames = data.layers.map(String);
+  var headNames = data.heads === "mean" ? ["mean"] : data.heads;
   if (data.rollout) {  // one more "layer": the rollout, drawn in the first head's colour
     att = att.concat([[data.rollout]]); layerNames.push("rollout");
   }
@@ -230,9 +231,8 @@ colour per head.</div>
       if (!shown[h]) { return; }
       for (var q = 0; q < tokens.length; q++) {
         for (var k = 0; k < tokens.length; k++) {
-          if (focus && ((focus.side === 0 && focus.i !== q) || (focus.side === 1 && focus.i !== k))) {
-            continue;
-          }
+          var other = focus && (focus.side === 0 ? focus.i !== q : focus.i !== k);
+          if (other) { continue; }
           var w = m[q][k];
           if (w < 0.01) { continue; }
           lines.appendChild(el("line", {x1: x0, y1: top + rowH * q + rowH / 2, x2: x1,
@@ -259,7 +259,8 @@ colour per head.</div>
     }
   });
   draw();
-  window.attentionView = {data: data, focus: function (side, i) { focus = {side: side, i: i}; draw(); }};
+  window.attentionView = {data: data,
+                          focus: function (side, i) { focus = {side: side, i: i}; draw(); }};
 })();
 </script>
 </body></html>
