@@ -190,7 +190,7 @@ def _splash_unsupported(platform: str, length: int, dropout: bool) -> Optional[s
 
 
 def _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL, dropout_rng,
-                   dropout_rate, deterministic):
+                   dropout_rate, deterministic, return_weights=False):
   head_dim = q_BxLxHxD.shape[-1]
   q_BxLxHxD = q_BxLxHxD / jnp.sqrt(head_dim).astype(q_BxLxHxD.dtype)
   logits_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q_BxLxHxD, k_BxLxHxD)
@@ -199,11 +199,13 @@ def _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL, dropout_rng,
   if mask_Bx1xLxL is not None:
     logits_BxHxLxL = jnp.where(mask_Bx1xLxL, logits_BxHxLxL, _MASK_VALUE)
   probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1)
+  weights_BxHxLxL = probs_BxHxLxL
   if not deterministic and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxLxL.shape)
     probs_BxHxLxL = jnp.where(keep, probs_BxHxLxL / (1.0 - dropout_rate), 0.0)
   probs_BxHxLxL = probs_BxHxLxL.astype(v_BxLxHxD.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs_BxHxLxL, v_BxLxHxD)
+  ctx_BxLxHxD = jnp.einsum("bhqk,bkhd->bqhd", probs_BxHxLxL, v_BxLxHxD)
+  return (ctx_BxLxHxD, weights_BxHxLxL) if return_weights else ctx_BxLxHxD
 
 
 def key_lengths(key_mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -341,14 +343,20 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     deterministic: bool = True,
     max_segments: Optional[int] = None,
-) -> jax.Array:
+    return_weights: bool = False,
+) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
   """Scaled dot-product attention, [B, L, H, D] in and out.
 
   Args:
     mask: an `AttentionMask`, a dense boolean [B, 1, L, L] mask, or None.
     implementation: one of IMPLEMENTATIONS; see `select_implementation`.
     max_segments: most sequences in a packed row (cudnn packed layout; default L).
+    return_weights: also return the softmax probabilities [B, H, Lq, Lk] (float32, before
+      dropout), for the attention viewer. The fused kernels never materialise them, so this
+      always runs the xla kernel.
   """
+  if return_weights:
+    implementation = "xla"
   _, length, _, head_dim = q_BxLxHxD.shape
   uses_dropout = not deterministic and dropout_rate > 0.0
   platform = jax.default_backend()
@@ -376,4 +384,4 @@ def dot_product_attention(
   if dense_Bx1xLxL is None:
     dense_Bx1xLxL = mask.dense(length)
   return _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, dense_Bx1xLxL, dropout_rng,
-                        dropout_rate, deterministic)
+                        dropout_rate, deterministic, return_weights)

@@ -280,12 +280,18 @@ class BertSelfAttention(nn.Module):
     k_BxLxHxD = nn.with_logical_constraint(_dense(heads, qkv_axes, cfg, "key")(x_BxLxE), act_axes)
     v_BxLxHxD = nn.with_logical_constraint(_dense(heads, qkv_axes, cfg, "value")(x_BxLxE), act_axes)
     use_dropout = not deterministic and cfg.attention_dropout_rate > 0.0
+    # The attention viewer gets the probabilities by applying with mutable=["intermediates"]
+    # (one forward on the xla kernel); every other call runs the kernel exactly as before.
+    capture = self.is_mutable_collection("intermediates")
     ctx_BxLxHxD = attention_lib.dot_product_attention(
         q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask,
         implementation=cfg.attention_impl,
         dropout_rng=self.make_rng("dropout") if use_dropout else None,
         dropout_rate=cfg.attention_dropout_rate,
-        deterministic=deterministic)
+        deterministic=deterministic, return_weights=capture)
+    if capture:
+      ctx_BxLxHxD, probs_BxHxLxL = ctx_BxLxHxD
+      self.sow("intermediates", "attention_probs", probs_BxHxLxL)
     ctx_BxLxHxD = nn.with_logical_constraint(ctx_BxLxHxD, act_axes)
     return _dense(cfg.hidden_size, ("heads", "kv", "embed"), cfg, "output",
                   axis=(-2, -1))(ctx_BxLxHxD)
