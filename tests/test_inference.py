@@ -13,6 +13,7 @@ import transformers
 from bert_jax.formats import convert
 from bert_jax import inference
 from bert_jax.errors import UserError
+from bert_jax.inference import runner
 
 sys.path.insert(0, os.path.dirname(__file__))
 import hf_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -61,8 +62,8 @@ def _reference(model, pre, texts, pooling, layer=-1, max_length=64, normalize=Fa
 def test_embeddings_match_transformers(hf, pooling, layer, normalize, pack_length, monkeypatch):
   model, _, _, pre = hf
   packs = []
-  pack_rows = inference.pack_rows
-  monkeypatch.setattr(inference, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
+  pack_rows = runner.pack_rows
+  monkeypatch.setattr(runner, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
   # A tiny token budget: many batches in several buckets, last ones padded; order restored.
   # pack_length 16: short texts share packed rows, longer ones take the buckets (both paths).
   got = inference.Embedder(pre, pooling, layer=layer, normalize=normalize, tokens_per_batch=32,
@@ -115,8 +116,8 @@ def test_plan_batches_cover_each_row_once_with_few_shapes():
 def test_a_few_short_texts_are_not_packed(hf, monkeypatch):
   model, _, _, pre = hf
   packs = []
-  pack_rows = inference.pack_rows
-  monkeypatch.setattr(inference, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
+  pack_rows = runner.pack_rows
+  monkeypatch.setattr(runner, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
   got = inference.Embedder(pre, "mean").embed(TEXTS[:2])  # a query: fewer tokens than a batch
   assert not packs
   np.testing.assert_allclose(got, _reference(model, pre, TEXTS[:2], "mean"), atol=2e-5, rtol=0)
