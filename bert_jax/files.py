@@ -164,27 +164,20 @@ def check_output(path: str, flag: str = "--output", kind: str = "file") -> None:
   Args:
     path: the output the user named (`~` expanded).
     flag: the flag to name in the error.
-    kind: 'file' (the directory must exist; `path` must not be a directory) or 'dir'
-      (`path` must not be a file; the nearest existing ancestor must take new entries,
-      as `write_dir_atomically` creates missing parents).
+    kind: 'file' or 'dir': what `path` is to be; an existing path of the other kind is
+      refused. Its parent directory must exist and take new entries.
 
   Raises:
     UserError: the directory is missing or not writable, or `path` is of the wrong kind.
   """
   full = os.path.abspath(os.path.expanduser(path))
   parent = os.path.dirname(full)
-  if kind == "file":
-    if os.path.isdir(full):
-      raise UserError(f"{flag}={path} is a directory, expected a file path")
-    if not os.path.isdir(parent):
-      raise UserError(f"{flag}={path}: directory {parent} does not exist")
-  else:
-    if os.path.exists(full) and not os.path.isdir(full):
-      raise UserError(f"{flag}={path} exists and is a file, not an index directory")
-    while not os.path.isdir(parent):
-      if os.path.exists(parent):
-        raise UserError(f"{flag}={path}: {parent} is a file, not a directory")
-      parent = os.path.dirname(parent)
+  if kind == "file" and os.path.isdir(full):
+    raise UserError(f"{flag}={path} is a directory, expected a file path")
+  if kind == "dir" and os.path.exists(full) and not os.path.isdir(full):
+    raise UserError(f"{flag}={path} exists and is a file, not a directory")
+  if not os.path.isdir(parent):
+    raise UserError(f"{flag}={path}: directory {parent} does not exist")
   try:  # try it: permissions alone do not tell (root, read-only mounts, ACLs)
     fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=parent)
   except OSError as exc:

@@ -17,6 +17,7 @@ from bert_jax.inference import runner
 
 sys.path.insert(0, os.path.dirname(__file__))
 import hf_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import child_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["the capital of france is paris .", "ibm love me bert", "", "one",
@@ -161,7 +162,7 @@ def test_fill_mask_near_the_position_limit(tmp_path):
 
 def _run(script, *args):
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *args],
-                        capture_output=True, text=True, timeout=120, check=False)
+                        env=child_env(), capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.slow
@@ -189,7 +190,13 @@ def test_fill_mask_launcher_json(hf):
   assert len(lines) == 1
   assert json.loads(lines[0]) == inference.fill_mask(pre, "paris is the [MASK] of france.", 3)[0]
   table = _run("fill_mask.py", f"--model={directory}", "--text=paris is the [MASK] of france.")
-  assert table.returncode == 0 and "rank" in table.stdout and len(table.stdout.splitlines()) == 7
+  assert table.returncode == 0 and "rank" in table.stdout and len(table.stdout.splitlines()) == 8
+  assert table.stdout.splitlines()[0] == "text: paris is the [MASK] of france."
+  assert "cut" not in table.stderr
+  long_text = "the man read the text . " * 12 + "[MASK] ."  # 76 tokens, 64 positions
+  done = _run("fill_mask.py", f"--model={directory}", f"--text={long_text}", "--json")
+  assert done.returncode == 1 and "no [MASK] token (after truncation)" in done.stderr
+  assert "note: the text has 76 tokens; it was cut at the model's limit of 64" in done.stderr
 
 
 @pytest.mark.slow
@@ -208,6 +215,11 @@ def test_launcher_errors(hf, tmp_path):
                     f"--output={tmp_path / 'o.npy'}"], "nope"),
       ("embed.py", [f"--model={directory}", f"--input={good}", f"--output={tmp_path / 'o.npy'}",
                     "--pooling=token"], "*.npz"),
+      # The output is checked before the model (here: missing) is even looked at.
+      ("embed.py", [f"--model={tmp_path / 'nope'}", f"--input={good}", "--output=/sys/o.npy"],
+       "--output=/sys/o.npy: cannot write in /sys"),
+      ("embed.py", [f"--model={tmp_path / 'nope'}", f"--input={good}",
+                    f"--output={tmp_path / 'no_dir' / 'o.npy'}"], "no_dir does not exist"),
       ("fill_mask.py", [f"--model={directory}", "--text=no mask here"], "no [MASK] token"),
       ("fill_mask.py", [f"--model={encoder_only}", "--text=a [MASK]"], "no masked-LM head"),
   ]

@@ -14,6 +14,7 @@ from bert_jax.inference.embeddings import POOLINGS
 from bert_jax.inference.embeddings import TokenEmbeddings
 from bert_jax.inference.fill_mask import fill_mask
 from bert_jax.inference.fill_mask import fill_masks
+from bert_jax.inference.fill_mask import truncation
 from bert_jax.inference.limits import default_max_length
 from bert_jax.inference.limits import MAX_INFERENCE_LENGTH
 from bert_jax.inference.runner import COMPILE_COST_TOKENS
@@ -24,4 +25,4 @@ from bert_jax.inference.runner import run
 
 __all__ = ["BUCKETS", "COMPILE_COST_TOKENS", "Embedder", "MAX_INFERENCE_LENGTH", "PACK_LENGTH",
            "POOLINGS", "TokenEmbeddings", "default_max_length", "fill_mask", "fill_masks",
-           "pack_rows", "plan_batches", "read_lines", "run"]
+           "pack_rows", "plan_batches", "read_lines", "run", "truncation"]
