@@ -135,8 +135,8 @@ def occurrence_vectors(pre: Pretrained, occurrences: Sequence[tuple[str, str]], 
     labels.append(f"{word} ({_short(sentence)})")
     if len(pieces) > 1:
       names = pre.tokenizer.convert_ids_to_tokens([ids[t] for t in pieces])
-      notes.append(f"{labels[-1]}: {word} = {' '.join(names)} (mean of {len(pieces)} pieces)")
-  return Vectors(labels, np.stack(vectors).astype(np.float32), notes)
+      notes.append(f"{word} = {' '.join(names)} (mean of {len(pieces)} pieces)")
+  return Vectors(labels, np.stack(vectors).astype(np.float32), list(dict.fromkeys(notes)))
 
 
 def sentence_vectors(pre: Pretrained, texts: Sequence[str], pooling: str = "mean", *,
@@ -161,12 +161,19 @@ def cosine_matrix(vectors_NxE: np.ndarray) -> np.ndarray:
 
 
 def format_table(labels: Sequence[str], matrix: np.ndarray, width: int = 12) -> str:
-  """A fixed-width table: rows labelled in full (up to 40 characters), columns cut to `width`."""
-  rows_width = max([width] + [len(l) for l in labels])
-  rows_width = min(rows_width, 40)
-  row_labels = [_short(l, rows_width) for l in labels]
-  cut = [_short(l, width) for l in labels]
-  head = " " * rows_width + " " + " ".join(f"{l:>{width}}" for l in cut)
+  """A fixed-width table, one row and one column per label.
+
+  Labels longer than `width` would be cut past recognition in the column heads, so then
+  rows are numbered (`#1 bank (He sat by…`, up to 40 characters) and columns are headed
+  by those numbers.
+  """
+  if all(len(l) <= width for l in labels):
+    row_labels, heads = list(labels), list(labels)
+  else:
+    row_labels = [_short(f"#{i} {l}", 40) for i, l in enumerate(labels, start=1)]
+    heads = [f"#{i}" for i in range(1, len(labels) + 1)]
+  rows_width = max([width] + [len(l) for l in row_labels])
+  head = " " * rows_width + " " + " ".join(f"{h:>{width}}" for h in heads)
   rows = [f"{l:<{rows_width}} " + " ".join(f"{x:>{width}.4f}" for x in row)
           for l, row in zip(row_labels, matrix)]
   return "\n".join([head, *rows])
