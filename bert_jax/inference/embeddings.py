@@ -71,9 +71,13 @@ def embedding_forward(config: model_lib.BertConfig, pooling: str, normalize: boo
 
   @jax.jit
   def forward(params, batch):
-    out = module.apply({"params": params}, batch["input_ids"], batch["token_type_ids"], None,
-                       batch["position_ids"], batch["packing_ids"],
-                       output_hidden_states=layer != -1)
+    packing_BxL = batch["packing_ids"]
+    # One segment a row (a padded batch; K is static): the key-padding mask is the same
+    # attention (tests/test_runner.py) and cheaper than the block-diagonal one.
+    padded = batch["starts"].shape[1] == 1
+    out = module.apply({"params": params}, batch["input_ids"], batch["token_type_ids"],
+                       packing_BxL > 0 if padded else None, batch["position_ids"],
+                       None if padded else packing_BxL, output_hidden_states=layer != -1)
     hidden_BxLxE = (out.sequence_output if layer == -1 else out.hidden_states[layer]).astype(
         jnp.float32)
     if pooling == "token":
