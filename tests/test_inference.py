@@ -96,6 +96,23 @@ def test_token_embeddings_and_truncation(hf):
   assert TEXTS[0][start:end] == "paris"
 
 
+def test_packed_token_embeddings_match_transformers(hf, monkeypatch):
+  model, _, _, pre = hf
+  packs = []
+  pack_rows = runner.pack_rows
+  monkeypatch.setattr(runner, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
+  got = inference.Embedder(pre, "token", tokens_per_batch=32, pack_length=16,
+                           normalize=True).embed(TEXTS)
+  assert packs and any(len(row) > 1 for row in packs[0])  # short texts shared rows
+  hidden_states, mask = _torch_hidden(model, pre, TEXTS, 64)
+  lengths = mask[..., 0].sum(1).int().numpy()
+  np.testing.assert_array_equal(got.lengths, lengths)
+  starts = np.concatenate([[0], np.cumsum(lengths)])
+  for i in range(len(TEXTS)):
+    want = torch.nn.functional.normalize(hidden_states[-1][i, :lengths[i]], dim=-1).numpy()
+    np.testing.assert_allclose(got.vectors[starts[i]:starts[i + 1]], want, atol=2e-5, rtol=0)
+
+
 def test_plan_batches_cover_each_row_once_with_few_shapes():
   rng = np.random.default_rng(0)
   lengths = list(rng.integers(2, 200, size=1000)) + [3] * 5

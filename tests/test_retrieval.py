@@ -219,6 +219,17 @@ def test_launchers_and_their_errors(hf, tmp_path):
   assert done.returncode == 0, done.stderr
   assert len(json.loads(done.stdout)) == 57
   assert "--top_k=100 but the index holds only 57 vectors" in done.stderr
+  import shutil  # pylint: disable=g-import-not-at-top
+  moved = tmp_path / "model_copy"
+  shutil.copytree(directory, moved)
+  small = tmp_path / "small"
+  assert _run("build_index.py", f"--model={moved}", f"--input={queries}",
+              f"--output={small}").returncode == 0
+  shutil.rmtree(moved)
+  done = _run("search.py", f"--index={small}", "--query=one")
+  assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
+      f"error: index {small} needs its model {moved} ('model' in index.json), which is missing"), (
+          done.stderr)
   target = tmp_path / "a_file"
   target.write_text("keep")
   done = _run("build_index.py", f"--model={directory}", f"--input={corpus}", f"--output={target}",
