@@ -226,11 +226,10 @@ def heatmap_layout(labels: Sequence[str], title: str = "") -> HeatmapLayout:
 def draw_heatmap(labels: Sequence[str], matrix: np.ndarray, title: str = ""):
   """The heatmap as a matplotlib Figure (Agg), laid out by `heatmap_layout`."""
   try:
-    import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
+    from matplotlib import figure  # pylint: disable=g-import-not-at-top
+    from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise UserError("--output=*.png needs matplotlib: pip install matplotlib") from None
-  from matplotlib import figure  # pylint: disable=g-import-not-at-top
-  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   layout = heatmap_layout(labels, title)
   n = len(labels)
   fig = figure.Figure(figsize=layout.figsize, dpi=100)
