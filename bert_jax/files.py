@@ -11,6 +11,11 @@ behind, so there is one rule for each, with one wording of its errors:
 - `expand_inputs`: comma-separated lists and globs -> a list of existing files;
   a pattern that matches nothing, a directory or a missing path is a
   `UserError` naming it.
+- `check_output`: before any work, that an output can be written where the
+  user asked (its directory exists and takes a file), so an hour of embedding
+  is not lost to a typo in `--output`.
+- `read_lines`: one text per line for the inference tools; a line that is not
+  UTF-8 is a `UserError` naming file, line and column.
 """
 
 from __future__ import annotations
@@ -151,3 +156,49 @@ def jsonl_objects(lines, path: str):
     if not isinstance(row, dict):
       raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
     yield number, row
+
+
+def check_output(path: str, flag: str = "--output", kind: str = "file") -> None:
+  """Refuses, naming `flag`, an output that cannot be written, before any work is done.
+
+  Args:
+    path: the output the user named (`~` expanded).
+    flag: the flag to name in the error.
+    kind: 'file' or 'dir': what `path` is to be; an existing path of the other kind is
+      refused. Its parent directory must exist and take new entries.
+
+  Raises:
+    UserError: the directory is missing or not writable, or `path` is of the wrong kind.
+  """
+  full = os.path.abspath(os.path.expanduser(path))
+  parent = os.path.dirname(full)
+  if kind == "file" and os.path.isdir(full):
+    raise UserError(f"{flag}={path} is a directory, expected a file path")
+  if kind == "dir" and os.path.exists(full) and not os.path.isdir(full):
+    raise UserError(f"{flag}={path} exists and is a file, not a directory")
+  if not os.path.isdir(parent):
+    raise UserError(f"{flag}={path}: directory {parent} does not exist")
+  try:  # try it: permissions alone do not tell (root, read-only mounts, ACLs)
+    fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=parent)
+  except OSError as exc:
+    raise UserError(f"{flag}={path}: cannot write in {parent} "
+                    f"({exc.strerror or type(exc).__name__})") from None
+  os.close(fd)
+  os.unlink(probe)
+
+
+def read_lines(path: str) -> list[str]:
+  """One text per line ('\\n' or '\\r\\n'); a non-UTF-8 line is an error naming file and line."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  lines = raw.split(b"\n")
+  if lines and lines[-1] == b"":
+    lines.pop()
+  texts = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      texts.append(line.removesuffix(b"\r").decode("utf-8"))
+    except UnicodeDecodeError as exc:
+      raise UserError(f"{path}:{number}: not UTF-8 text (byte {line[exc.start]:#04x} at column "
+                      f"{exc.start + 1})") from None
+  return texts

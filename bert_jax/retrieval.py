@@ -47,6 +47,7 @@ import numpy as np
 
 from bert_jax import files
 from bert_jax import inference
+from bert_jax import progress as progress_lib
 from bert_jax.errors import UserError
 
 INDEX_FILE, VECTORS_FILE, ITEMS_FILE, ANN_FILE = "index.json", "vectors.npy", "items.jsonl", "ann.faiss"
@@ -64,13 +65,13 @@ def read_corpus(paths: Sequence[str]) -> tuple[list[Any], list[str]]:
   ids, texts = [], []
   for path in paths:
     if path.endswith(".jsonl"):
-      for number, row in files.jsonl_objects(inference.read_lines(path), path):
+      for number, row in files.jsonl_objects(files.read_lines(path), path):
         if not isinstance(row.get("text"), str):
           raise UserError(f"{path}:{number}: expected a JSON object with a string 'text'")
         ids.append(row.get("id", len(texts)))
         texts.append(row["text"])
     else:
-      for line in inference.read_lines(path):
+      for line in files.read_lines(path):
         ids.append(len(texts))
         texts.append(line)
   return ids, texts
@@ -102,21 +103,26 @@ def _describe(settings: dict) -> str:
 
 # --- Building. ---
 
-def _eta_progress(total: int, every_s: float = 2.0) -> Callable[[int], None]:
-  start = last = time.monotonic()
+@dataclasses.dataclass(frozen=True)
+class IndexOptions:
+  """How an index is built (`launch/build_index.py` flags of the same names)."""
 
-  def report(done: int) -> None:
-    nonlocal last
-    now = time.monotonic()
-    if now - last < every_s and done < total:
-      return
-    last = now
-    rate = done / max(now - start, 1e-9)
-    eta = (total - done) / rate if rate > 0 else float("inf")
-    print(f"embedded {done}/{total} lines, {rate:.1f} lines/s, ETA {eta:.0f} s",
-          file=sys.stderr, flush=True)
-
-  return report
+  # Pooling, L2 normalisation, hidden state and truncation, as `launch/embed.py`.
+  pooling: str = "mean"
+  normalize: bool = False
+  layer: int = -1
+  max_seq_length: Optional[int] = None
+  # Store the vectors as float16 (search computes in float32).
+  float16: bool = False
+  # Also build a faiss HNSW graph (`ann_m` links per node) for `search(ann=True)`.
+  ann: bool = False
+  ann_m: int = 32
+  # Lines per resumable chunk.
+  chunk_lines: int = 10000
+  # The Embedder's token budget per batch (None: per platform).
+  tokens_per_batch: Optional[int] = None
+  # Replace an existing index dir.
+  overwrite: bool = False
 
 
 def _wait_for(paths: list[str], timeout_s: float, what: str) -> None:
@@ -131,62 +137,15 @@ def _wait_for(paths: list[str], timeout_s: float, what: str) -> None:
     time.sleep(0.5)
 
 
-def build_index(model: str, inputs: str | Sequence[str], output: str, *, pooling: str = "mean",
-                normalize: bool = False, layer: int = -1, max_seq_length: Optional[int] = None,
-                float16: bool = False, ann: bool = False, ann_m: int = 32,
-                chunk_lines: int = 10000, tokens_per_batch: Optional[int] = None,
-                overwrite: bool = False,
-                progress: bool = True, process_index: Optional[int] = None,
-                process_count: Optional[int] = None, wait_timeout_s: float = 86400.0,
-                on_chunk: Optional[Callable[[int], None]] = None) -> Optional[str]:
-  """Embeds every text of `inputs` into an index dir at `output` (see the module docstring).
-
-  Args:
-    model: any model path (`bert_jax.from_pretrained`).
-    inputs: text files (one text a line) and/or `.jsonl` files (`text`, optional `id`);
-      comma-separated lists and globs as everywhere.
-    output: the index directory to create.
-    pooling, normalize, layer, max_seq_length: as `launch/embed.py`.
-    float16: store the vectors as float16 (search computes in float32).
-    ann: also build a faiss HNSW graph (`ann_m` links per node) for `search(ann=True)`.
-    chunk_lines: lines per resumable chunk.
-    tokens_per_batch: the Embedder's token budget per batch (None: per platform).
-    overwrite: replace an existing `output`.
-    progress: lines done, rate and ETA on stderr.
-    process_index, process_count: this host's share (default: `jax.process_index()`,
-      `jax.process_count()`); process 0 writes the index.
-    wait_timeout_s: how long process 0 waits for the other processes' chunks.
-    on_chunk: called with each chunk number after that chunk is saved (tests).
-
-  Returns:
-    `output` on the process that wrote it, None on the others.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
-  if chunk_lines < 1:
-    raise UserError(f"--chunk_lines={chunk_lines}: must be >= 1")
-  output = os.path.abspath(os.path.expanduser(output))
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if os.path.exists(output) and not overwrite:
+def _check_output(output: str, options: IndexOptions) -> None:
+  """Everything about `output` that can be refused before any text is embedded."""
+  files.check_output(output, "--output", kind="dir")
+  if os.path.exists(output) and not options.overwrite:
     raise UserError(f"output dir {output} already exists (use --overwrite to replace it)")
-  paths = files.expand_inputs(inputs)
-  ids, texts = read_corpus(paths)
-  if not texts:
-    raise UserError(f"the corpus is empty: no text in {', '.join(paths)}")
-  pre = convert.from_pretrained(model)
-  embedder = inference.Embedder(pre, pooling, normalize=normalize, layer=layer,
-                                max_seq_length=max_seq_length, tokens_per_batch=tokens_per_batch,
-                                devices=jax.local_devices())
-  digest = hashlib.sha256()
-  for i, t in zip(ids, texts):
-    digest.update(json.dumps([i, t], ensure_ascii=False).encode() + b"\n")
-  corpus_digest = digest.hexdigest()
-  settings = {"model": os.path.abspath(os.path.expanduser(model)),
-              "model_fingerprint": model_fingerprint(pre), "pooling": pooling,
-              "normalize": normalize, "layer": layer, "max_seq_length": max_seq_length}
-  manifest = dict(settings, count=len(texts), chunk_lines=chunk_lines, corpus_sha256=corpus_digest)
-  staging = output + ".partial"
+
+
+def _open_staging(staging: str, manifest: dict, process_index: int, wait_timeout_s: float) -> None:
+  """Creates (process 0) or joins the staging dir of this corpus and these settings."""
   manifest_path = os.path.join(staging, "manifest.json")
   if process_index == 0:
     if os.path.exists(manifest_path) and files.read_json(manifest_path) != manifest:
@@ -201,20 +160,97 @@ def build_index(model: str, inputs: str | Sequence[str], output: str, *, pooling
     if files.read_json(manifest_path) != manifest:
       raise UserError(f"{manifest_path} does not match this process's corpus or settings")
 
-  num_chunks = -(-len(texts) // chunk_lines)
-  mine = [k for k in range(num_chunks) if k % process_count == process_index]
-  todo = [k for k in mine if not os.path.exists(_chunk_path(staging, k))]
-  report = _eta_progress(sum(min(len(texts), (k + 1) * chunk_lines) - k * chunk_lines
-                             for k in todo)) if progress else None
+
+def _embed_chunks(embedder, texts: list[str], staging: str, chunks: list[int], chunk_lines: int,
+                  progress: bool, on_chunk: Optional[Callable[[int], None]]) -> None:
+  """Embeds and saves each chunk of `chunks` (atomically, so a rerun can skip it)."""
+  total = sum(len(texts[k * chunk_lines:(k + 1) * chunk_lines]) for k in chunks)
+  report = progress_lib.Progress("embedded", "lines") if progress else None
   done_before = 0
-  for k in todo:
+  for k in chunks:
     chunk = texts[k * chunk_lines:(k + 1) * chunk_lines]
-    step = (lambda d, _t, base=done_before: report(base + d)) if report else None
+    step = (lambda d, _t, base=done_before: report(base + d, total)) if report else None
     vectors = embedder.embed(chunk, progress=step)
     files.write_file_atomically(_chunk_path(staging, k), lambda f, v=vectors: np.save(f, v))
     done_before += len(chunk)
     if on_chunk:
       on_chunk(k)
+
+
+def _write_index(tmp: str, staging: str, meta: dict, ids: list, texts: list[str],
+                 options: IndexOptions) -> None:
+  """Fills `tmp` with the index files from the staged chunks."""
+  num_chunks = -(-len(texts) // options.chunk_lines)
+  out = np.lib.format.open_memmap(os.path.join(tmp, VECTORS_FILE), mode="w+",
+                                  dtype=np.float16 if options.float16 else np.float32,
+                                  shape=(len(texts), meta["dim"]))
+  for k in range(num_chunks):
+    part = np.load(_chunk_path(staging, k))
+    out[k * options.chunk_lines:k * options.chunk_lines + len(part)] = part
+  out.flush()
+  with open(os.path.join(tmp, ITEMS_FILE), "w", encoding="utf-8") as f:
+    for i, t in zip(ids, texts):
+      f.write(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n")
+  if options.ann:
+    _write_ann(os.path.join(tmp, ANN_FILE), np.asarray(out, np.float32), options.ann_m)
+  with open(os.path.join(tmp, INDEX_FILE), "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=1)
+
+
+def build_index(model: str, inputs: str | Sequence[str], output: str,
+                options: IndexOptions = IndexOptions(), *, progress: bool = True,
+                process_index: Optional[int] = None, process_count: Optional[int] = None,
+                wait_timeout_s: float = 86400.0,
+                on_chunk: Optional[Callable[[int], None]] = None) -> Optional[str]:
+  """Embeds every text of `inputs` into an index dir at `output` (see the module docstring).
+
+  Args:
+    model: any model path (`bert_jax.from_pretrained`).
+    inputs: text files (one text a line) and/or `.jsonl` files (`text`, optional `id`);
+      comma-separated lists and globs as everywhere.
+    output: the index directory to create.
+    options: pooling, storage, chunking (`IndexOptions`).
+    progress: lines done, rate and ETA on stderr.
+    process_index, process_count: this host's share (default: `jax.process_index()`,
+      `jax.process_count()`); process 0 writes the index.
+    wait_timeout_s: how long process 0 waits for the other processes' chunks.
+    on_chunk: called with each chunk number after that chunk is saved (tests).
+
+  Returns:
+    `output` on the process that wrote it, None on the others.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
+  if options.chunk_lines < 1:
+    raise UserError(f"--chunk_lines={options.chunk_lines}: must be >= 1")
+  output = os.path.abspath(os.path.expanduser(output))
+  _check_output(output, options)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  paths = files.expand_inputs(inputs)
+  ids, texts = read_corpus(paths)
+  if not texts:
+    raise UserError(f"the corpus is empty: no text in {', '.join(paths)}")
+  pre = convert.from_pretrained(model)
+  embedder = inference.Embedder(pre, options.pooling, normalize=options.normalize,
+                                layer=options.layer, max_seq_length=options.max_seq_length,
+                                tokens_per_batch=options.tokens_per_batch,
+                                devices=jax.local_devices())
+  digest = hashlib.sha256()
+  for i, t in zip(ids, texts):
+    digest.update(json.dumps([i, t], ensure_ascii=False).encode() + b"\n")
+  settings = {"model": os.path.abspath(os.path.expanduser(model)),
+              "model_fingerprint": model_fingerprint(pre), "pooling": options.pooling,
+              "normalize": options.normalize, "layer": options.layer,
+              "max_seq_length": options.max_seq_length}
+  manifest = dict(settings, count=len(texts), chunk_lines=options.chunk_lines,
+                  corpus_sha256=digest.hexdigest())
+  staging = output + ".partial"
+  _open_staging(staging, manifest, process_index, wait_timeout_s)
+  num_chunks = -(-len(texts) // options.chunk_lines)
+  mine = [k for k in range(num_chunks) if k % process_count == process_index]
+  todo = [k for k in mine if not os.path.exists(_chunk_path(staging, k))]
+  _embed_chunks(embedder, texts, staging, todo, options.chunk_lines, progress, on_chunk)
   marker = os.path.join(staging, f"done-{process_index}-of-{process_count}")
   files.write_file_atomically(marker, lambda f: None)
   if process_index != 0:
@@ -222,26 +258,12 @@ def build_index(model: str, inputs: str | Sequence[str], output: str, *, pooling
   _wait_for([os.path.join(staging, f"done-{p}-of-{process_count}") for p in range(process_count)],
             wait_timeout_s, f"all {process_count} processes to finish their chunks")
   meta = dict(settings, format_version=FORMAT_VERSION, count=len(texts),
-              dim=pre.config.hidden_size, dtype="float16" if float16 else "float32",
-              metric="cosine" if normalize else "inner_product", inputs=paths, ann=ann)
-
-  def write(tmp: str) -> None:
-    out = np.lib.format.open_memmap(os.path.join(tmp, VECTORS_FILE), mode="w+",
-                                    dtype=np.float16 if float16 else np.float32,
-                                    shape=(len(texts), pre.config.hidden_size))
-    for k in range(num_chunks):
-      part = np.load(_chunk_path(staging, k))
-      out[k * chunk_lines:k * chunk_lines + len(part)] = part
-    out.flush()
-    with open(os.path.join(tmp, ITEMS_FILE), "w", encoding="utf-8") as f:
-      for i, t in zip(ids, texts):
-        f.write(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n")
-    if ann:
-      _write_ann(os.path.join(tmp, ANN_FILE), np.asarray(out, np.float32), ann_m)
-    with open(os.path.join(tmp, INDEX_FILE), "w", encoding="utf-8") as f:
-      json.dump(meta, f, indent=1)
-
-  files.write_dir_atomically(output, write, overwrite=overwrite)
+              dim=pre.config.hidden_size, dtype="float16" if options.float16 else "float32",
+              metric="cosine" if options.normalize else "inner_product", inputs=paths,
+              ann=options.ann)
+  files.write_dir_atomically(
+      output, lambda tmp: _write_index(tmp, staging, meta, ids, texts, options),
+      overwrite=options.overwrite)
   shutil.rmtree(staging, ignore_errors=True)
   return output
 
@@ -398,6 +420,10 @@ class Index:
     path = model or self.meta["model"]
     if self._embedder is not None and model is None:
       return self._embedder
+    if model is None and not os.path.exists(path):
+      raise UserError(f"index {self.directory} needs its model {path} ('model' in {INDEX_FILE}), "
+                      "which is missing: restore it, or pass --model=PATH of the same model "
+                      "(checked by its weights)")
     pre = convert.from_pretrained(path)
     if model_fingerprint(pre) != self.meta["model_fingerprint"]:
       what = ("has changed since the index was built" if model is None else
@@ -419,15 +445,13 @@ class Index:
 
     Args:
       queries: one text, texts, or already embedded query vectors [Q, D].
-      top_k: hits per query; at most the index size.
+      top_k: hits per query; an index of fewer vectors returns all of them.
       ann: search the faiss HNSW graph built with `build_index(ann=True)`.
       ef_search: HNSW candidate list size (higher: better recall, slower).
     """
     if top_k < 1:
       raise UserError(f"--top_k={top_k}: must be >= 1")
-    if top_k > len(self):
-      raise UserError(f"--top_k={top_k} is larger than the index ({len(self)} vectors in "
-                      f"{self.directory})")
+    top_k = min(top_k, len(self))  # all there are (launch/search.py says so)
     if isinstance(queries, str):
       queries = [queries]
     if isinstance(queries, np.ndarray):

@@ -56,11 +56,12 @@ def main(argv):
     jax.distributed.initialize(*given)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
-  written = retrieval.build_index(
-      _MODEL.value, _INPUT.value, _OUTPUT.value, pooling=_POOLING.value,
-      normalize=_NORMALIZE.value, layer=_LAYER.value, max_seq_length=_MAX_SEQ_LENGTH.value,
-      float16=_FLOAT16.value, ann=_ANN.value, ann_m=_ANN_M.value, chunk_lines=_CHUNK_LINES.value,
+  options = retrieval.IndexOptions(
+      pooling=_POOLING.value, normalize=_NORMALIZE.value, layer=_LAYER.value,
+      max_seq_length=_MAX_SEQ_LENGTH.value, float16=_FLOAT16.value, ann=_ANN.value,
+      ann_m=_ANN_M.value, chunk_lines=_CHUNK_LINES.value,
       tokens_per_batch=_TOKENS_PER_BATCH.value, overwrite=_OVERWRITE.value)
+  written = retrieval.build_index(_MODEL.value, _INPUT.value, _OUTPUT.value, options)
   if written:
     print(f"indexed in {time.monotonic() - start:.1f} s -> {written}", file=sys.stderr)
 

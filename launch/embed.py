@@ -8,10 +8,11 @@ cls/mean/max write one float32 vector per input line, in input order, to a .npy
 included, lines concatenated), `token_ids` [T], `offsets` [T, 2] (char start/end
 in the line, (0, 0) for special tokens) and `lengths` [N] (tokens per line).
 Longer texts are truncated to --max_seq_length (default: the model's limit,
-capped at 512). The output is written to a temporary name and renamed.
+capped at 512). --output is checked up front (its directory exists and is
+writable) and written to a temporary name and renamed. Progress (a bar on a
+terminal, a line every few seconds when piped) goes to stderr.
 """
 
-import os
 import sys
 import time
 
@@ -21,6 +22,7 @@ import numpy as np
 from bert_jax.formats import convert
 from bert_jax import files
 from bert_jax import inference
+from bert_jax import progress
 from bert_jax.errors import UserError
 from bert_jax.errors import run_main
 
@@ -56,15 +58,14 @@ def main(argv):
   output = _OUTPUT.value
   if _POOLING.value == "token" and not output.endswith(".npz"):
     raise UserError(f"--output={output}: --pooling=token writes an .npz archive; name it *.npz")
-  if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-    raise UserError(f"--output={output}: its directory does not exist")
-  texts = inference.read_lines(_INPUT.value)
+  files.check_output(output)
+  texts = files.read_lines(_INPUT.value)
   pre = convert.from_pretrained(_MODEL.value)
   embedder = inference.Embedder(pre, _POOLING.value, normalize=_NORMALIZE.value, layer=_LAYER.value,
                                 max_seq_length=_MAX_SEQ_LENGTH.value,
                                 tokens_per_batch=_TOKENS_PER_BATCH.value,
                                 batch_size=_BATCH_SIZE.value)
-  result = embedder.embed(texts, progress=inference.stderr_progress())
+  result = embedder.embed(texts, progress=progress.Progress("embedded", "lines"))
   _save(output, result)
   print(f"embedded {len(texts)} lines in {time.monotonic() - start:.1f} s -> {output}",
         file=sys.stderr)

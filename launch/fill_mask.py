@@ -2,11 +2,14 @@
 
   python launch/fill_mask.py --model=PATH --text="IBM [MASK] me BERT." --top_k=5 [--json]
 
-Prints a table per [MASK], or with --json one JSON list per [MASK] (one per
-line) of {"token", "token_id", "score"} objects, best first.
+Prints the text, then a table per [MASK]; or with --json one JSON list per
+[MASK] (one per line) of {"token", "token_id", "score"} objects, best first. A
+text longer than the model's limit (its position table, at most 512 tokens) is
+cut there, and stderr says so: a [MASK] past the cut is not predicted.
 """
 
 import json
+import sys
 
 from absl import flags
 
@@ -23,7 +26,13 @@ _JSON = flags.DEFINE_bool("json", False, "Print JSON lines instead of a table.")
 def main(argv):
   del argv
   pre = convert.from_pretrained(_MODEL.value)
+  cut = inference.truncation(pre, _TEXT.value)
+  if cut is not None:
+    print(f"note: the text has {cut[0]} tokens; it was cut at the model's limit of {cut[1]}",
+          file=sys.stderr)
   results = inference.fill_mask(pre, _TEXT.value, _TOP_K.value)
+  if not _JSON.value:
+    print(f"text: {_TEXT.value}")
   for number, predictions in enumerate(results, start=1):
     if _JSON.value:
       print(json.dumps(predictions, ensure_ascii=False))

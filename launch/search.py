@@ -11,6 +11,7 @@ table per query.
 """
 
 import json
+import sys
 
 from absl import flags
 
@@ -31,15 +32,18 @@ _POOLING = flags.DEFINE_enum("pooling", None, ["cls", "mean", "max"],
 
 def main(argv):
   del argv
-  from bert_jax import inference  # pylint: disable=g-import-not-at-top
+  from bert_jax import files  # pylint: disable=g-import-not-at-top
   from bert_jax import retrieval  # pylint: disable=g-import-not-at-top
   if (_QUERY.value is None) == (_QUERIES.value is None):
     raise UserError("give exactly one of --query=TEXT or --queries=FILE")
-  queries = [_QUERY.value] if _QUERY.value is not None else inference.read_lines(_QUERIES.value)
+  queries = [_QUERY.value] if _QUERY.value is not None else files.read_lines(_QUERIES.value)
   if not queries:
     raise UserError(f"--queries={_QUERIES.value} has no lines")
   index = retrieval.Index.load(_INDEX.value)
   index.check_settings(_MODEL.value, pooling=_POOLING.value)
+  if _TOP_K.value > len(index):
+    print(f"note: --top_k={_TOP_K.value} but the index holds only {len(index)} vectors: "
+          f"returning all {len(index)}", file=sys.stderr)
   results = index.search(queries, _TOP_K.value, ann=_ANN.value, ef_search=_EF_SEARCH.value)
   for query, hits in zip(queries, results):
     if _JSON.value:

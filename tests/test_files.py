@@ -104,3 +104,37 @@ def test_outputs_get_ordinary_permissions(tmp_path):
     os.umask(old)
   assert stat.S_IMODE(os.stat(out).st_mode) == 0o755
   assert stat.S_IMODE(os.stat(tmp_path / "f.bin").st_mode) == 0o644
+
+
+def test_check_output_refuses_unwritable_places_naming_the_flag(tmp_path):
+  files.check_output(str(tmp_path / "x.npy"))  # fine, and leaves nothing behind
+  files.check_output(str(tmp_path / "index"), kind="dir")
+  assert os.listdir(tmp_path) == []
+  with pytest.raises(UserError, match=r"--output=.*/nope/x.npy: directory .*nope does not exist"):
+    files.check_output(str(tmp_path / "nope" / "x.npy"))
+  with pytest.raises(UserError, match="--output=/sys/x.npy: cannot write in /sys"):
+    files.check_output("/sys/x.npy")  # read-only even for root
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(UserError, match="--index_dir=.*a_file exists and is a file"):
+    files.check_output(str(tmp_path / "a_file"), "--index_dir", kind="dir")
+  with pytest.raises(UserError, match="is a directory"):
+    files.check_output(str(tmp_path))
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
+  try:
+    if os.access(locked, os.W_OK):  # root writes anywhere: /sys above covers it
+      return
+    with pytest.raises(UserError, match="cannot write in"):
+      files.check_output(str(locked / "x.npy"))
+  finally:
+    os.chmod(locked, stat.S_IRWXU)
+
+
+def test_read_lines_crlf_and_bad_bytes(tmp_path):
+  path = tmp_path / "in.txt"
+  path.write_bytes(b"one\r\ntwo\n\nthree")
+  assert files.read_lines(str(path)) == ["one", "two", "", "three"]
+  path.write_bytes(b"fine\nbad \xff here\n")
+  with pytest.raises(UserError, match=r"in.txt:2: not UTF-8 text \(byte 0xff at column 5\)"):
+    files.read_lines(str(path))

@@ -13,9 +13,11 @@ import transformers
 from bert_jax.formats import convert
 from bert_jax import inference
 from bert_jax.errors import UserError
+from bert_jax.inference import runner
 
 sys.path.insert(0, os.path.dirname(__file__))
 import hf_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import child_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["the capital of france is paris .", "ibm love me bert", "", "one",
@@ -61,8 +63,8 @@ def _reference(model, pre, texts, pooling, layer=-1, max_length=64, normalize=Fa
 def test_embeddings_match_transformers(hf, pooling, layer, normalize, pack_length, monkeypatch):
   model, _, _, pre = hf
   packs = []
-  pack_rows = inference.pack_rows
-  monkeypatch.setattr(inference, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
+  pack_rows = runner.pack_rows
+  monkeypatch.setattr(runner, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
   # A tiny token budget: many batches in several buckets, last ones padded; order restored.
   # pack_length 16: short texts share packed rows, longer ones take the buckets (both paths).
   got = inference.Embedder(pre, pooling, layer=layer, normalize=normalize, tokens_per_batch=32,
@@ -94,6 +96,23 @@ def test_token_embeddings_and_truncation(hf):
   assert TEXTS[0][start:end] == "paris"
 
 
+def test_packed_token_embeddings_match_transformers(hf, monkeypatch):
+  model, _, _, pre = hf
+  packs = []
+  pack_rows = runner.pack_rows
+  monkeypatch.setattr(runner, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
+  got = inference.Embedder(pre, "token", tokens_per_batch=32, pack_length=16,
+                           normalize=True).embed(TEXTS)
+  assert packs and any(len(row) > 1 for row in packs[0])  # short texts shared rows
+  hidden_states, mask = _torch_hidden(model, pre, TEXTS, 64)
+  lengths = mask[..., 0].sum(1).int().numpy()
+  np.testing.assert_array_equal(got.lengths, lengths)
+  starts = np.concatenate([[0], np.cumsum(lengths)])
+  for i in range(len(TEXTS)):
+    want = torch.nn.functional.normalize(hidden_states[-1][i, :lengths[i]], dim=-1).numpy()
+    np.testing.assert_allclose(got.vectors[starts[i]:starts[i + 1]], want, atol=2e-5, rtol=0)
+
+
 def test_plan_batches_cover_each_row_once_with_few_shapes():
   rng = np.random.default_rng(0)
   lengths = list(rng.integers(2, 200, size=1000)) + [3] * 5
@@ -115,8 +134,8 @@ def test_plan_batches_cover_each_row_once_with_few_shapes():
 def test_a_few_short_texts_are_not_packed(hf, monkeypatch):
   model, _, _, pre = hf
   packs = []
-  pack_rows = inference.pack_rows
-  monkeypatch.setattr(inference, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
+  pack_rows = runner.pack_rows
+  monkeypatch.setattr(runner, "pack_rows", lambda *a: packs.append(pack_rows(*a)) or packs[-1])
   got = inference.Embedder(pre, "mean").embed(TEXTS[:2])  # a query: fewer tokens than a batch
   assert not packs
   np.testing.assert_allclose(got, _reference(model, pre, TEXTS[:2], "mean"), atol=2e-5, rtol=0)
@@ -160,7 +179,7 @@ def test_fill_mask_near_the_position_limit(tmp_path):
 
 def _run(script, *args):
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *args],
-                        capture_output=True, text=True, timeout=120, check=False)
+                        env=child_env(), capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.slow
@@ -188,7 +207,13 @@ def test_fill_mask_launcher_json(hf):
   assert len(lines) == 1
   assert json.loads(lines[0]) == inference.fill_mask(pre, "paris is the [MASK] of france.", 3)[0]
   table = _run("fill_mask.py", f"--model={directory}", "--text=paris is the [MASK] of france.")
-  assert table.returncode == 0 and "rank" in table.stdout and len(table.stdout.splitlines()) == 7
+  assert table.returncode == 0 and "rank" in table.stdout and len(table.stdout.splitlines()) == 8
+  assert table.stdout.splitlines()[0] == "text: paris is the [MASK] of france."
+  assert "cut" not in table.stderr
+  long_text = "the man read the text . " * 12 + "[MASK] ."  # 76 tokens, 64 positions
+  done = _run("fill_mask.py", f"--model={directory}", f"--text={long_text}", "--json")
+  assert done.returncode == 1 and "no [MASK] token (after truncation)" in done.stderr
+  assert "note: the text has 76 tokens; it was cut at the model's limit of 64" in done.stderr
 
 
 @pytest.mark.slow
@@ -207,6 +232,11 @@ def test_launcher_errors(hf, tmp_path):
                     f"--output={tmp_path / 'o.npy'}"], "nope"),
       ("embed.py", [f"--model={directory}", f"--input={good}", f"--output={tmp_path / 'o.npy'}",
                     "--pooling=token"], "*.npz"),
+      # The output is checked before the model (here: missing) is even looked at.
+      ("embed.py", [f"--model={tmp_path / 'nope'}", f"--input={good}", "--output=/sys/o.npy"],
+       "--output=/sys/o.npy: cannot write in /sys"),
+      ("embed.py", [f"--model={tmp_path / 'nope'}", f"--input={good}",
+                    f"--output={tmp_path / 'no_dir' / 'o.npy'}"], "no_dir does not exist"),
       ("fill_mask.py", [f"--model={directory}", "--text=no mask here"], "no [MASK] token"),
       ("fill_mask.py", [f"--model={encoder_only}", "--text=a [MASK]"], "no masked-LM head"),
   ]

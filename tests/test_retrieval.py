@@ -56,7 +56,8 @@ def test_search_matches_sentence_transformers(hf, tmp_path, normalize):
   jsonl.write_text("".join(json.dumps({"id": f"doc{i}", "text": t}) + "\n"
                            for i, t in enumerate(lines)), encoding="utf-8")
   out = retrieval.build_index(directory, str(jsonl), str(tmp_path / "index"),
-                              normalize=normalize, chunk_lines=10, progress=False)
+                              retrieval.IndexOptions(normalize=normalize, chunk_lines=10),
+                              progress=False)
   index = retrieval.Index.load(out)
   st = _st_model(directory, normalize)
   corpus_st = st.encode(lines, convert_to_tensor=True)
@@ -106,8 +107,10 @@ def test_ann_recall_against_exact():
 
 def test_interrupted_build_resumes_from_its_chunks(hf, tmp_path):
   directory, _, corpus = hf
-  full = retrieval.build_index(directory, corpus, str(tmp_path / "full"), chunk_lines=20,
-                               normalize=True, progress=False)
+  full = retrieval.build_index(directory, corpus, str(tmp_path / "full"),
+                               retrieval.IndexOptions(chunk_lines=20, normalize=True),
+                               progress=False)
+  half = retrieval.IndexOptions(chunk_lines=20, normalize=True, float16=True, ann=True)
 
   class Interrupted(Exception):
     pass
@@ -117,14 +120,12 @@ def test_interrupted_build_resumes_from_its_chunks(hf, tmp_path):
 
   out = str(tmp_path / "index")
   with pytest.raises(Interrupted):
-    retrieval.build_index(directory, corpus, out, chunk_lines=20, normalize=True, progress=False,
-                          on_chunk=stop, float16=True, ann=True)
+    retrieval.build_index(directory, corpus, out, half, progress=False, on_chunk=stop)
   assert not os.path.exists(out)
   assert sorted(f for f in os.listdir(out + ".partial") if f.startswith("chunk")) == [
       "chunk-00000.npy"]
   embedded = []
-  retrieval.build_index(directory, corpus, out, chunk_lines=20, normalize=True, progress=False,
-                        on_chunk=embedded.append, float16=True, ann=True)
+  retrieval.build_index(directory, corpus, out, half, progress=False, on_chunk=embedded.append)
   assert embedded == [1, 2]  # 57 lines = chunks 0, 1, 2; chunk 0 was kept
   assert not os.path.exists(out + ".partial")
   index, reference = retrieval.Index.load(out), retrieval.Index.load(full)
@@ -149,8 +150,7 @@ def test_bad_input_api(hf, tmp_path):
   with pytest.raises(UserError, match="already exists"):
     retrieval.build_index(directory, corpus, out, progress=False)
   index = retrieval.Index.load(out)
-  with pytest.raises(UserError, match="larger than the index"):
-    index.search("one", top_k=58)
+  assert len(index.search("one", top_k=58)[0]) == 57  # all there are
   with pytest.raises(UserError, match="pooling='mean', not 'cls'"):
     index.check_settings(pooling="cls")
   with pytest.raises(UserError, match="is another model"):
@@ -160,6 +160,40 @@ def test_bad_input_api(hf, tmp_path):
     retrieval.Index.load(str(tmp_path / "missing"))
   with pytest.raises(UserError, match="has no ANN graph"):
     index.search("one", top_k=1, ann=True)
+
+
+def test_overwrite_onto_a_file_is_refused_before_embedding(hf, tmp_path, monkeypatch):
+  directory, _, corpus = hf
+  target = tmp_path / "not_a_dir"
+  target.write_text("keep me")
+  from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the output was checked")
+
+  monkeypatch.setattr(convert, "from_pretrained", no_model)
+  with pytest.raises(UserError, match="--output=.*not_a_dir exists and is a file"):
+    retrieval.build_index(directory, corpus, str(target), retrieval.IndexOptions(overwrite=True),
+                          progress=False)
+  with pytest.raises(UserError, match="--output=.*missing_parent/index: directory"):
+    retrieval.build_index(directory, corpus, str(tmp_path / "missing_parent" / "index"),
+                          progress=False)
+  assert target.read_text() == "keep me"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_dir"]  # no .partial, no temp
+
+
+def test_index_whose_model_was_deleted_names_it(hf, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  directory, _, corpus = hf
+  model = tmp_path / "model"
+  shutil.copytree(directory, model)
+  out = retrieval.build_index(str(model), corpus, str(tmp_path / "index"), progress=False)
+  shutil.rmtree(model)
+  index = retrieval.Index.load(out)
+  with pytest.raises(UserError, match=f"needs its model {model} .'model' in index.json.*missing"):
+    index.search("one")
+  index.check_settings(directory)  # the same weights elsewhere: searchable again
+  assert [h["rank"] for h in index.search("one", top_k=3)[0]] == [1, 2, 3]
 
 
 def _run(script, *args):
@@ -174,13 +208,35 @@ def test_launchers_and_their_errors(hf, tmp_path):
   done = _run("build_index.py", f"--model={directory}", f"--input={corpus}", f"--output={out}",
               "--normalize", "--chunk_lines=25")
   assert done.returncode == 0, done.stderr
-  assert "ETA" in done.stderr
+  assert f"-> {out}" in done.stderr
   queries = tmp_path / "q.txt"
   queries.write_text("\n".join(QUERIES) + "\n", encoding="utf-8")
   done = _run("search.py", f"--index={out}", f"--queries={queries}", "--top_k=3", "--json")
   assert done.returncode == 0, done.stderr
   got = [json.loads(line) for line in done.stdout.strip().splitlines()]
   assert got == retrieval.Index.load(str(out)).search(QUERIES, top_k=3)
+  done = _run("search.py", f"--index={out}", "--query=one", "--top_k=100", "--json")
+  assert done.returncode == 0, done.stderr
+  assert len(json.loads(done.stdout)) == 57
+  assert "--top_k=100 but the index holds only 57 vectors" in done.stderr
+  import shutil  # pylint: disable=g-import-not-at-top
+  moved = tmp_path / "model_copy"
+  shutil.copytree(directory, moved)
+  small = tmp_path / "small"
+  assert _run("build_index.py", f"--model={moved}", f"--input={queries}",
+              f"--output={small}").returncode == 0
+  shutil.rmtree(moved)
+  done = _run("search.py", f"--index={small}", "--query=one")
+  assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
+      f"error: index {small} needs its model {moved} ('model' in index.json), which is missing"), (
+          done.stderr)
+  target = tmp_path / "a_file"
+  target.write_text("keep")
+  done = _run("build_index.py", f"--model={directory}", f"--input={corpus}", f"--output={target}",
+              "--overwrite")
+  assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
+      f"error: --output={target} exists and is a file"), done.stderr
+  assert target.read_text() == "keep" and not os.path.exists(f"{target}.partial")
   bad = tmp_path / "bad.txt"
   bad.write_bytes(b"one\n\xfe two\n")
   empty = tmp_path / "empty.txt"
@@ -191,7 +247,6 @@ def test_launchers_and_their_errors(hf, tmp_path):
       ("search.py", [f"--index={out}", "--query=one", f"--model={other}"], "is another model"),
       ("search.py", [f"--index={out}", "--query=one", "--pooling=max"], "pooling='mean', not 'max'"),
       ("search.py", [f"--index={out}", f"--queries={bad}"], f"{bad}:2: not UTF-8"),
-      ("search.py", [f"--index={out}", "--query=one", "--top_k=100"], "larger than the index"),
       ("search.py", [f"--index={tmp_path / 'nope'}", "--query=one"], "does not exist"),
   ]
   for script, args, message in cases:
@@ -206,8 +261,9 @@ def test_launchers_and_their_errors(hf, tmp_path):
 @pytest.mark.slow
 def test_devices_and_processes_match_one_device(hf, tmp_path):
   directory, _, corpus = hf
-  one = retrieval.Index.load(retrieval.build_index(directory, corpus, str(tmp_path / "one"),
-                                                   chunk_lines=10, progress=False))
+  one = retrieval.Index.load(retrieval.build_index(
+      directory, corpus, str(tmp_path / "one"), retrieval.IndexOptions(chunk_lines=10),
+      progress=False))
   multi = str(tmp_path / "multi")
   procs = start_processes(__file__, [directory, corpus, multi])
   four = run_child(__file__, [directory, corpus, str(tmp_path / "four")], devices=4)
@@ -227,7 +283,8 @@ def _child(directory, corpus, output, port=None, process_id=None):
   if port is not None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", 2, int(process_id))
-  written = retrieval.build_index(directory, corpus, output, chunk_lines=10, progress=False,
+  written = retrieval.build_index(directory, corpus, output,
+                                  retrieval.IndexOptions(chunk_lines=10), progress=False,
                                   wait_timeout_s=200)
   print(json.dumps({"process_count": jax.process_count(),
                     "local_devices": len(jax.local_devices()), "written": written is not None}))

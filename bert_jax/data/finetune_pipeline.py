@@ -24,11 +24,10 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from bert_jax.data.buckets import BUCKETS, bucket_length  # pylint: disable=unused-import
 from bert_jax.data.stream import GlobalOrder
 from bert_jax.errors import UserError
 
-# Bucket lengths (cut at max_seq_length, which is always the last bucket).
-BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 @dataclasses.dataclass
@@ -50,12 +49,6 @@ def encode_texts(tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]]
                                max_length=max_seq_length, padding="max_length")
   lengths = out["attention_mask"].sum(axis=1).astype(np.int32)
   return ({"input_ids": out["input_ids"], "token_type_ids": out["token_type_ids"]}, lengths)
-
-
-def bucket_length(longest: int, max_seq_length: int,
-                  buckets: Sequence[int] = BUCKETS) -> int:
-  """The smallest bucket >= `longest` (max_seq_length when none is smaller)."""
-  return next((b for b in buckets if longest <= b < max_seq_length), max_seq_length)
 
 
 def _batch(data: Encoded, rows: np.ndarray, length: int, weights: np.ndarray) -> dict:

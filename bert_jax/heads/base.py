@@ -195,9 +195,8 @@ def max_length(pre: Any, requested: Optional[int] = None, cap: Optional[int] = N
 def jsonl_rows(path: str, keys: Sequence[str]) -> list[dict]:
   """The objects of a JSONL file, each with string fields `keys` (one-line errors)."""
   from bert_jax import files  # pylint: disable=g-import-not-at-top
-  from bert_jax import inference  # pylint: disable=g-import-not-at-top
   rows = []
-  for number, row in files.jsonl_objects(inference.read_lines(path), path):
+  for number, row in files.jsonl_objects(files.read_lines(path), path):
     if any(not isinstance(row.get(k), str) for k in keys):
       raise UserError(f"{path}:{number}: expected a JSON object with string fields "
                       f"{list(keys)}")
@@ -205,33 +204,20 @@ def jsonl_rows(path: str, keys: Sequence[str]) -> list[dict]:
   return rows
 
 
-def batched_rows(lengths: np.ndarray, batch_size: int, limit: int):
-  """(rows, bucket length) batches over inputs sorted by length; rows index the inputs."""
-  from bert_jax.data import finetune_pipeline  # pylint: disable=g-import-not-at-top
-  order = np.argsort(lengths, kind="stable")
-  for start in range(0, len(order), batch_size):
-    rows = order[start:start + batch_size]
-    yield rows, finetune_pipeline.bucket_length(int(lengths[rows].max()), limit)
+def run_rows(pre: Any, forward: Any, ids_rows: Sequence[Any], type_rows: Sequence[Any],
+             max_length: int, batch_size: Optional[int] = None) -> list[dict[str, np.ndarray]]:
+  """The one inference runner (`bert_jax.inference.runner`) over a loaded model's rows:
+  per input, in input order, `forward`'s {"tokens": [n, ...], "segments": [K, ...]}."""
+  from bert_jax.inference import runner  # pylint: disable=g-import-not-at-top
+  return runner.run(forward, pre.params, ids_rows, type_rows, max_length=max_length,
+                    pad_id=pre.tokenizer.pad_id, batch_size=batch_size)
 
 
-def run_rows(pre: Any, forward: Any, rows: Sequence[tuple[np.ndarray, np.ndarray]],
-             max_length: int) -> list:
-  """Per row, `forward(params, ids, types, mask)`'s token outputs over its real positions
-  (every output leaf is [B, L, ...]); rows are batched by length bucket."""
-  from bert_jax import inference  # pylint: disable=g-import-not-at-top
-  lengths = [len(ids) for ids, _ in rows]
-  out: list = [None] * len(rows)
-  for members, length in inference.plan_batches(lengths, max_length, 4096):
-    ids = np.full((len(members), length), pre.tokenizer.pad_id, np.int32)
-    types = np.zeros_like(ids)
-    mask = np.zeros_like(ids)
-    for b, r in enumerate(members):
-      n = lengths[r]
-      ids[b, :n], types[b, :n], mask[b, :n] = rows[r][0], rows[r][1], 1
-    result = jax.device_get(forward(pre.params, ids, types, mask))
-    for b, r in enumerate(members):
-      out[r] = jax.tree_util.tree_map(lambda x, b=b, n=lengths[r]: x[b, :n], result)
-  return out
+def padded_inputs(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(input_ids, token_type_ids, attention_mask) of a runner batch of one segment per row:
+  the key-padding mask, so outputs equal a plain padded batch's."""
+  return (batch["input_ids"], batch["token_type_ids"],
+          (batch["packing_ids"] > 0).astype(jnp.int32))
 
 
 def combine_loss(sums: Mapping[str, Any], loss_terms, denominators=None) -> Any:

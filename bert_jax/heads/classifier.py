@@ -181,8 +181,13 @@ class Classifier(base.Head):
 @functools.lru_cache(maxsize=8)
 def _forward(config: model_lib.BertConfig, num_labels: int):
   module = BertForSequenceClassification(config, num_labels=num_labels)
-  return jax.jit(lambda params, ids, types, mask: module.apply({"params": params}, ids, types,
-                                                                 mask))
+
+  @jax.jit
+  def forward(params, batch):
+    logits_BxK = module.apply({"params": params}, *base.padded_inputs(batch))
+    return {"segments": logits_BxK[:, None, :]}  # one segment per row
+
+  return forward
 
 
 class SequencePredictor:
@@ -198,21 +203,18 @@ class SequencePredictor:
     self.regression = (pre.task or {}).get("kind") == "regression" or pre.num_labels == 1
     self.labels = base.label_names(pre)
     self._forward = _forward(pre.config, pre.num_labels)
-    self._params = jax.device_put(pre.params)
     self.cut = 0
 
   def logits(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
     """[N, num_labels] float32 logits in input order."""
-    from bert_jax.data import finetune_pipeline  # pylint: disable=g-import-not-at-top
-    seq, lengths = finetune_pipeline.encode_texts(self.pre.tokenizer, texts, pairs, self.length)
+    enc = self.pre.tokenizer.encode_batch(list(texts), None if pairs is None else list(pairs),
+                                          max_length=self.length, padding="none")
+    lengths = np.asarray([len(r) for r in enc["input_ids"]])
     self.cut = int(np.sum(lengths >= self.length))  # inputs that may have been cut
-    out = np.zeros((len(lengths), self.pre.num_labels), np.float32)
-    for rows, length in base.batched_rows(lengths, self.batch_size, self.length):
-      shape_rows = np.concatenate([rows, np.full(self.batch_size - len(rows), rows[0])])
-      ids, types = seq["input_ids"][shape_rows, :length], seq["token_type_ids"][shape_rows, :length]
-      mask = (np.arange(length)[None] < lengths[shape_rows][:, None]).astype(np.int32)
-      out[rows] = np.asarray(self._forward(self._params, ids, types, mask))[:len(rows)]
-    return out
+    out = base.run_rows(self.pre, self._forward, enc["input_ids"], enc["token_type_ids"],
+                        self.length, self.batch_size)
+    return np.stack([o["segments"][0] for o in out]) if out else np.zeros(
+        (0, self.pre.num_labels), np.float32)
 
   def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> list[dict]:
     """Per input: {'value'} (regression) or {'label', 'score', 'probabilities'}."""

@@ -148,23 +148,27 @@ class MultipleChoice(base.Head):
 @functools.lru_cache(maxsize=8)
 def _forward(config: model_lib.BertConfig):
   module = BertForMultipleChoice(config)
-  return jax.jit(lambda params, ids, types, mask: module.apply({"params": params}, ids, types,
-                                                                 mask))
+
+  @jax.jit
+  def forward(params, batch):
+    ids, types, mask = (x[:, None, :] for x in base.padded_inputs(batch))  # one choice per row
+    return {"segments": module.apply({"params": params}, ids, types, mask)}  # [B, 1]
+
+  return forward
 
 
 def choice_scores(pre, inputs: Sequence[tuple[str, list[str]]], length: int,
                   batch_size: int) -> list[np.ndarray]:
-  """[C] scores per (context, choices), batched by length bucket, in input order."""
-  from bert_jax.data.readers import multiple_choice  # pylint: disable=g-import-not-at-top
-  seq, lengths = multiple_choice.encode(pre.tokenizer, [c for c, _ in inputs], [ch for _, ch in inputs], length)
-  forward = _forward(pre.config)
-  out: list = [None] * len(inputs)
-  for rows, bucket in base.batched_rows(lengths.max(-1), batch_size, length):
-    shape_rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
-    ids = seq["input_ids"][shape_rows, :, :bucket]
-    types = seq["token_type_ids"][shape_rows, :, :bucket]
-    mask = (np.arange(bucket) < lengths[shape_rows][..., None]).astype(np.int32)
-    scores = np.asarray(forward(pre.params, ids, types, mask))
-    for b, r in enumerate(rows):
-      out[r] = scores[b]
-  return out
+  """[C] scores per (context, choices), in input order: every choice is one row of the
+  inference runner (`[CLS] context [SEP] choice [SEP]`), regrouped per example."""
+  tok = pre.tokenizer
+  contexts = [c for c, choices in inputs for _ in choices]
+  enc = tok.encode_batch(contexts, [ch for _, choices in inputs for ch in choices],
+                         max_length=length, padding="none")
+  out = base.run_rows(pre, _forward(pre.config), enc["input_ids"], enc["token_type_ids"], length,
+                      batch_size)
+  scores, at = [], 0
+  for _, choices in inputs:
+    scores.append(np.asarray([o["segments"][0] for o in out[at:at + len(choices)]], np.float32))
+    at += len(choices)
+  return scores

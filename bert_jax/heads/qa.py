@@ -178,11 +178,12 @@ def qa_result(answers: list[dict], top_k: int, qid: Optional[str] = None) -> dic
 def _forward(config: model_lib.BertConfig):
   module = BertForQuestionAnswering(config)
 
-  def forward(params, ids, types, mask):
-    out = module.apply({"params": params}, ids, types, mask)
-    return out["start_logits"], out["end_logits"]
+  @jax.jit
+  def forward(params, batch):
+    out = module.apply({"params": params}, *base.padded_inputs(batch))
+    return {"tokens": jnp.stack([out["start_logits"], out["end_logits"]], -1)}  # [B, L, 2]
 
-  return jax.jit(forward)
+  return forward
 
 
 def answer(pre, questions: Sequence[str], contexts: Sequence[str], top_k: int = 1,
@@ -208,10 +209,11 @@ def answer(pre, questions: Sequence[str], contexts: Sequence[str], top_k: int = 
   examples = [squad.QAExample(str(i), q, c, []) for i, (q, c) in enumerate(zip(questions,
                                                                                contexts))]
   features = squad.encode(examples, pre.tokenizer, max_length, stride, min(query, max_length - 4))
-  logits = base.run_rows(pre, _forward(pre.config),
-                         list(zip(features.input_ids, features.token_type_ids)), max_length)
+  logits = base.run_rows(pre, _forward(pre.config), features.input_ids,
+                         features.token_type_ids, max_length)
   candidates: list[dict[tuple[int, int], float]] = [{} for _ in examples]
-  for f, (start_L, end_L) in enumerate(logits):
+  for f, out in enumerate(logits):
+    start_L, end_L = out["tokens"][:, 0], out["tokens"][:, 1]
     spans = features.char_spans[f]
     best = candidates[int(features.example_index[f])]
     for s, e, p in squad_eval.top_spans(start_L, end_L, spans[:, 0] >= 0, max_answer_length,

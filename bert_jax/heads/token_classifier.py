@@ -164,12 +164,19 @@ class TokenClassifier(base.Head):
 @functools.lru_cache(maxsize=8)
 def _forward(config: model_lib.BertConfig, num_labels: int):
   module = BertForTokenClassification(config, num_labels=num_labels)
-  return jax.jit(lambda params, ids, types, mask: jax.nn.softmax(
-      module.apply({"params": params}, ids, types, mask), axis=-1))
+
+  @jax.jit
+  def forward(params, batch):
+    logits_BxLxC = module.apply({"params": params}, *base.padded_inputs(batch))
+    return {"tokens": jax.nn.softmax(logits_BxLxC, axis=-1)}
+
+  return forward
 
 
 def _probabilities(pre, rows, max_length: int) -> list[np.ndarray]:
-  return base.run_rows(pre, _forward(pre.config, pre.num_labels or 0), rows, max_length)
+  out = base.run_rows(pre, _forward(pre.config, pre.num_labels or 0), [ids for ids, _ in rows],
+                      [types for _, types in rows], max_length)
+  return [o["tokens"] for o in out]
 
 
 def _check(pre) -> None:
