@@ -213,7 +213,7 @@ class SequencePredictor:
     self.cut = int(np.sum(lengths >= self.length))  # inputs that may have been cut
     out = base.run_rows(self.pre, self._forward, enc["input_ids"], enc["token_type_ids"],
                         self.length, self.batch_size)
-    return np.stack([o["segments"][0] for o in out]) if out else np.zeros(
+    return np.stack([o["segments"] for o in out]) if out else np.zeros(
         (0, self.pre.num_labels), np.float32)
 
   def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> list[dict]:

@@ -169,6 +169,6 @@ def choice_scores(pre, inputs: Sequence[tuple[str, list[str]]], length: int,
                       batch_size)
   scores, at = [], 0
   for _, choices in inputs:
-    scores.append(np.asarray([o["segments"][0] for o in out[at:at + len(choices)]], np.float32))
+    scores.append(np.asarray([o["segments"] for o in out[at:at + len(choices)]], np.float32))
     at += len(choices)
   return scores
