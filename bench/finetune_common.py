@@ -8,6 +8,8 @@ epoch. bert_jax runs its user-facing command (`launch/finetune.py`) in a
 subprocess and reports what its loop logs (`seq_per_sec` excludes the compile
 step and evaluation); transformers is timed around its training steps (first
 step excluded), each batch padded to its longest row as a `DataCollator` would.
+The task benches (tagging, QA) also share their command line, data files and
+report lines from here; the machine's figures and subprocess runs are bench/common.py's.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ def parse_args(doc: str, data_help: str, epochs: float) -> argparse.Namespace:
   parser.add_argument("--data", default="", help=data_help)
   parser.add_argument("--epochs", type=float, default=epochs)
   return parser.parse_args()
+
+
+def task_files(data_dir: str, tmp: str, ext: str, sample: str) -> dict:
+  """{"train", "validation"}: DATA_DIR/{split}.EXT, or without --data the project's sample
+  set `sample` of `bert_jax.data.sample_tasks`, written into `tmp`."""
+  if data_dir:
+    return {s: os.path.join(data_dir, f"{s}.{ext}") for s in ("train", "validation")}
+  from bert_jax.data import sample_tasks  # pylint: disable=g-import-not-at-top
+  return sample_tasks.write(os.path.join(tmp, "data"))[sample]
 
 
 def run_bert_jax(workdir: str, overrides: dict) -> dict:

@@ -73,13 +73,9 @@ def run_transformers(model_dir, paths, steps):
 def main():
   args = recipe.parse_args(__doc__, "dir with train.json and validation.json", epochs=8.0)
   from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
-  from bert_jax.data import sample_tasks  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as tmp:
-    if args.data:
-      paths = {s: os.path.join(args.data, f"{s}.json") for s in ("train", "validation")}
-    else:
-      paths = sample_tasks.write(os.path.join(tmp, "data"))["squad"]
+    paths = recipe.task_files(args.data, tmp, "json", "squad")
     rows = len(_features(paths["train"], tokenization.load_tokenizer(args.model), True)[1])
     steps = recipe.steps_for(rows, args.epochs)
     print(f"{rows} training rows, {steps} steps of {recipe.RECIPE['batch_size']}; "

@@ -71,14 +71,10 @@ def run_transformers(model_dir, paths, labels, steps):
 
 def main():
   args = recipe.parse_args(__doc__, "dir with train.conll and validation.conll", epochs=3.0)
-  from bert_jax.data import sample_tasks  # pylint: disable=g-import-not-at-top
   from bert_jax.data.readers import conll  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as tmp:
-    if args.data:
-      paths = {s: os.path.join(args.data, f"{s}.conll") for s in ("train", "validation")}
-    else:
-      paths = sample_tasks.write(os.path.join(tmp, "data"))["ner"]
+    paths = recipe.task_files(args.data, tmp, "conll", "ner")
     train = conll.read_conll(paths["train"])
     labels = conll.label_list(train)
     steps = recipe.steps_for(len(train), args.epochs)
