@@ -145,9 +145,10 @@ def stdlib_lines(count: int) -> list[str]:
   Real text without a download: read at run time, never committed.
   """
   root = sysconfig.get_paths()["stdlib"]
+  skipped = ("test", "tests", "site-packages", "idlelib")
   lines, seen = [], set()
   for directory, subdirs, files in os.walk(root):
-    subdirs[:] = sorted(d for d in subdirs if d not in ("test", "tests", "site-packages", "idlelib"))
+    subdirs[:] = sorted(d for d in subdirs if d not in skipped)
     for name in sorted(files):
       if not name.endswith(".py"):
         continue

@@ -90,22 +90,20 @@ def _jax_setup(smoke: bool):
   return jax
 
 
-def _train_config(case: Case, sizes: dict, steps: int, dtype: str, preset: Optional[str] = None):
-  import pretrain_peers  # pylint: disable=g-import-not-at-top
+def _train_config(case: Case, sizes: dict, steps: int, dtype: str):
   from bert_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   c = common.load_config(case.config_file)
   c.update(batch_size=case.batch, num_train_steps=steps, log_every_steps=steps,
            eval_every_steps=0, checkpoint_every_steps=10 ** 9, max_seq_length=case.seq,
            max_predictions_per_seq=case.preds, warmup_steps=10,
            dtype=model_lib.resolve_dtype(dtype))
-  if preset or sizes["preset"]:
-    c.model.preset = preset or sizes["preset"]
+  if sizes["preset"]:
+    c.model.preset = sizes["preset"]
   return c
 
 
 def worker_peak(smoke: bool) -> dict:
   jax = _jax_setup(smoke)
-  import pretrain_peers  # pylint: disable=g-import-not-at-top
   from bert_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   sizes = _sizes(smoke)
   kind = jax.devices()[0].device_kind
