@@ -103,8 +103,8 @@ def train_losses(dtype: str, *, preset: str = "mini", steps: int = 20, batch: in
 
 
 def embedding_cosines(workdir: str, *, texts: int = 256, hidden: int = 256, layers: int = 4,
-                      max_words: int = 300) -> np.ndarray:
-  """Row cosines of bert_jax's mean-pooled vectors (dtype 'auto': bf16 on GPU) against
+                      max_words: int = 300, dtype: str = "auto") -> np.ndarray:
+  """Row cosines of bert_jax's mean-pooled vectors (`dtype` 'auto': bf16 on GPU) against
   transformers' fp32 ones on the CPU, for texts of 1 to `max_words` words (padded and
   packed rows, several buckets, truncation at 256)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -124,7 +124,7 @@ def embedding_cosines(workdir: str, *, texts: int = 256, hidden: int = 256, laye
   sentences = [" ".join(rng.choice(words, size=n)) for n in lengths]
 
   embedder = inference.Embedder(convert.from_pretrained(path), pooling="mean",
-                                max_seq_length=256)
+                                max_seq_length=256, dtype=dtype)
   ours = np.asarray(embedder.embed(sentences), np.float32)
   tokenizer = transformers.BertTokenizerFast(os.path.join(path, "vocab.txt"), do_lower_case=True)
   theirs = []
