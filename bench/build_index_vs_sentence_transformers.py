@@ -3,7 +3,7 @@
   python bench/build_index_vs_sentence_transformers.py [--lines=10000] [--workdir=DIR]
 
 The text, the model and the peer are those of bench/embed_vs_sentence_transformers.py
-(imported from it): ~10k lines of stdlib docstrings, a random-weight MiniLM-L6-sized
+(bench/common.py, `embedding_inputs`): ~10k lines of stdlib docstrings, a random-weight MiniLM-L6-sized
 BERT saved as a Hugging Face dir, mean pooling, max length 256, and a
 sentence-transformers `encode` script. Each side is one subprocess timed from
 start to exit; ours also writes the index dir (vectors, texts, ids, settings),
@@ -19,8 +19,7 @@ import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import embed_vs_sentence_transformers as embed_bench  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
 
 
 def main():
@@ -31,28 +30,20 @@ def main():
   parser.add_argument("--repeats", type=int, default=1)
   args = parser.parse_args()
   work = args.workdir or tempfile.mkdtemp(prefix="index_bench_")
-  os.makedirs(work, exist_ok=True)
-  corpus, model_dir = os.path.join(work, "text.txt"), os.path.join(work, "model")
-  lines = embed_bench.stdlib_lines(args.lines)
-  with open(corpus, "w", encoding="utf-8") as f:
-    f.write("".join(line + "\n" for line in lines))
-  if not os.path.exists(os.path.join(model_dir, "config.json")):
-    embed_bench.make_model(model_dir, corpus)
-  env = dict(os.environ, PYTHONPATH=embed_bench.REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  lines, corpus, model_dir, script = common.embedding_inputs(work, args.lines)
+  env = common.child_env()
   index_dir, theirs_out = os.path.join(work, "index"), os.path.join(work, "st.npy")
-  script = os.path.join(work, "st_embed.py")
-  with open(script, "w", encoding="utf-8") as f:
-    f.write(embed_bench.ST_SCRIPT)
-  ours_cmd = [sys.executable, os.path.join(embed_bench.REPO, "launch", "build_index.py"),
+  ours_cmd = [sys.executable, os.path.join(common.REPO, "launch", "build_index.py"),
               f"--model={model_dir}", f"--input={corpus}", f"--output={index_dir}",
               "--pooling=mean", "--max_seq_length=256", "--overwrite"]
   theirs_cmd = [sys.executable, script, model_dir, corpus, theirs_out, str(args.st_batch_size)]
   ours_t, theirs_t = [], []
   for _ in range(args.repeats):
     shutil.rmtree(index_dir + ".partial", ignore_errors=True)
-    ours_t.append(embed_bench.timed(ours_cmd, env))
-    theirs_t.append(embed_bench.timed(theirs_cmd, dict(env, TOKENIZERS_PARALLELISM="false")))
-  ours, theirs = np.load(os.path.join(index_dir, "vectors.npy")), np.load(theirs_out)
+    ours_t.append(common.timed(ours_cmd, env))
+    theirs_t.append(common.timed(theirs_cmd, dict(env, TOKENIZERS_PARALLELISM="false")))
+  gap = common.compare_vectors(np.load(os.path.join(index_dir, "vectors.npy")),
+                               np.load(theirs_out))
   n = len(lines)
   report = {"lines": n, "cpu_count": os.cpu_count(),
             "build_index_lines_per_s": round(n / min(ours_t), 1),
@@ -60,13 +51,13 @@ def main():
             "build_index_s": [round(t, 2) for t in ours_t],
             "sentence_transformers_s": [round(t, 2) for t in theirs_t],
             "ratio": round(min(theirs_t) / min(ours_t), 2),
-            "max_abs_diff": float(np.max(np.abs(ours - theirs))),
-            "load_average_1m": round(os.getloadavg()[0], 2)}  # > cpu_count: timings are noisy
+            "max_abs_diff": gap["max_abs_diff"],
+            "load_average_1m": common.load_1m()}  # > cpu_count: timings are noisy
   print(json.dumps(report))
-  winner = "bert_jax" if report["ratio"] >= 1 else "sentence-transformers"
+  favoured = common.winner(report["ratio"], "sentence-transformers")
   print(f"build_index {report['build_index_lines_per_s']} lines/s, sentence-transformers encode "
         f"{report['sentence_transformers_lines_per_s']} lines/s: {report['ratio']:.2f}x in favour "
-        f"of {winner} ({n} lines, max |diff| {report['max_abs_diff']:.1e}, load "
+        f"of {favoured} ({n} lines, max |diff| {report['max_abs_diff']:.1e}, load "
         f"{report['load_average_1m']})")
   if report["max_abs_diff"] > 1e-3:
     sys.exit("vectors disagree")

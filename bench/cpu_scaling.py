@@ -25,17 +25,17 @@ import os
 import subprocess
 import sys
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
+
+REPO = common.REPO
 VOCAB = 30522
 
 CHILD = r"""
 import json, os, resource, sys
-sys.path[:0] = [{repo!r}, {bench!r}]
-import pretrain_peers
+import common, pretrain_peers  # bench/ and the repo on PYTHONPATH (common.child_env)
 from bert_jax.data import synthetic
 batch, seq, steps, preset = {batch}, {seq}, {steps}, {preset!r}
-c = pretrain_peers.load_config("default.py")
+c = common.load_config("default.py")
 c.model.preset = preset
 c.update(dtype="float32", batch_size=batch, num_train_steps=steps, log_every_steps=steps,
          eval_every_steps=0, checkpoint_every_steps=10 ** 9, max_seq_length=seq,
@@ -48,17 +48,16 @@ print(json.dumps(dict(seq_per_sec=out["seq_per_sec"], devices=jax.device_count()
 
 
 def point(batch: int, seq: int, steps: int, preset: str, devices: int = 1) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  flags = env.get("XLA_FLAGS", "")
-  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-  code = CHILD.format(repo=REPO, bench=BENCH, batch=batch, seq=seq, steps=steps, preset=preset,
-                      vocab=VOCAB)
+  flags = os.environ.get("XLA_FLAGS", "")
+  env = common.child_env(JAX_PLATFORMS="cpu", XLA_FLAGS=(
+      f"{flags} --xla_force_host_platform_device_count={devices}".strip()))
+  code = CHILD.format(batch=batch, seq=seq, steps=steps, preset=preset, vocab=VOCAB)
   done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                         check=False)
   if done.returncode:
     sys.exit(f"point batch={batch} seq={seq} devices={devices} failed:\n{done.stderr[-3000:]}")
   row = json.loads(done.stdout.strip().splitlines()[-1])
-  row.update(batch=batch, seq=seq, load_average_1m=round(os.getloadavg()[0], 2),
+  row.update(batch=batch, seq=seq, load_average_1m=common.load_1m(),
              tokens_per_sec=row["seq_per_sec"] * seq)
   print(json.dumps(row), flush=True)
   return row
@@ -114,9 +113,7 @@ def main():
          saved["preset"], os.path.join(args.out, "cpu_scaling.png"))
     return
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  sys.path.insert(0, BENCH)
-  import pretrain_peers  # pylint: disable=g-import-not-at-top
-  peak = pretrain_peers.measured_matmul_peak()
+  peak = common.measured_matmul_peak()
   print(f"{os.cpu_count()} CPUs; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
         f"load {os.getloadavg()[0]:.2f}", flush=True)
   rows = {"batch": [point(b, 128, args.steps, args.preset) for b in (4, 8, 16, 32)],

@@ -8,47 +8,79 @@ epoch. bert_jax runs its user-facing command (`launch/finetune.py`) in a
 subprocess and reports what its loop logs (`seq_per_sec` excludes the compile
 step and evaluation); transformers is timed around its training steps (first
 step excluded), each batch padded to its longest row as a `DataCollator` would.
+The task benches (tagging, QA) also share their command line, data files and
+report lines from here; the machine's figures and subprocess runs are bench/common.py's.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
 import os
-import subprocess
-import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
+
 RECIPE = dict(batch_size=32, learning_rate=5e-4, warmup_ratio=0.1, weight_decay=0.01,
               max_grad_norm=1.0, seed=0)
 
 
-def load_line() -> str:
-  one, five, fifteen = os.getloadavg()
-  return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+def parse_args(doc: str, data_help: str, epochs: float) -> argparse.Namespace:
+  """The command line the task benches share: --model, --data, --epochs."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("--model", required=True, help="Hugging Face BERT dir")
+  parser.add_argument("--data", default="", help=data_help)
+  parser.add_argument("--epochs", type=float, default=epochs)
+  return parser.parse_args()
+
+
+def task_files(data_dir: str, tmp: str, ext: str, sample: str) -> dict:
+  """{"train", "validation"}: DATA_DIR/{split}.EXT, or without --data the project's sample
+  set `sample` of `bert_jax.data.sample_tasks`, written into `tmp`."""
+  if data_dir:
+    return {s: os.path.join(data_dir, f"{s}.{ext}") for s in ("train", "validation")}
+  from bert_jax.data import sample_tasks  # pylint: disable=g-import-not-at-top
+  return sample_tasks.write(os.path.join(tmp, "data"))[sample]
 
 
 def run_bert_jax(workdir: str, overrides: dict) -> dict:
   """`launch/finetune.py` with configs/finetune.py and `overrides`; its logged figures."""
-  args = [sys.executable, os.path.join(REPO, "launch", "finetune.py"),
-          f"--config={os.path.join(REPO, 'configs', 'finetune.py')}", f"--workdir={workdir}"]
-  args += [f"--config.{k}={v}" for k, v in overrides.items()]
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-  start = time.perf_counter()
-  proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-  wall = time.perf_counter() - start
-  if proc.returncode:
-    raise SystemExit(f"bert_jax fine-tuning failed:\n{proc.stderr[-3000:]}")
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f]
-  speeds = [r["seq_per_sec"] for r in rows if r.get("seq_per_sec")]
+  rows, wall = common.run_launcher("finetune.py", workdir, "finetune.py", overrides,
+                                   env=common.child_env(JAX_PLATFORMS="cpu"))
+  speeds = [r["seq_per_sec"] for r in common.speed_rows(rows)]
   evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
   return {"seq_per_sec": float(np.median(speeds)), "eval": evals[-1], "wall_s": wall}
+
+
+def run_bert_jax_recipe(workdir: str, task: str, model: str, paths: dict, max_seq_length: int,
+                        steps: int, **extra) -> dict:
+  """`run_bert_jax` with RECIPE on `paths` (train, validation): one evaluation, at the end."""
+  return run_bert_jax(workdir, {
+      "task": task, "init_checkpoint": model, "train_file": paths["train"],
+      "validation_file": paths["validation"], "max_seq_length": max_seq_length, **extra,
+      "num_train_steps": steps, "eval_every_steps": steps, "batch_size": RECIPE["batch_size"],
+      "learning_rate": RECIPE["learning_rate"], "warmup_ratio": RECIPE["warmup_ratio"],
+      "warmup_steps": -1, "log_every_steps": max(1, steps // 10),
+      "checkpoint_every_steps": steps})
+
+
+def print_results(ours: dict, theirs: dict, steps: int, scores: Sequence[tuple[str, float, float]],
+                  peer: str, ratio_label: str) -> None:
+  """Three lines: each side's seq/s and `scores` (label, ours, theirs), then the ratios
+  (speed, and the first score as `ratio_label`) with the load."""
+  train_s = (steps - 1) * RECIPE["batch_size"] / theirs["seq_per_sec"]
+  ours_scores = "  ".join(f"{label} {a:.4f}" for label, a, _ in scores)
+  theirs_scores = "  ".join(f"{label} {b:.4f}" for label, _, b in scores)
+  print(f"bert_jax     : {ours['seq_per_sec']:8.1f} seq/s  {ours_scores}  "
+        f"(launch/finetune.py, {ours['wall_s']:.0f} s wall incl. start-up and compile)")
+  print(f"transformers : {theirs['seq_per_sec']:8.1f} seq/s  {theirs_scores}  "
+        f"({peer}; {train_s:.0f} s of training steps)")
+  _, a, b = scores[0]
+  print(f"ratio bert_jax / transformers: speed {ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x, "
+        f"{ratio_label} {a / max(b, 1e-9):.3f}; {common.load_line()}")
 
 
 def seed_torch() -> None:

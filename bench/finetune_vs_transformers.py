@@ -16,7 +16,8 @@ its logged windows; transformers: `train_samples_per_second`, which includes the
 per-step overhead and its per-epoch evaluation), whole-command wall time, their ratios, the
 load average and this machine's measured fp32 matmul rate. A third line runs the same model
 and recipe in a plain torch loop (bench/finetune_common.py, timed around its steps only):
-the fastest transformers figure, free of Trainer overhead.
+the fastest transformers figure, free of Trainer overhead. The matmul rate is
+bench/common.py's `measured_matmul_peak` (2048^2 fp32, best of 10).
 
 Defaults: the files of `bert_jax.data.sample_pairs` (3 classes, written into the workdir).
 `--random_init=LxH` replaces the model's weights by a random BERT of L layers and width
@@ -27,18 +28,18 @@ Needs transformers, torch and accelerate (`pip install 'bert_jax[bench]'`).
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
 
 PEER_SCRIPT = r"""
 import json, sys
 import numpy as np, torch, transformers
-mode, bench_dir, model_dir, train_path, eval_path, out_dir, lr, epochs, batch, length, seed = (
-    sys.argv[1:12])
+mode, model_dir, train_path, eval_path, out_dir, lr, epochs, batch, length, seed = sys.argv[1:11]
 read = lambda p: [json.loads(l) for l in open(p, encoding="utf-8") if l.strip()]
 train, evals = read(train_path), read(eval_path)
 labels = sorted({r["label"] for r in train + evals})
@@ -71,8 +72,7 @@ if mode == "trainer":  # transformers' own loop: Trainer + DataCollatorWithPaddi
   print(json.dumps({"train_seq_per_sec": out.metrics["train_samples_per_second"],
                     "eval_accuracy": seen[-1], "evals": seen}))
   sys.exit(0)
-sys.path.insert(0, bench_dir)  # a plain torch loop, timed around its steps
-import finetune_common as fc
+import finetune_common as fc  # a plain torch loop, timed around its steps (bench/ on PYTHONPATH)
 fc.RECIPE.update(learning_rate=float(lr), batch_size=int(batch), seed=int(seed))
 def inputs(enc, y, rows):
   ids = fc.pad([enc["input_ids"][i] for i in rows])
@@ -92,29 +92,12 @@ print(json.dumps({"train_seq_per_sec": speed, "eval_accuracy": correct / len(eva
 """
 
 
-def matmul_gflops() -> float:
-  """Measured fp32 matmul rate of this machine (jitted 2048^2 matmuls), GFLOP/s."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  x = jnp.ones((2048, 2048), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(x).block_until_ready()
-  start = time.perf_counter()
-  for _ in range(10):
-    f(x).block_until_ready()
-  return 10 * 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9
-
-
 def random_model(source: str, spec: str, out: str) -> str:
   """A random-init BERT of `spec` (LxH) with `source`'s vocabulary, as an HF dir."""
-  import shutil  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   layers, hidden = (int(x) for x in spec.lower().split("x"))
-  base = transformers.BertConfig.from_pretrained(source)
-  config = transformers.BertConfig(vocab_size=base.vocab_size, hidden_size=hidden,
-                                   num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                                   intermediate_size=4 * hidden, max_position_embeddings=512)
-  transformers.BertModel(config).save_pretrained(out)
+  common.save_random_bert(out, transformers.BertConfig.from_pretrained(source).vocab_size,
+                          common.hf_sizes(layers, hidden))
   for name in ("vocab.txt", "tokenizer_config.json"):
     if os.path.exists(os.path.join(source, name)):
       shutil.copy(os.path.join(source, name), out)
@@ -122,21 +105,13 @@ def random_model(source: str, spec: str, out: str) -> str:
 
 
 def run_ours(args, model: str, workdir: str) -> dict:
-  out = os.path.join(workdir, "bert_jax")
-  cmd = [sys.executable, os.path.join(REPO, "launch", "finetune.py"),
-         "--config=" + os.path.join(REPO, "configs", "finetune.py"), f"--workdir={out}",
-         "--config.task=local", f"--config.init_checkpoint={model}",
-         f"--config.train_file={args.train}", f"--config.validation_file={args.validation}",
-         f"--config.learning_rate={args.lr}", f"--config.num_epochs={args.epochs}",
-         f"--config.batch_size={args.batch_size}", f"--config.max_seq_length={args.max_length}",
-         f"--config.seed={args.seed}", "--config.log_every_steps=10"]
-  start = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  wall = time.perf_counter() - start
-  if proc.returncode:
-    sys.exit(f"bert_jax failed:\n{proc.stderr[-3000:]}")
-  rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-  speeds = [r["seq_per_sec"] for r in rows if r.get("seq_per_sec")]
+  overrides = {"task": "local", "init_checkpoint": model, "train_file": args.train,
+               "validation_file": args.validation, "learning_rate": args.lr,
+               "num_epochs": args.epochs, "batch_size": args.batch_size,
+               "max_seq_length": args.max_length, "seed": args.seed, "log_every_steps": 10}
+  rows, wall = common.run_launcher("finetune.py", os.path.join(workdir, "bert_jax"),
+                                   "finetune.py", overrides)
+  speeds = [r["seq_per_sec"] for r in common.speed_rows(rows)]
   evals = [r["eval_accuracy"] for r in rows if "eval_accuracy" in r]
   return {"wall_s": wall, "train_seq_per_sec": sum(speeds) / len(speeds),
           "eval_accuracy": evals[-1], "evals": evals}
@@ -145,12 +120,12 @@ def run_ours(args, model: str, workdir: str) -> dict:
 def run_peer(mode: str, args, model: str, workdir: str) -> dict:
   """transformers' side in a subprocess: 'trainer' (Trainer) or 'loop' (plain torch loop)."""
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-c", PEER_SCRIPT, mode, os.path.join(REPO, "bench"),
-                         model, args.train, args.validation, os.path.join(workdir, mode),
-                         str(args.lr), str(args.epochs), str(args.batch_size),
-                         str(args.max_length), str(args.seed)],
+  proc = subprocess.run([sys.executable, "-c", PEER_SCRIPT, mode, model, args.train,
+                         args.validation, os.path.join(workdir, mode), str(args.lr),
+                         str(args.epochs), str(args.batch_size), str(args.max_length),
+                         str(args.seed)],
                         capture_output=True, text=True, check=False,
-                        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+                        env=common.child_env(TOKENIZERS_PARALLELISM="false"))
   wall = time.perf_counter() - start
   if proc.returncode:
     sys.exit(f"transformers ({mode}) failed:\n{proc.stderr[-3000:]}")
@@ -171,7 +146,6 @@ def main():
   parser.add_argument("--workdir", default="")
   args = parser.parse_args()
   workdir = args.workdir or tempfile.mkdtemp(prefix="bench_finetune_")
-  sys.path.insert(0, REPO)
   if not args.train:
     from bert_jax.data import sample_pairs  # pylint: disable=g-import-not-at-top
     paths = sample_pairs.write(os.path.join(workdir, "data"))
@@ -179,12 +153,12 @@ def main():
   model = args.model
   if args.random_init:
     model = random_model(args.model, args.random_init, os.path.join(workdir, "random_model"))
-  load_before = os.getloadavg()
+  load_before = common.load_1m()
   ours = run_ours(args, model, workdir)
   theirs = run_peer("trainer", args, model, workdir)
   loop = run_peer("loop", args, model, workdir)
-  load_after = os.getloadavg()
-  peak = matmul_gflops()
+  load_after = common.load_1m()
+  peak = common.measured_matmul_peak(reps=10) / 1e9
   print(f"model {model} ({args.random_init or 'as given'}); train {args.train}; "
         f"{args.epochs:g} epochs, lr {args.lr:g}, batch {args.batch_size}, max length "
         f"{args.max_length}")
@@ -201,7 +175,7 @@ def main():
         f"eval accuracy {loop['eval_accuracy']:.4f}, wall {loop['wall_s']:.1f} s")
   print(f"per-epoch accuracy: bert_jax {[round(a, 4) for a in ours['evals']]}, transformers "
         f"{[round(a, 4) for a in theirs['evals']]}")
-  print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; measured fp32 "
+  print(f"load average before {load_before:.2f}, after {load_after:.2f}; measured fp32 "
         f"matmul {peak:.1f} GFLOP/s; workdir {workdir}")
 
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 
+import common  # pylint: disable=unused-import  (bench/: puts this checkout's bert_jax first)
 from bert_jax.data import pretrain_pipeline
 from bert_jax.data import prepare_pretraining
 from bert_jax.data import stream

@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 
+import common  # pylint: disable=unused-import  (bench/: puts this checkout's bert_jax first)
 from bert_jax import files
 from bert_jax.data import prepare_pretraining
 from bert_jax.data import text_corpus

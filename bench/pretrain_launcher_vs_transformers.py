@@ -5,8 +5,8 @@ prepared real text, against transformers' BertForPreTraining on the same batches
       [--batch_size=256] [--peer_micro_batch=8]
 
 What runs:
-- real English text: paragraphs of the Python stdlib's docstrings (bench/
-  embed_vs_sentence_transformers.stdlib_lines), 8 consecutive paragraphs to a document, one
+- real English text: paragraphs of the Python stdlib's docstrings (bench/common.py,
+  `stdlib_lines`), 8 consecutive paragraphs to a document, one
   sentence per line; a WordPiece vocab trained on it (`launch/build_vocab.py`; the text only
   supports ~10k pieces, so `[unusedN]` entries fill it to BERT's 30,522, the size that sets the
   embedding and decoder cost) and 128-token MLM+NSP data (`launch/prepare_data.py`), as in the
@@ -29,26 +29,24 @@ the measured matmul peak. Prints one line per side and the ratio.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "bench"))
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # both sides on this machine's CPU
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # both sides on this machine's CPU
+REPO = common.REPO
 SEQ = 128
-CONFIG = os.path.join(REPO, "configs", "bert_base.py")
 
 
 def write_corpus(path: str, num_paragraphs: int, per_document: int = 8) -> int:
   """Docstring paragraphs, `per_document` to a document, one sentence per line, a blank line
   between documents; returns the number of documents."""
   import re  # pylint: disable=g-import-not-at-top
-  from embed_vs_sentence_transformers import stdlib_lines  # pylint: disable=g-import-not-at-top
-  paragraphs = stdlib_lines(num_paragraphs)
+  paragraphs = common.stdlib_lines(num_paragraphs)
   docs = [paragraphs[i:i + per_document] for i in range(0, len(paragraphs), per_document)]
   with open(path, "w", encoding="utf-8") as f:
     for doc in docs:
@@ -68,12 +66,6 @@ def pad_vocab(vocab_dir: str, size: int = 30522) -> int:
   return len(pieces)
 
 
-def run(cmd: list[str]) -> float:
-  """Seconds `cmd` took; exits with its stderr if it failed (the embed bench's `timed`)."""
-  from embed_vs_sentence_transformers import timed  # pylint: disable=g-import-not-at-top
-  return timed(cmd, dict(os.environ))
-
-
 def prepare(workdir: str, paragraphs: int) -> str:
   data = os.path.join(workdir, "data")
   if os.path.isdir(data):
@@ -81,12 +73,13 @@ def prepare(workdir: str, paragraphs: int) -> str:
   corpus = os.path.join(workdir, "corpus.txt")
   docs = write_corpus(corpus, paragraphs)
   vocab = os.path.join(workdir, "vocab")
-  run([sys.executable, os.path.join(REPO, "launch", "build_vocab.py"), f"--input={corpus}",
-       f"--output={vocab}", "--vocab_size=30522", "--kind=wordpiece", "--lowercase",
-       "--overwrite"])
+  common.timed([sys.executable, os.path.join(REPO, "launch", "build_vocab.py"),
+                f"--input={corpus}", f"--output={vocab}", "--vocab_size=30522",
+                "--kind=wordpiece", "--lowercase", "--overwrite"])
   trained = pad_vocab(vocab)
-  run([sys.executable, os.path.join(REPO, "launch", "prepare_data.py"), f"--input={corpus}",
-       f"--vocab={vocab}", f"--output={data}", f"--max_seq_length={SEQ}"])
+  common.timed([sys.executable, os.path.join(REPO, "launch", "prepare_data.py"),
+                f"--input={corpus}", f"--vocab={vocab}", f"--output={data}",
+                f"--max_seq_length={SEQ}"])
   print(f"prepared {docs} docstring documents into {data} (vocab: {trained} trained pieces "
         "+ [unusedN] up to 30522)", flush=True)
   return data
@@ -94,18 +87,14 @@ def prepare(workdir: str, paragraphs: int) -> str:
 
 def run_bert_jax(workdir: str, data: str, steps: int, batch_size: int, peak: float) -> dict:
   run_dir = os.path.join(workdir, "run")
-  subprocess.run(["rm", "-rf", run_dir], check=True)
-  cmd = [sys.executable, os.path.join(REPO, "launch", "pretrain.py"), f"--config={CONFIG}",
-         f"--workdir={run_dir}", f"--config.train_data={data}",
-         f"--config.num_train_steps={steps}", "--config.log_every_steps=1",
-         f"--config.peak_flops_per_device={peak}"]
+  shutil.rmtree(run_dir, ignore_errors=True)
+  overrides = {"train_data": data, "num_train_steps": steps, "log_every_steps": 1,
+               "peak_flops_per_device": peak}
   if batch_size:
-    cmd.append(f"--config.batch_size={batch_size}")
-  print("bert_jax:", " ".join(cmd[1:]), flush=True)
-  elapsed = run(cmd)
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  timed = [r for r in rows if r.get("seq_per_sec")]
+    overrides["batch_size"] = batch_size
+  rows, elapsed = common.run_launcher("pretrain.py", run_dir, "bert_base.py", overrides,
+                                      echo=True)
+  timed = common.speed_rows(rows)
   seq_per_sec = sum(r["seq_per_sec"] for r in timed) / len(timed)
   return {"seq_per_sec": seq_per_sec, "mfu": sum(r["mfu"] for r in timed) / len(timed),
           "per_step": [round(r["seq_per_sec"], 3) for r in timed], "wall_s": elapsed,
@@ -120,7 +109,7 @@ def run_transformers(data: str, steps: int, batch_size: int, micro: int) -> dict
   import pretrain_peers  # pylint: disable=g-import-not-at-top
   from bert_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
 
-  config = pretrain_peers.load_config("bert_base.py")
+  config = common.load_config("bert_base.py")
   config.train_data = data
   if batch_size:
     config.batch_size = batch_size
@@ -178,13 +167,12 @@ def main():
                                       args.peer_micro_batch)))
     return
   import jax  # pylint: disable=g-import-not-at-top
-  import pretrain_peers  # pylint: disable=g-import-not-at-top
   from bert_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from bert_jax.model import BertConfig  # pylint: disable=g-import-not-at-top
 
   workdir = args.workdir or tempfile.mkdtemp(prefix="bert_jax_pretrain_bench_")
   os.makedirs(workdir, exist_ok=True)
-  peak = pretrain_peers.measured_matmul_peak()
+  peak = common.measured_matmul_peak()
   flops = metrics_lib.pretraining_flops_per_sequence(BertConfig.preset("base"), SEQ, 20)
   print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; measured fp32 matmul "
         f"peak {peak / 1e9:.1f} GFLOP/s; load {os.getloadavg()[0]:.2f}", flush=True)

@@ -3,53 +3,21 @@
 Why a module: bench/pretrain_vs_transformers.py (CPU) and bench/gpu_suite.py (GPU)
 time the same two things, bert_jax's own train loop and transformers'
 BertForPreTraining + torch AdamW, on the same batches; they differ only in
-device, dtype and sizes. Importing this module does not pick a jax platform.
+device, dtype and sizes. Importing this module does not pick a jax platform. The
+machine's figures (matmul peak, load) and config loading are in bench/common.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import tempfile
 import time
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from bert_jax.data import synthetic
-from bert_jax import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def measured_matmul_peak(n: int = 2048, reps: int = 5, dtype: Any = jnp.float32,
-                         inner: int = 1) -> float:
-  """FLOP/s of a jitted n x n matmul loop (`inner` chained matmuls per call), best of `reps`."""
-  a = jnp.ones((n, n), dtype) / n
-
-  @jax.jit
-  def f(x):
-    return jax.lax.fori_loop(0, inner, lambda _, y: (y @ a).astype(dtype), x)
-
-  f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(reps):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 * inner / best
-
-
-def load_config(name: str, *args: str):
-  """configs/NAME loaded by path, as a user's --config would."""
-  spec = importlib.util.spec_from_file_location(f"bench_cfg_{name[:-3]}",
-                                                os.path.join(REPO, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
+from bert_jax.data import synthetic  # pylint: disable=g-bad-import-order
+from bert_jax import train  # pylint: disable=g-bad-import-order
 
 
 class PackedIterator:
@@ -101,8 +69,7 @@ def run_bert_jax(config, data: train.Data) -> dict:
   """bert_jax's own loop: the `seq_per_sec` of its last metrics.jsonl row (compile excluded)."""
   with tempfile.TemporaryDirectory() as workdir:
     train.train_and_evaluate(config, workdir, data=data)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      rows = [json.loads(line) for line in f]
+    rows = common.read_metrics(workdir)
   last = [r for r in rows if "seq_per_sec" in r][-1]
   return {"seq_per_sec": last["seq_per_sec"], "mfu": last.get("mfu"), "loss": last["loss"],
           "losses": [r["loss"] for r in rows if "loss" in r]}

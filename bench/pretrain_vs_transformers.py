@@ -14,26 +14,24 @@ Prints one line per framework and the ratio (bert_jax / transformers).
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Both sides on this machine's CPU: on a GPU host JAX would otherwise take the GPU while
 # torch stays on the CPU, and the ratio would compare different hardware.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # pylint: disable=g-import-not-at-top
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from bert_jax import metrics as metrics_lib
-from bert_jax.data import synthetic
-from bert_jax.model import BertConfig
-
-import pretrain_peers  # pylint: disable=g-import-not-at-top  (bench/, next to this file)
+import common  # pylint: disable=g-bad-import-order  (bench/: puts this checkout first on the path)
+import pretrain_peers  # pylint: disable=g-bad-import-order
+from bert_jax import metrics as metrics_lib  # pylint: disable=g-bad-import-order
+from bert_jax.data import synthetic  # pylint: disable=g-bad-import-order
+from bert_jax.model import BertConfig  # pylint: disable=g-bad-import-order
 
 SEQ, PREDS, VOCAB = 128, 20, 30522
 
 
 def run_bert_jax(batch_size: int, steps: int, peak: float) -> dict:
-  c = pretrain_peers.load_config("bert_base.py")
+  c = common.load_config("bert_base.py")
   c.update(dtype="float32", batch_size=batch_size, num_train_steps=steps, log_every_steps=steps,
            eval_every_steps=0, checkpoint_every_steps=10 ** 9, max_seq_length=SEQ,
            max_predictions_per_seq=PREDS, peak_flops_per_device=peak, warmup_steps=10)
@@ -53,7 +51,7 @@ def main():
   parser.add_argument("--steps", type=int, default=5, help="steps per framework (1 warm-up)")
   parser.add_argument("--batch_size", type=int, default=8)
   args = parser.parse_args()
-  peak = pretrain_peers.measured_matmul_peak()
+  peak = common.measured_matmul_peak()
   flops = metrics_lib.pretraining_flops_per_sequence(BertConfig.preset("base"), SEQ, PREDS)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs; "
         f"measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "

@@ -14,17 +14,13 @@ compare the training, not the pre/postprocessing. Prints seq/s and exact match
 of both sides, the ratios, and the machine load.
 """
 
-import argparse
 import os
-import sys
 import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import finetune_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
+import finetune_common as recipe
 
 MAX_SEQ, STRIDE, MAX_QUERY = 96, 32, 24
 
@@ -44,26 +40,26 @@ def run_transformers(model_dir, paths, steps):
 
   tok = tokenization.load_tokenizer(model_dir)
   _, train = _features(paths["train"], tok, True)
-  common.seed_torch()
+  recipe.seed_torch()
   model = transformers.BertForQuestionAnswering.from_pretrained(
       model_dir, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
   def inputs(idx):
-    ids = common.pad([train.input_ids[i] for i in idx])
-    return dict(input_ids=ids, token_type_ids=common.pad([train.token_type_ids[i] for i in idx]),
+    ids = recipe.pad([train.input_ids[i] for i in idx])
+    return dict(input_ids=ids, token_type_ids=recipe.pad([train.token_type_ids[i] for i in idx]),
                 attention_mask=(ids != 0).long(),
                 start_positions=torch.tensor(train.start_positions[idx], dtype=torch.long),
                 end_positions=torch.tensor(train.end_positions[idx], dtype=torch.long))
 
-  seq_per_sec = common.torch_train(model, inputs, len(train), steps)
+  seq_per_sec = recipe.torch_train(model, inputs, len(train), steps)
   examples, dev = _features(paths["validation"], tok, False)
   start = np.full((len(dev), MAX_SEQ), -1e9, np.float32)
   end = start.copy()
   for i in range(0, len(dev), 64):
     idx = np.arange(i, min(i + 64, len(dev)))
-    ids = common.pad([dev.input_ids[j] for j in idx])
+    ids = recipe.pad([dev.input_ids[j] for j in idx])
     with torch.no_grad():
-      out = model(input_ids=ids, token_type_ids=common.pad([dev.token_type_ids[j] for j in idx]),
+      out = model(input_ids=ids, token_type_ids=recipe.pad([dev.token_type_ids[j] for j in idx]),
                   attention_mask=(ids != 0).long())
     for b, j in enumerate(idx):
       n = len(dev.input_ids[j])
@@ -71,46 +67,27 @@ def run_transformers(model_dir, paths, steps):
   version_2 = any(ex.is_impossible for ex in examples)
   answers = squad_eval.best_answers(examples, dev, np.arange(len(dev)), start, end,
                                     version_2=version_2)
-  return {"seq_per_sec": seq_per_sec, **squad_eval.score(examples, answers),
-          "train_s": (steps - 1) * common.RECIPE["batch_size"] / seq_per_sec}
+  return {"seq_per_sec": seq_per_sec, **squad_eval.score(examples, answers)}
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", required=True, help="Hugging Face BERT dir")
-  parser.add_argument("--data", default="", help="dir with train.json and validation.json")
-  parser.add_argument("--epochs", type=float, default=8.0)
-  args = parser.parse_args()
+  args = recipe.parse_args(__doc__, "dir with train.json and validation.json", epochs=8.0)
   from bert_jax import tokenization  # pylint: disable=g-import-not-at-top
-  from bert_jax.data import sample_tasks  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as tmp:
-    if args.data:
-      paths = {s: os.path.join(args.data, f"{s}.json") for s in ("train", "validation")}
-    else:
-      paths = sample_tasks.write(os.path.join(tmp, "data"))["squad"]
+    paths = recipe.task_files(args.data, tmp, "json", "squad")
     rows = len(_features(paths["train"], tokenization.load_tokenizer(args.model), True)[1])
-    steps = common.steps_for(rows, args.epochs)
-    print(f"{rows} training rows, {steps} steps of {common.RECIPE['batch_size']}; "
+    steps = recipe.steps_for(rows, args.epochs)
+    print(f"{rows} training rows, {steps} steps of {recipe.RECIPE['batch_size']}; "
           f"{common.load_line()}")
-    ours = common.run_bert_jax(os.path.join(tmp, "run"), {
-        "task": "squad_json", "init_checkpoint": args.model, "train_file": paths["train"],
-        "validation_file": paths["validation"], "max_seq_length": MAX_SEQ,
-        "doc_stride": STRIDE, "max_query_length": MAX_QUERY,
-        "num_train_steps": steps, "eval_every_steps": steps, "batch_size":
-        common.RECIPE["batch_size"], "learning_rate": common.RECIPE["learning_rate"],
-        "warmup_ratio": common.RECIPE["warmup_ratio"], "warmup_steps": -1,
-        "log_every_steps": max(1, steps // 10), "checkpoint_every_steps": steps})
+    ours = recipe.run_bert_jax_recipe(
+        os.path.join(tmp, "run"), "squad_json", args.model, paths, MAX_SEQ, steps,
+        doc_stride=STRIDE, max_query_length=MAX_QUERY)
     theirs = run_transformers(args.model, paths, steps)
-  em, f1 = ours["eval"]["eval_exact_match"], ours["eval"]["eval_f1"]
-  print(f"bert_jax     : {ours['seq_per_sec']:8.1f} seq/s  EM {em:.4f}  F1 {f1:.4f}  "
-        f"(launch/finetune.py, {ours['wall_s']:.0f} s wall incl. start-up and compile)")
-  print(f"transformers : {theirs['seq_per_sec']:8.1f} seq/s  EM {theirs['exact_match']:.4f}  "
-        f"F1 {theirs['f1']:.4f}  (BertForQuestionAnswering; {theirs['train_s']:.0f} s of training "
-        "steps)")
-  print(f"ratio bert_jax / transformers: speed {ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x, "
-        f"EM {em / max(theirs['exact_match'], 1e-9):.3f}; {common.load_line()}")
-
+  recipe.print_results(
+      ours, theirs, steps, [("EM", ours["eval"]["eval_exact_match"], theirs["exact_match"]),
+                            ("F1", ours["eval"]["eval_f1"], theirs["f1"])],
+      peer="BertForQuestionAnswering", ratio_label="EM")
 
 if __name__ == "__main__":
   main()

@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bert_jax import retrieval  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
+from bert_jax import retrieval  # pylint: disable=g-bad-import-order
 
 
 def unit(rng, n, dim):
@@ -76,9 +76,9 @@ def main():
                                args.repeats)
     report[f"ann_ef{ef}_recall@{args.top_k}"] = round(retrieval.recall_at_k(exact_rows, rows), 4)
     report[f"ann_ef{ef}_qps"] = round(args.queries / ann_s, 1)
-  report["load_average_1m"] = round(os.getloadavg()[0], 2)  # > cpu_count: timings are noisy
+  report["load_average_1m"] = common.load_1m()  # > cpu_count: timings are noisy
   print(json.dumps(report))
-  winner = "bert_jax" if report["ratio"] >= 1 else "faiss"
+  winner = common.winner(report["ratio"], "faiss")
   print(f"exact top-{args.top_k} over {args.n} x {args.dim}: bert_jax "
         f"{report['bert_jax_exact_qps']} q/s, faiss IndexFlatIP {report['faiss_flat_ip_qps']} q/s: "
         f"{report['ratio']:.2f}x in favour of {winner} (rows agree {agree:.4f}); "

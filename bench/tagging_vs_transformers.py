@@ -15,15 +15,11 @@ scored with seqeval on the same words. Prints seq/s and entity F1 of both sides,
 the ratios, and the machine load.
 """
 
-import argparse
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import finetune_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
+import finetune_common as recipe
 
 MAX_SEQ = 64
 
@@ -52,17 +48,17 @@ def run_transformers(model_dir, paths, labels, steps):
     return rows
 
   train_rows = encode(conll.read_conll(paths["train"]), True)
-  common.seed_torch()
+  recipe.seed_torch()
   model = transformers.BertForTokenClassification.from_pretrained(
       model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
       label2id=label_to_id, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
   def inputs(idx):
-    ids = common.pad([train_rows[i][0] for i in idx])
+    ids = recipe.pad([train_rows[i][0] for i in idx])
     return dict(input_ids=ids, attention_mask=(ids != 0).long(),
-                labels=common.pad([train_rows[i][1] for i in idx], -100))
+                labels=recipe.pad([train_rows[i][1] for i in idx], -100))
 
-  seq_per_sec = common.torch_train(model, inputs, len(train_rows), steps)
+  seq_per_sec = recipe.torch_train(model, inputs, len(train_rows), steps)
   sentences = conll.read_conll(paths["validation"])
   gold, pred = [], []
   for s, (ids, _, firsts) in zip(sentences, encode(sentences, False)):
@@ -70,44 +66,25 @@ def run_transformers(model_dir, paths, labels, steps):
       out = model(input_ids=torch.tensor([ids])).logits[0].argmax(-1).numpy()
     gold.append(s.labels)
     pred.append([labels[out[firsts[w]]] if w in firsts else "O" for w in range(len(s.words))])
-  return {"seq_per_sec": seq_per_sec, "f1": metrics.f1_score(gold, pred),
-          "train_s": (steps - 1) * common.RECIPE["batch_size"] / seq_per_sec}
+  return {"seq_per_sec": seq_per_sec, "f1": metrics.f1_score(gold, pred)}
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", required=True, help="Hugging Face BERT dir")
-  parser.add_argument("--data", default="", help="dir with train.conll and validation.conll")
-  parser.add_argument("--epochs", type=float, default=3.0)
-  args = parser.parse_args()
-  from bert_jax.data.readers import conll, sample_tasks  # pylint: disable=g-import-not-at-top
+  args = recipe.parse_args(__doc__, "dir with train.conll and validation.conll", epochs=3.0)
+  from bert_jax.data.readers import conll  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as tmp:
-    if args.data:
-      paths = {s: os.path.join(args.data, f"{s}.conll") for s in ("train", "validation")}
-    else:
-      paths = sample_tasks.write(os.path.join(tmp, "data"))["ner"]
+    paths = recipe.task_files(args.data, tmp, "conll", "ner")
     train = conll.read_conll(paths["train"])
     labels = conll.label_list(train)
-    steps = common.steps_for(len(train), args.epochs)
-    print(f"{len(train)} training sentences, {steps} steps of {common.RECIPE['batch_size']}; "
+    steps = recipe.steps_for(len(train), args.epochs)
+    print(f"{len(train)} training sentences, {steps} steps of {recipe.RECIPE['batch_size']}; "
           f"{common.load_line()}")
-    ours = common.run_bert_jax(os.path.join(tmp, "run"), {
-        "task": "conll", "init_checkpoint": args.model, "train_file": paths["train"],
-        "validation_file": paths["validation"], "max_seq_length": MAX_SEQ,
-        "num_train_steps": steps, "eval_every_steps": steps, "batch_size":
-        common.RECIPE["batch_size"], "learning_rate": common.RECIPE["learning_rate"],
-        "warmup_ratio": common.RECIPE["warmup_ratio"], "warmup_steps": -1,
-        "log_every_steps": max(1, steps // 10), "checkpoint_every_steps": steps})
+    ours = recipe.run_bert_jax_recipe(os.path.join(tmp, "run"), "conll", args.model, paths,
+                                      MAX_SEQ, steps)
     theirs = run_transformers(args.model, paths, labels, steps)
-  f1 = ours["eval"]["eval_f1"]
-  print(f"bert_jax     : {ours['seq_per_sec']:8.1f} seq/s  entity F1 {f1:.4f}  "
-        f"(launch/finetune.py, {ours['wall_s']:.0f} s wall incl. start-up and compile)")
-  print(f"transformers : {theirs['seq_per_sec']:8.1f} seq/s  entity F1 {theirs['f1']:.4f}  "
-        f"(BertForTokenClassification, seqeval; {theirs['train_s']:.0f} s of training steps)")
-  print(f"ratio bert_jax / transformers: speed {ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x, "
-        f"F1 {f1 / max(theirs['f1'], 1e-9):.3f}; {common.load_line()}")
-
+  recipe.print_results(ours, theirs, steps, [("entity F1", ours["eval"]["eval_f1"], theirs["f1"])],
+                       peer="BertForTokenClassification, seqeval", ratio_label="F1")
 
 if __name__ == "__main__":
   main()
