@@ -139,7 +139,7 @@ def worker_torch_pretrain(smoke: bool, index: int) -> dict:
   case = sizes["cases"][index]
   c = _train_config(case, sizes, sizes["steps"], "float32")
   batch = next(pretrain_peers.synthetic_data(c, vocab_size=sizes["vocab"],
-                                             packed=case.packed).train)
+                                             packed=case.packed)[0].train)
   out = pretrain_peers.run_transformers(
       dict(vocab_size=sizes["vocab"], **_hf_sizes(c.model.preset)), batch, sizes["steps"],
       device="cpu" if smoke else "cuda", bf16_autocast=not smoke, attn_implementation="sdpa",

@@ -114,9 +114,8 @@ def run_transformers(data: str, steps: int, batch_size: int, micro: int) -> dict
   if batch_size:
     config.batch_size = batch_size
   batch_size = config.batch_size
-  task = tasks_lib.get_task(config)
-  stream = task.make_data(config)
-  vocab_size = int(stream.meta["vocab_size"])
+  stream, spec = tasks_lib.make_data(config)
+  vocab_size = spec.vocab_size
   batches = [next(stream.train) for _ in range(steps)]
   if hasattr(stream.train, "close"):
     stream.train.close()

@@ -57,15 +57,15 @@ class PackedIterator:
     self.base.set_state(state)
 
 
-def synthetic_data(config, vocab_size: int, packed: bool = False) -> train.Data:
-  """`train.Data` of synthetic batches; packed rows are MLM only (meta mode 'packed')."""
-  data = synthetic.synthetic_data(config, vocab_size=vocab_size, nsp=not packed)
+def synthetic_data(config, vocab_size: int, packed: bool = False) -> tuple[train.Data, train.Spec]:
+  """(`train.Data` of synthetic batches, their Spec); packed rows are MLM only (mode 'packed')."""
+  data, spec = synthetic.synthetic_data(config, vocab_size=vocab_size, nsp=not packed)
   if packed:
-    data = train.Data(meta=data.meta, train=PackedIterator(data.train))
-  return data
+    data = train.Data(train=PackedIterator(data.train))
+  return data, spec
 
 
-def run_bert_jax(config, data: train.Data) -> dict:
+def run_bert_jax(config, data: tuple[train.Data, train.Spec]) -> dict:
   """bert_jax's own loop: the `seq_per_sec` of its last metrics.jsonl row (compile excluded)."""
   with tempfile.TemporaryDirectory() as workdir:
     train.train_and_evaluate(config, workdir, data=data)

@@ -82,7 +82,7 @@ def main():
           f"{common.load_line()}")
     ours = recipe.run_bert_jax_recipe(
         os.path.join(tmp, "run"), "squad_json", args.model, paths, MAX_SEQ, steps,
-        doc_stride=STRIDE, max_query_length=MAX_QUERY)
+        **{"qa.doc_stride": STRIDE, "qa.max_query_length": MAX_QUERY})
     theirs = run_transformers(args.model, paths, steps)
   recipe.print_results(
       ours, theirs, steps, [("EM", ours["eval"]["eval_exact_match"], theirs["exact_match"]),
