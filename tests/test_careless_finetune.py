@@ -149,3 +149,16 @@ def test_regression_eval_pearson_matches_scipy_on_the_predictions(hf_dir, tmp_pa
       pre, ([r["sentence"] for r in rows[32:]], None), {})]
   labels = [float(r["label"]) for r in rows[32:]]
   assert last["eval_pearson"] == pytest.approx(scipy.stats.pearsonr(values, labels)[0], abs=1e-5)
+
+
+def test_predict_says_when_a_text_was_cut(tmp_path):
+  hf_fixtures.save_hf_dir(hf_fixtures.make_model("BertForSequenceClassification", seed=2),
+                          str(tmp_path / "cls"))
+  pre = convert.from_pretrained(str(tmp_path / "cls"))
+  said = []
+  long_text = " ".join(hf_fixtures.WORDS * 3)
+  results = classifier.Classifier.predict(pre, (["a short one", long_text], None),
+                                          {"max_seq_length": 16, "warn": said.append})
+  assert len(results) == 2
+  assert said == ["1 input(s) reached the model's 16 tokens: longer ones were cut there "
+                  "(--max_seq_length)"]
