@@ -161,6 +161,11 @@ def run(options: Options, base: ml_collections.ConfigDict, train: Optional[Calla
                         "row": report.PAPER_ROWS.get(options.suite)}
     markdown = report.simple_markdown(title, figures, report.PAPER_ROWS.get(options.suite),
                                       report.PAPER_NOTES[options.suite], run_)
+    if "best_f1_thresh" in results.get("official", {}):
+      o = results["official"]
+      markdown += (f"\nBest null threshold (null score - best span score, the official script's "
+                   f"search over {results['predictions']} and null_odds.json): "
+                   f"{o['best_f1_thresh']:.3f} for F1, {o['best_exact_thresh']:.3f} for EM.\n")
   results = report.clean(results)
   report.write(options.workdir, results, markdown)
   say("")
