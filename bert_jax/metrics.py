@@ -52,12 +52,17 @@ PEAK_FLOPS = {
 
 
 def peak_flops_per_device(device_kind: str, override: Optional[float] = None) -> Optional[float]:
-  """From the config when given, else the table; None when unknown (CPU)."""
+  """From the config when given, else the table; on CPU the measured matmul peak
+  (`platform.cpu_peak_flops`, cached per machine) shared by the process's CPU devices;
+  None when unknown."""
   if override:
     return float(override)
   for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
     if device_kind.startswith(prefix):
       return PEAK_FLOPS[prefix]
+  if device_kind == "cpu":
+    from bert_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+    return platform_lib.cpu_peak_flops() / max(1, len(jax.local_devices(backend="cpu")))
   return None
 
 
