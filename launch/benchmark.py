@@ -27,9 +27,10 @@ from bert_jax import launcher  # pylint: disable=g-import-not-at-top
 from bert_jax.errors import UserError, run_main  # pylint: disable=g-import-not-at-top
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULT_CONFIG = os.path.join(_ROOT, "configs", "finetune.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_ROOT, "configs", "finetune.py"),
-    "Fine-tuning config every run starts from.", lock_config=True)
+    "config", None, f"Fine-tuning config every run starts from (default {_DEFAULT_CONFIG}).",
+    lock_config=True)
 _SUITE = flags.DEFINE_string("suite", None, "glue, squad1, squad2 or conll.")
 _INIT = flags.DEFINE_string("init_checkpoint", None, "The model to fine-tune (any model path).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Suite directory: one workdir per run, results.")
@@ -61,6 +62,15 @@ def main(argv):
     sys.exit(143)
 
 
+def _with_default_config(argv: list[str]) -> list[str]:
+  """argv with --config=configs/finetune.py first when no --config is given (a flag default
+  would be parsed when defined, before its overrides could be checked)."""
+  if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+    return argv
+  return argv[:1] + [f"--config={_DEFAULT_CONFIG}"] + argv[1:]
+
+
 if __name__ == "__main__":
+  sys.argv = _with_default_config(sys.argv)
   launcher.check_config_flags(sys.argv)
   run_main(main)
