@@ -146,3 +146,21 @@ def test_suite_input_errors(setup, tmp_path):
     benchmark.run(opts(data=str(tmp_path)), base)
   with pytest.raises(UserError, match="--init_checkpoint=/nowhere does not exist"):
     benchmark.run(opts(init_checkpoint="/nowhere"), base)
+
+
+@pytest.mark.slow
+def test_squad1_suite_reports_em_and_f1_only(setup, tmp_path):
+  paths = sample_tasks.write(str(tmp_path / "v1"), num_train=40, num_eval=24, version_2=False)
+  workdir = str(tmp_path / "squad1")
+  options = benchmark.Options(suite="squad1", init_checkpoint=setup["hf"], workdir=workdir,
+                              data=os.path.dirname(paths["squad"]["train"]),
+                              learning_rates=[1e-3])
+  results = benchmark.run(options, small_config(max_seq_length=64, doc_stride=32,
+                                                max_query_length=16), say=lambda _: None)
+  assert sorted(results["figures"]) == ["EM", "F1"]
+  assert "HasAns_total" not in results["official"]
+  best = results["tasks"]["squad"]
+  rows = [json.loads(l) for l in open(os.path.join(best["workdir"], "metrics.jsonl"))]
+  row = next(r for r in rows if r["step"] == best["best_step"] and "eval_f1" in r)
+  assert results["official"]["f1"] == pytest.approx(row["eval_f1"], abs=1e-9)
+  assert "Table 2, BERT-base" in open(os.path.join(workdir, "results.md")).read()
