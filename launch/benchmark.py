@@ -2,7 +2,8 @@ r"""The paper's tables in one command: fine-tune a model on GLUE, SQuAD or CoNLL
 
   python launch/benchmark.py --suite=glue --init_checkpoint=PATH --workdir=DIR \
       [--tasks=cola,sst2,...] [--learning_rates=5e-5,4e-5,3e-5,2e-5] [--seeds=1] \
-      [--data=tfds|GLUE_DIR] [--config=configs/finetune.py] [--config.KEY=VALUE ...]
+      [--data=tfds|GLUE_DIR] [--task_epochs=mrpc=5,wnli=5] [--config=configs/finetune.py] \
+      [--config.KEY=VALUE ...]
 
 Each task x learning rate x seed is a normal fine-tuning workdir DIR/<task>/lr<lr>_seed<s>
 (configs/finetune.py: the paper's batch 32, 3 epochs), run one after another; running the
@@ -40,6 +41,9 @@ _LRS = flags.DEFINE_string("learning_rates", "5e-5,4e-5,3e-5,2e-5",
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per learning rate (1..N).")
 _DATA = flags.DEFINE_string("data", "tfds", "tfds, or a dir in the original GLUE download "
                             "layout (SQuAD: train/dev JSON; CoNLL: CoNLL files).")
+_TASK_EPOCHS = flags.DEFINE_list(
+    "task_epochs", [], "TASK=EPOCHS pairs (e.g. mrpc=5,wnli=5) replacing config.num_epochs for "
+    "those tasks; default: the paper's 3 epochs everywhere.")
 _CHECK_COUNTS = flags.DEFINE_bool("check_counts", True,
                                   "Refuse test sets whose size is not the official one.")
 
@@ -52,11 +56,13 @@ def main(argv):
                     "--workdir=DIR are required")
   launcher.quiet_logs()
   from bert_jax.suite import benchmark  # pylint: disable=g-import-not-at-top
+  from bert_jax.suite import glue  # pylint: disable=g-import-not-at-top
   from bert_jax.suite import runs  # pylint: disable=g-import-not-at-top
   options = benchmark.Options(
       suite=_SUITE.value, init_checkpoint=_INIT.value or "", workdir=_WORKDIR.value,
       tasks=_TASKS.value, learning_rates=runs.parse_learning_rates(_LRS.value),
-      seeds=_SEEDS.value, data=_DATA.value, check_counts=_CHECK_COUNTS.value)
+      seeds=_SEEDS.value, data=_DATA.value, check_counts=_CHECK_COUNTS.value,
+      task_epochs=runs.parse_task_epochs(_TASK_EPOCHS.value, list(glue.TASKS)))
   result = benchmark.run(options, _CONFIG.value)
   if result.get("preempted"):
     sys.exit(143)

@@ -286,3 +286,42 @@ def test_glue_suite_on_tfds_mock_data_through_the_launcher(tmp_path, model):
                      capture_output=True, text=True, timeout=300, env=child_env(1))
   assert r.returncode == 1
   assert r.stderr.strip().splitlines()[-1] == "error: --learning_rates: 'fast' is not a number"
+
+
+def test_task_epochs_reach_the_runs_and_finished_runs_are_skipped(tmp_path, model):
+  """The sweep's configs (fake trainer): per-task epochs, learning rates, seeds; a run whose
+  workdir says it finished is not trained again, an unfinished one is."""
+  seen = []
+
+  def fake_train(config, workdir):
+    seen.append((config.task, config.learning_rate, config.seed, config.num_epochs, workdir))
+    os.makedirs(os.path.join(workdir, "best"), exist_ok=True)
+    value = 0.5 + config.learning_rate  # the higher rate wins
+    with open(os.path.join(workdir, "best", "best.json"), "w") as f:
+      json.dump({"step": 3, "metric": "eval_accuracy", "value": value}, f)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"step": 3, "eval_accuracy": value}) + "\n")
+    return {"step": 3, "preempted": False}
+
+  tasks = [type("T", (), {"name": n, "config": {"task": f"glue/{n}", **(
+      {"num_epochs": e} if e else {})}})() for n, e in (("mrpc", 5.0), ("rte", None))]
+  base = small_config()
+  got, preempted = runs.sweep(base, tasks, model, str(tmp_path), [0.1, 0.2], [1, 2],
+                              train=fake_train, report=lambda _: None)
+  assert not preempted and len(got) == 8
+  assert sorted((t, lr, s, e) for t, lr, s, e, _ in seen) == sorted(
+      [("glue/mrpc", lr, s, 5.0) for lr in (0.1, 0.2) for s in (1, 2)]
+      + [("glue/rte", lr, s, base.num_epochs) for lr in (0.1, 0.2) for s in (1, 2)])
+  assert {t: r.learning_rate for t, r in runs.best_runs(got).items()} == {"mrpc": 0.2, "rte": 0.2}
+  os.remove(os.path.join(str(tmp_path), "rte", "lr0.1_seed2", runs.DONE_FILE))  # interrupted
+  seen.clear()
+  again, _ = runs.sweep(base, tasks, model, str(tmp_path), [0.1, 0.2], [1, 2],
+                        train=fake_train, report=lambda _: None)
+  assert [(t, lr, s) for t, lr, s, _, _ in seen] == [("glue/rte", 0.1, 2)]
+  assert sum(r.skipped for r in again) == 7
+  assert runs.parse_task_epochs("mrpc=5, wnli=2.5", list(glue.TASKS)) == {"mrpc": 5.0,
+                                                                         "wnli": 2.5}
+  with pytest.raises(UserError, match="--task_epochs: 'mrcp=5' is not TASK=EPOCHS"):
+    runs.parse_task_epochs("mrcp=5", list(glue.TASKS))
+  with pytest.raises(UserError, match="--task_epochs: 'five' \\(for mrpc\\) is not a number"):
+    runs.parse_task_epochs("mrpc=five", list(glue.TASKS))

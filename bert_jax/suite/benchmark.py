@@ -39,6 +39,7 @@ class Options:
   seeds: int = 1
   data: str = "tfds"
   check_counts: bool = True
+  task_epochs: dict = dataclasses.field(default_factory=dict)  # {task: num_epochs}
 
 
 def _tasks(options: Options, tfds_data_dir: Optional[str]) -> list[data_lib.TaskData]:
@@ -89,6 +90,9 @@ def run(options: Options, base: ml_collections.ConfigDict, train: Optional[Calla
   check_options(options)
   tfds_data_dir = base.get("tfds_data_dir") or None
   tasks = _tasks(options, tfds_data_dir)
+  for t in tasks:
+    if t.name in options.task_epochs:
+      t.config["num_epochs"] = float(options.task_epochs[t.name])
   seeds = list(range(1, options.seeds + 1))
   all_runs, preempted = runs_lib.sweep(base, tasks, options.init_checkpoint, options.workdir,
                                        options.learning_rates, seeds, train=train, report=say)

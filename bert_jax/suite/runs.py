@@ -57,6 +57,26 @@ def parse_learning_rates(text: Sequence[str] | str) -> list[float]:
   return out
 
 
+def parse_task_epochs(text: Sequence[str] | str, known: Sequence[str]) -> dict[str, float]:
+  """'mrpc=5,wnli=5' -> {'mrpc': 5.0, 'wnli': 5.0}: epochs for some tasks instead of the
+  config's num_epochs (the paper's 3), as is common for the small MRPC and WNLI sets."""
+  items = [i for i in (text.split(",") if isinstance(text, str) else list(text)) if i.strip()]
+  out = {}
+  for item in items:
+    name, sep, value = str(item).partition("=")
+    name = name.strip().lower()
+    if not sep or name not in known:
+      raise UserError(f"--task_epochs: {item.strip()!r} is not TASK=EPOCHS with TASK one of "
+                      f"{', '.join(known)}")
+    try:
+      out[name] = float(value)
+    except ValueError:
+      raise UserError(f"--task_epochs: {value.strip()!r} (for {name}) is not a number") from None
+    if out[name] <= 0:
+      raise UserError(f"--task_epochs: {name}={value} must be > 0")
+  return out
+
+
 @dataclasses.dataclass
 class Run:
   task: str
