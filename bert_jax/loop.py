@@ -112,7 +112,9 @@ class Loop:
     self.head = head
     self.bert_config = bert_config
     self.workdir = workdir
-    self.writer = metrics_lib.MetricWriter(workdir, resume_step=restored)
+    self.writer = metrics_lib.MetricWriter(
+        workdir, resume_step=restored, total_steps=int(config.num_train_steps),
+        tokens_per_step=int(config.batch_size) * int(config.max_seq_length))
     self.checkpointer = checkpointer
     self.mesh = mesh
     self.tokenizer_dir = tokenizer_dir

@@ -3,16 +3,28 @@
 Why sums with denominators: a train step returns e.g. `mlm_loss_sum` and
 `mlm_weight`; averaging over steps or hosts then stays exact however many
 masked tokens each batch has. Only process 0 writes anything.
+
+Two forms of a logged row: the log line (`format_line`, every key) for absl's
+log file, and the console line a person reads (`console_line`:
+`step 1200/9000 | loss 0.412 | eval_accuracy 0.913 | 812 seq/s | ETA 6m10s`),
+printed on stderr without absl's `I1201 16:23:34.761338 ... metrics.py:116]`
+prefix. Under a launcher (absl's handler active) the console line replaces the
+prefixed one on a terminal; a log file (`--log_dir`) still gets the full line,
+and `--alsologtostderr` / `--logtostderr` users get absl's lines as they asked.
+Library use without absl's handler (notebooks, tests) logs as before.
 """
 
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import math
 import os
 import sys
+import time
 from typing import Any, Mapping, Optional
 
+from absl import flags
 from absl import logging
 import jax
 import numpy as np
@@ -40,12 +52,17 @@ PEAK_FLOPS = {
 
 
 def peak_flops_per_device(device_kind: str, override: Optional[float] = None) -> Optional[float]:
-  """From the config when given, else the table; None when unknown (CPU)."""
+  """From the config when given, else the table; on CPU the measured matmul peak
+  (`platform.cpu_peak_flops`, cached per machine) shared by the process's CPU devices;
+  None when unknown."""
   if override:
     return float(override)
   for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
     if device_kind.startswith(prefix):
       return PEAK_FLOPS[prefix]
+  if device_kind == "cpu":
+    from bert_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+    return platform_lib.cpu_peak_flops() / max(1, len(jax.local_devices(backend="cpu")))
   return None
 
 
@@ -84,10 +101,16 @@ class MetricWriter:
   """Writes one row per call to metrics.jsonl, TensorBoard and the log (process 0 only)."""
 
   def __init__(self, workdir: str, enabled: Optional[bool] = None,
-               resume_step: Optional[int] = None):
+               resume_step: Optional[int] = None, total_steps: Optional[int] = None,
+               tokens_per_step: Optional[int] = None):
     """`resume_step`: the step training restarts from; rows after it are dropped first (a
-    run killed after its last checkpoint logs those steps again)."""
+    run killed after its last checkpoint logs those steps again). `total_steps`: the run's
+    last step, for the console's `step N/TOTAL` and ETA. `tokens_per_step`: when given, train
+    rows get `tokens` (computed tokens so far: step x batch x length), the x axis of plots."""
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.total_steps = total_steps
+    self.tokens_per_step = tokens_per_step
+    self._eta = _EtaClock()
     self._jsonl = None
     self._tb = None
     if not self.enabled:
@@ -106,6 +129,9 @@ class MetricWriter:
     if not self.enabled:
       return
     clean = {k: _to_python(v) for k, v in row.items()}
+    train_row = not any(k.startswith("eval_") for k in clean)
+    if self.tokens_per_step and train_row:
+      clean["tokens"] = int(step) * int(self.tokens_per_step)
     self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
@@ -113,7 +139,8 @@ class MetricWriter:
         if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
           self._tb.add_scalar(k, v, int(step))
       self._tb.flush()
-    logging.info("%s", format_line(step, clean))
+    eta = self._eta.update(int(step), self.total_steps) if train_row else None
+    emit(format_line(step, clean), console_line(step, clean, self.total_steps, eta))
 
   def close(self) -> None:
     if self._jsonl is not None:
@@ -151,6 +178,83 @@ def _to_python(v: Any) -> Any:
   if isinstance(v, float) and not math.isfinite(v):
     return str(v)  # JSON has no NaN/inf
   return v
+
+
+class _EtaClock:
+  """Seconds left from the average pace since the first logged train row of this process (the
+  first window carries compilation; evaluation pauses count, as they will again)."""
+
+  def __init__(self, clock=time.monotonic):
+    self.clock = clock
+    self.first: Optional[tuple[int, float]] = None
+
+  def update(self, step: int, total: Optional[int]) -> Optional[float]:
+    now = self.clock()
+    if self.first is None:
+      self.first = (step, now)
+      return None
+    first_step, first_time = self.first
+    if not total or step <= first_step:
+      return None
+    return (total - step) * (now - first_time) / (step - first_step)
+
+
+def format_duration(seconds: float) -> str:
+  """`45s`, `6m10s`, `2h05m`."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f"{seconds}s"
+  minutes, seconds = divmod(seconds, 60)
+  if minutes < 60:
+    return f"{minutes}m{seconds:02d}s"
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m"
+
+
+# Keys the console line leaves to the log file and metrics.jsonl.
+_CONSOLE_HIDDEN = frozenset({"tokens_per_sec", "real_tokens_per_sec", "padding_fraction",
+                             "grad_norm", "tokens", "seq_per_sec", "mfu"})
+
+
+def console_line(step: int, row: Mapping[str, Any], total_steps: Optional[int] = None,
+                 eta_seconds: Optional[float] = None) -> str:
+  """`step 1200/9000 | loss 0.412 | eval_accuracy 0.913 | 812 seq/s | mfu 41% | ETA 6m10s`."""
+  short = {"mlm_accuracy": "mlm_acc", "nsp_accuracy": "nsp_acc", "learning_rate": "lr",
+           "eval_mlm_accuracy": "eval_mlm_acc", "eval_nsp_accuracy": "eval_nsp_acc"}
+  parts = [f"step {step}/{total_steps}" if total_steps else f"step {step}"]
+  for k, v in row.items():
+    if k in _CONSOLE_HIDDEN or v is None:
+      continue
+    name = short.get(k, k)
+    parts.append(f"{name} {v:.3g}" if isinstance(v, float) else f"{name} {v}")
+  if isinstance(row.get("seq_per_sec"), (int, float)):
+    parts.append(f"{row['seq_per_sec']:.0f} seq/s")
+  if isinstance(row.get("mfu"), (int, float)):
+    parts.append(f"mfu {100 * row['mfu']:.1f}%")
+  if eta_seconds is not None:
+    parts.append(f"ETA {format_duration(eta_seconds)}")
+  return " | ".join(parts)
+
+
+def _absl_handler_active() -> bool:
+  handler = logging.get_absl_handler()
+  return handler in py_logging.getLogger().handlers and flags.FLAGS.is_parsed()
+
+
+def emit(log_line: str, console: str) -> None:
+  """The log line for absl's log file, the console line for the person at the terminal."""
+  if not _absl_handler_active() or logging.get_verbosity() < logging.INFO:
+    logging.info("%s", log_line)
+    return
+  stream = logging.get_absl_handler().python_handler.stream
+  to_file = stream is not sys.stderr and not flags.FLAGS["logtostderr"].value
+  if to_file:
+    logging.info("%s", log_line)  # absl's file (and stderr when --alsologtostderr)
+  elif flags.FLAGS["logtostderr"].value or flags.FLAGS["alsologtostderr"].value:
+    logging.info("%s", log_line)
+    return
+  if not flags.FLAGS["alsologtostderr"].value:
+    print(console, file=sys.stderr, flush=True)
 
 
 def format_line(step: int, row: Mapping[str, Any]) -> str:

@@ -1,4 +1,14 @@
-"""Per-platform speed settings in one place: XLA flags for GPUs, batch sizes for CPUs.
+"""Per-platform speed settings in one place: XLA flags for GPUs, batch sizes for CPUs, and
+the CPU's measured matmul peak (for MFU on CPU).
+
+Why measure the CPU: MFU needs a peak FLOP/s and CPUs have no table entry (the
+same model name runs at different clocks, core counts and vector widths).
+`cpu_peak_flops()` times a jitted fp32 matmul for about a second, keeps the best
+rate, and caches it in a small JSON file (`~/.cache/bert_jax/cpu_peak_flops.json`,
+or under `$BERT_JAX_CACHE_DIR`) keyed by CPU model and core count, so each machine
+pays once. It is an achieved matmul rate, not a data-sheet peak: MFU on CPU reads
+"fraction of what XLA's matmul reaches here", and a busy machine measures low.
+`config.peak_flops_per_device` overrides it.
 
 Why a function: XLA reads `XLA_FLAGS` once, when jax initialises its backend, so
 the flags must be in the environment before the first jax computation. Launchers
@@ -24,7 +34,11 @@ for multi-GPU nodes and clusters. Not measured on hardware in this repo yet
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import platform as py_platform
+import tempfile
+import time
 from typing import Mapping, MutableMapping, Optional
 
 # Tokens per device in one CPU forward (an inference batch) or forward/backward (a training
@@ -88,3 +102,79 @@ def set_performance_flags(environ: Optional[MutableMapping[str, str]] = None, *,
   after = merged_xla_flags(before, GPU_FLAGS)
   environ["XLA_FLAGS"] = after
   return after[len(before.strip()):].split()
+
+
+# --------------------------------------------------------------------------- CPU peak
+
+PEAK_CACHE_FILE = "cpu_peak_flops.json"
+
+
+def cache_dir(environ: Optional[Mapping[str, str]] = None) -> str:
+  """`$BERT_JAX_CACHE_DIR`, else `~/.cache/bert_jax`."""
+  environ = os.environ if environ is None else environ
+  return environ.get("BERT_JAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "bert_jax")
+
+
+def cpu_key() -> str:
+  """`<CPU model> x<cores>`: what the cached peak is valid for."""
+  model = ""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f
+                    if line.lower().startswith("model name")), "")
+  except OSError:
+    pass
+  model = model or py_platform.processor() or py_platform.machine() or "unknown cpu"
+  return f"{model} x{os.cpu_count() or 1}"
+
+
+def measure_matmul_flops(size: int = 1024, seconds: float = 1.0) -> float:
+  """The best fp32 FLOP/s of a jitted [size, size] matmul over about `seconds` on the CPU."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  device = jax.devices("cpu")[0]
+  a = jax.device_put(jnp.ones((size, size), jnp.float32), device)
+  b = jax.device_put(jnp.full((size, size), 0.5, jnp.float32), device)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()  # compile
+  best = float("inf")
+  end = time.perf_counter() + seconds
+  while time.perf_counter() < end or best == float("inf"):
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size ** 3 / best
+
+
+def _read_cache(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+    return data if isinstance(data, dict) else {}
+  except (OSError, ValueError):
+    return {}
+
+
+def cpu_peak_flops(directory: Optional[str] = None) -> float:
+  """The whole CPU's measured matmul FLOP/s, from the cache file or measured once and cached.
+
+  A cache that cannot be written (read-only home) only costs measuring again.
+  """
+  directory = directory or cache_dir()
+  path = os.path.join(directory, PEAK_CACHE_FILE)
+  key = cpu_key()
+  cached = _read_cache(path)
+  if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
+    return float(cached[key])
+  flops = measure_matmul_flops()
+  cached[key] = flops
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".cpu_peak.", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(cached, f, indent=1)
+    os.replace(tmp, path)
+  except OSError:
+    pass
+  return flops

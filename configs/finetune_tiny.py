@@ -11,6 +11,13 @@ entailed by, contradicted by, or unrelated to a two-fact premise (3 balanced cla
 training and 600 validation pairs). Measured on a 2-core CPU (load ~6): eval_accuracy 0.68
 after 5 epochs (470 steps, ~1 minute), against 0.33 for chance. The tiny model needs a larger
 learning rate than BERT-base's 2e-5 (with 2e-5 it reaches 0.41 in 3 epochs).
+
+Per class on the 600 test pairs (the quick start's run): entailment 0.71, neutral 1.00,
+contradiction 0.28. The model learns which attribute a claim is about but not whether its value
+matches the premise's: its eval loss stops at 0.463 = (2/3) ln 2, a coin flip between entailment
+and contradiction. Not changed by 20 epochs, learning rates 3e-4 to 1e-3 (3e-3 diverges),
+no dropout, 6,000 training pairs, one-fact premises or claims in the premise's own words
+(measured, not kept).
 """
 
 from configs import finetune

@@ -63,5 +63,15 @@ import json, sys
 best = json.load(open(sys.argv[1]))
 print(f"best {best['metric']} {best['value']:.3f} at step {best['step']} (chance: 0.333)")
 PY
+python - "$WORKDIR/ft/test_predictions.tsv" "$WORKDIR/pairs/test.jsonl" <<'PY'
+import json, sys
+predicted = [line.split("\t")[1] for line in open(sys.argv[1]).read().splitlines()[1:]]
+gold = [json.loads(line)["label"] for line in open(sys.argv[2])]
+parts = []
+for label in ("entailment", "neutral", "contradiction"):
+  rows = [p for p, g in zip(predicted, gold) if g == label]
+  parts.append(f"{label} {sum(p == label for p in rows) / max(len(rows), 1):.2f}")
+print(f"test accuracy per class ({len(gold)} pairs): " + ", ".join(parts))
+PY
 python launch/predict.py --model="$WORKDIR/ft/best" --text="Brom Tefaix is a teacher." \
     --text_pair="Brom earns a living as a gardener."

@@ -1,30 +1,91 @@
-"""Helpers shared by the test modules (imported as `from conftest import ...`).
+"""Helpers shared by the test modules (imported as `from conftest import ...`), and a test
+run that leaves the machine as it found it.
 
 Tiny runs spend most of their time compiling the same steps again, so every test
 process and child process shares one persistent compilation cache (keyed by HLO,
-so always safe).
+so always safe). Everything a run writes lives under pytest's base temp dir:
+- the compilation cache (`<basetemp root>/compilation_cache`; set
+  BERT_JAX_TEST_COMPILATION_CACHE=DIR to keep one across runs);
+- every `tempfile` dir of libraries (tfds' `mkdtemp("tfds")` per dataset info,
+  ...) and of child processes (TMPDIR), in `<basetemp root>/tmp`;
+- the CPU peak cache of MFU (BERT_JAX_CACHE_DIR), so tests never write ~/.cache.
+A session that passed removes the base temp dir at its end (a failed one keeps
+it to look at; an explicit --basetemp is the user's and is kept).
 """
 
+import _thread
+import gc
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 
 import jax
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # configs/ is a package at the repository root
-CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(),
-                                                       "bert_jax_test_compilation_cache"),
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+# Filled in by pytest_configure (the dirs live under pytest's base temp dir).
+CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-jax.config.update("jax_compilation_cache_dir", CACHE_ENV["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def _session_root(config) -> str:
+  """The base temp dir of the whole run (the controller's under pytest-xdist)."""
+  basetemp = str(config._tmp_path_factory.getbasetemp())  # pylint: disable=protected-access
+  worker = getattr(config, "workerinput", None)
+  return os.path.dirname(basetemp) if worker is not None else basetemp
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has set up its factory
+def pytest_configure(config):
+  root = _session_root(config)
+  cache = os.environ.get("BERT_JAX_TEST_COMPILATION_CACHE") or os.path.join(
+      root, "compilation_cache")
+  tmp = os.path.join(root, "tmp")
+  os.makedirs(tmp, exist_ok=True)
+  CACHE_ENV.update(JAX_COMPILATION_CACHE_DIR=cache, TMPDIR=tmp,
+                   BERT_JAX_CACHE_DIR=os.path.join(root, "bert_jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", cache)
+  tempfile.tempdir = tmp  # tfds' mkdtemp("tfds") and every other library temp dir
+  os.environ["TMPDIR"] = tmp
+  os.environ["BERT_JAX_CACHE_DIR"] = CACHE_ENV["BERT_JAX_CACHE_DIR"]
+  _guard_gc_callbacks()
+
+
+def pytest_sessionfinish(session, exitstatus):
+  config = session.config
+  if getattr(config, "workerinput", None) is not None or config.option.basetemp:
+    return
+  if exitstatus == 0:
+    root = str(config._tmp_path_factory.getbasetemp())  # pylint: disable=protected-access
+    tempfile.tempdir = None
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _guard_gc_callbacks():
+  """A Ctrl-C (or a test's KeyboardInterrupt) that lands while jax's `_xla_gc_callback` runs
+  inside the garbage collector cannot propagate from there: Python prints it as an
+  unraisable exception (pytest: PytestUnraisableExceptionWarning) and drops it. The wrapper
+  hands it back to the main thread, where it interrupts the run as it should."""
+  def guarded(callback):
+    def run(*args):
+      try:
+        callback(*args)
+      except KeyboardInterrupt:
+        _thread.interrupt_main()
+    run.guarded = True
+    return run
+
+  gc.callbacks[:] = [c if getattr(c, "guarded", False) or "xla_gc" not in getattr(
+      c, "__name__", "") else guarded(c) for c in gc.callbacks]
 
 
 def child_env(devices: int = 1, **extra: str) -> dict:

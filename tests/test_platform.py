@@ -1,5 +1,6 @@
 """XLA performance flags: merged with the user's, only where a GPU may be used, known to XLA."""
 
+import json
 import subprocess
 import sys
 
@@ -45,3 +46,35 @@ def test_every_flag_is_known_to_this_xla():
                           env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == "3.0"
+
+
+def test_cpu_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+  first = platform.cpu_peak_flops(str(tmp_path))
+  assert first > 0
+  cached = json.loads((tmp_path / platform.PEAK_CACHE_FILE).read_text())
+  assert cached == {platform.cpu_key(): first}
+
+  def no_measuring(*args, **kwargs):
+    raise AssertionError("measured again although the cache has this CPU")
+
+  monkeypatch.setattr(platform, "measure_matmul_flops", no_measuring)
+  assert platform.cpu_peak_flops(str(tmp_path)) == first
+  # Another machine's entry is kept; a torn file is measured again and rewritten.
+  monkeypatch.setattr(platform, "measure_matmul_flops", lambda: 123.0)
+  monkeypatch.setattr(platform, "cpu_key", lambda: "Other CPU x64")
+  assert platform.cpu_peak_flops(str(tmp_path)) == 123.0
+  assert sorted(json.loads((tmp_path / platform.PEAK_CACHE_FILE).read_text()).values()) == sorted(
+      [first, 123.0])
+  (tmp_path / platform.PEAK_CACHE_FILE).write_text('{"torn')
+  assert platform.cpu_peak_flops(str(tmp_path)) == 123.0
+
+
+def test_mfu_peak_on_cpu_is_measured_and_the_config_overrides(tmp_path, monkeypatch):
+  monkeypatch.setenv("BERT_JAX_CACHE_DIR", str(tmp_path))
+  monkeypatch.setattr(platform, "measure_matmul_flops", lambda: 8e10)
+  import jax  # pylint: disable=g-import-not-at-top
+  from bert_jax import metrics  # pylint: disable=g-import-not-at-top
+  devices = len(jax.local_devices(backend="cpu"))
+  assert metrics.peak_flops_per_device("cpu") == 8e10 / devices
+  assert metrics.peak_flops_per_device("cpu", override=5e9) == 5e9
+  assert metrics.peak_flops_per_device("TPU v4") == 275e12
