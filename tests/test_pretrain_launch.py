@@ -82,7 +82,7 @@ def test_pretrain_then_sigterm_and_resume(tmp_path, data_dir):
   assert [row["step"] for row in train_rows] == list(range(1, 21))
   assert [row["step"] for row in eval_rows] == [10, 20]
   assert {"mlm_accuracy", "nsp_accuracy", "seq_per_sec", "learning_rate"} <= set(train_rows[-1])
-  assert "step 20 | loss" in r.stderr  # the console line
+  assert "step 20/20 | loss" in r.stderr  # the console line
   from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
   model = convert.from_pretrained(whole)
   assert model.config.vocab_size == 300 and model.config.hidden_size == 32

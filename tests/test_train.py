@@ -31,7 +31,7 @@ def test_loop_learns_and_writes_metrics_and_model_files(tmp_path):
   for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "grad_norm",
               "learning_rate", "seq_per_sec", "tokens_per_sec", "mfu"):
     assert key in train_rows[-1], key
-  assert train_rows[-1]["mfu"] is None  # CPU: no peak known
+  assert train_rows[-1]["mfu"] > 0  # CPU: the measured matmul peak
   for key in ("eval_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"):
     assert key in eval_rows[-1]
   assert result["step"] == 12 and not result["preempted"]

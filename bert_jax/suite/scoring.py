@@ -14,7 +14,7 @@ and the report names both files.
   all questions, over those with answers (HasAns) and without (NoAns), and
   `find_best_thresh` (questions sorted by null odds, the threshold that maximises
   the score). Fractions in [0, 1].
-- CoNLL: per entity type precision/recall/F1 with `tasks.entities.chunks`
+- CoNLL: per entity type precision/recall/F1 with `heads.entities.chunks`
   (seqeval's default mode), micro over the type's chunks.
 """
 
@@ -30,8 +30,8 @@ import numpy as np
 from bert_jax import files
 from bert_jax.errors import UserError
 from bert_jax.suite import submission
-from bert_jax.tasks import entities
-from bert_jax.tasks import squad_eval
+from bert_jax.heads import entities
+from bert_jax.heads import squad_eval
 
 N_BEST = 20  # configs/finetune.py's n_best_size
 
