@@ -10,9 +10,11 @@ QA contexts state a person's facts and the questions ask for one of them, with
 some questions about facts the context leaves out (no answer, for v2.0).
 Multiple-choice contexts state two of a person's facts and the four choices
 continue with one fact about them, only one of which the context supports
-(the others take another person's job, town, pet or colour).
+(the others take another person's job, town, pet or colour). Summary articles
+state 6-10 facts about a person, their town and a company; the highlights
+restate 2-3 of them in other words.
 
-  python -m bert_jax.data.sample_tasks OUT_DIR   # OUT_DIR/{ner/*.conll, squad/*.json, mc/*.jsonl}
+  python -m bert_jax.data.sample_tasks OUT_DIR   # OUT_DIR/{ner,squad,mc,summary}/*
 """
 
 from __future__ import annotations
@@ -160,10 +162,44 @@ def choices_jsonl(seed: int, num_examples: int) -> str:
   return "".join(json.dumps(r) + "\n" for r in rows)
 
 
+def _summary_example(rng: corpus._Rng, world: dict, p: dict) -> dict:
+  f, t, pet, c = p["first"], p["town"], p["pet"], rng.pick(world["companies"])
+  facts = [  # (article sentence, its restatement in the highlights)
+      (f"{p['name']} works as a {p['job']} in {t['name']}.", f"{f} is a {p['job']}."),
+      (f"{f} lives in {t['name']}, a {t['size']} town on the river {t['river']}.",
+       f"{f} lives by the river {t['river']}."),
+      (f"{f} keeps a {pet['name']} as a pet.", f"{f} has a pet {pet['name']}."),
+      (f"The {pet['name']} of {f} eats {pet['food']} every morning.",
+       f"The pet eats {pet['food']}."),
+      (f"The favourite colour of {f} is {p['colour']}.", f"{f} likes {p['colour']}."),
+      (f"{f} is {p['age']} years old.", f"{f} is {p['age']}."),
+      (f"Every {p['day']} {f} goes to the market in {t['name']}.",
+       f"{f} shops on {p['day']}."),
+      (f"{f} buys {c['product']} from {c['name']}.", f"{f} buys from {c['name']}."),
+      (f"{c['name']} was founded by {c['founder']['name']}.",
+       f"{c['founder']['name']} founded {c['name']}."),
+      (f"People in {t['name']} fish in the river {t['river']} every {t['day']}.",
+       f"{t['name']} fishes on {t['day']}."),
+  ]
+  facts = corpus._shuffled(rng, facts)[:6 + rng.below(5)]  # pylint: disable=protected-access
+  stated = sorted(corpus._shuffled(rng, list(range(len(facts))))[:2 + rng.below(2)])  # pylint: disable=protected-access
+  return {"article": " ".join(s for s, _ in facts),
+          "highlights": "\n".join(facts[i][1] for i in stated)}
+
+
+def summaries_jsonl(seed: int, num_examples: int) -> str:
+  """Extractive-summary JSONL: {"article" (6-10 sentences), "highlights" (2-3 of them
+  restated, one a line)} per line."""
+  world = corpus._entities(corpus._Rng(0))  # pylint: disable=protected-access
+  rng = corpus._Rng(seed)  # pylint: disable=protected-access
+  rows = [_summary_example(rng, world, rng.pick(world["people"])) for _ in range(num_examples)]
+  return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 def write(directory: str, num_train: int = 600, num_eval: int = 150,
           version_2: bool = True) -> dict[str, dict[str, str]]:
-  """Writes ner/{train,validation,test}.conll, squad/{...}.json and mc/{...}.jsonl; returns
-  their paths."""
+  """Writes ner/{train,validation,test}.conll, squad/{...}.json, mc/{...}.jsonl and
+  summary/{...}.jsonl; returns their paths."""
   sizes = {"train": num_train, "validation": num_eval, "test": num_eval}
   paths: dict[str, dict[str, str]] = {"ner": {}, "squad": {}, "mc": {}}
   for k, split in enumerate(_SPLITS):
@@ -181,6 +217,11 @@ def write(directory: str, num_train: int = 600, num_eval: int = 150,
     rows = choices_jsonl(300 + k, sizes[split]).encode("utf-8")
     files.write_file_atomically(mc, lambda f, rows=rows: f.write(rows))
     paths["ner"][split], paths["squad"][split], paths["mc"][split] = ner, qa, mc
+    summary = os.path.join(directory, "summary", f"{split}.jsonl")
+    os.makedirs(os.path.dirname(summary), exist_ok=True)
+    rows = summaries_jsonl(400 + k, sizes[split]).encode("utf-8")
+    files.write_file_atomically(summary, lambda f, rows=rows: f.write(rows))
+    paths.setdefault("summary", {})[split] = summary
   return paths
 
 
