@@ -14,7 +14,8 @@ skipped), in document order, scored against the reference with ROUGE-1/2/L
 F-measures (`eval_rouge1`, `eval_rouge2`, `eval_rougeL`, fractions; equal to
 the rouge-score package without stemming). Main metric: rouge2 (bigram overlap
 rewards whole phrases, which picking sentences of frequent words does not earn).
-The Lead-3 baseline (the first 3 sentences) of the same articles is logged on
+The Lead-3 baseline (the article's first 3 sentences, truncated or not) of the same
+articles is logged on
 the first evaluation of a process as `eval_lead3_rouge1/2/L` (again after a
 resume) and in the log.
 
@@ -129,10 +130,10 @@ class ExtractiveSummary(base.Head):
     _, examples, local = eval_items.lookup(index)
     chosen, lead = [], []
     for k, scores in zip(local, gathered["scores"][keep]):
-      sentences, reference = examples[k]
+      sentences, reference, article = examples[k]  # kept ones, reference, all
       picked = summaries.select(sentences, scores[:len(sentences)], SUMMARY_SENTENCES)
       chosen.append((reference, " ".join(sentences[i] for i in picked)))
-      lead.append((reference, " ".join(sentences[:SUMMARY_SENTENCES])))
+      lead.append((reference, " ".join(article[:SUMMARY_SENTENCES])))
     out = mean_rouge(chosen)
     if not self._lead3_logged:  # a constant of the evaluation set: once per process
       self._lead3_logged = True

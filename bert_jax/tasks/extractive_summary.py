@@ -36,8 +36,9 @@ def _read(config, split: str, training: bool) -> Optional[list[reader.SummaryExa
 
 
 def encode(tokenizer, examples, max_seq_length: int, source: str
-           ) -> tuple[finetune_pipeline.Encoded, list[tuple[list[str], str]]]:
-  """Rows of `examples` with oracle labels, and each one's (kept sentences, reference)."""
+           ) -> tuple[finetune_pipeline.Encoded, list[tuple[list[str], str, list[str]]]]:
+  """Rows of `examples` with oracle labels, and each one's (kept sentences, reference, all
+  sentences: Lead-3 reads the article, whatever fits in a row)."""
   enc = reader.encode(tokenizer, [ex.sentences for ex in examples], max_seq_length)
   kept = enc.kept([ex.sentences for ex in examples])
   n, width = enc.cls_positions.shape
@@ -52,7 +53,7 @@ def encode(tokenizer, examples, max_seq_length: int, source: str
       {"input_ids": enc.input_ids, "token_type_ids": enc.token_type_ids},
       {"cls_positions": enc.cls_positions, "sentence_labels": labels, "sentence_mask": mask},
       enc.lengths)
-  return rows, [(k, ex.reference) for k, ex in zip(kept, examples)]
+  return rows, [(k, ex.reference, list(ex.sentences)) for k, ex in zip(kept, examples)]
 
 
 def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
