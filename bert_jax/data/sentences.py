@@ -21,13 +21,13 @@ _ABBREVIATIONS = frozenset(
 # the start of a new sentence (looked at, not consumed).
 _END = re.compile(r"""[.!?]+['"’”)\]]*(?=\s+['"‘“(\[]?[A-Z0-9])""")
 _DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # "U.S", "p.m" before the final '.'
-_PARAGRAPH = re.compile(r"\n(?:[ \t\r\f\v]*\n)+")
+PARAGRAPH = re.compile(r"\n(?:[ \t\r\f\v]*\n)+")  # a blank line: a paragraph break
 
 
 def split_sentences(text: str) -> list[str]:
   """Sentences of `text` (see the module docstring), whitespace-normalised, in order."""
   sentences = []
-  for paragraph in _PARAGRAPH.split(text):
+  for paragraph in PARAGRAPH.split(text):
     start = 0
     for match in _END.finditer(paragraph):
       if match.group().startswith(".") and _is_abbreviation(paragraph[start:match.start()]):

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from bert_jax import inference
-from bert_jax.data.sentences import split_sentences
+from bert_jax.data.sentences import PARAGRAPH, split_sentences
 from bert_jax.errors import UserError
 from bert_jax.formats.convert import Pretrained
 
@@ -262,7 +262,7 @@ def split_documents(text: str, per_document: bool, name: str) -> tuple[list[str]
   """Plain text as one document, or (per_document) one per blank-line-separated block."""
   if not per_document:
     return [text], [name]
-  blocks = [b.strip() for b in _PARAGRAPH.split(text) if b.strip()]
+  blocks = [b.strip() for b in PARAGRAPH.split(text) if b.strip()]
   if not blocks:
     raise UserError(f"{name} is empty: nothing to summarize")
   return blocks, [f"{name} document {i + 1}" for i in range(len(blocks))]
