@@ -56,7 +56,8 @@ _INPUT = flags.DEFINE_string("input", None, "File of inputs (training formats) o
 _OUTPUT = flags.DEFINE_string("output", None, "Write predictions here (.tsv: GLUE format).")
 _JSON = flags.DEFINE_bool("json", False, "One JSON object per input instead of a table.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Labels shown per input (table; default 3), or "
-                               "answers per question (QA; default 1), or summary sentences (default 3).")
+                               "answers per question (QA; default 1), or summary sentences "
+                               "(default 3).")
 _QUESTION = flags.DEFINE_string("question", None, "QA: the question (with --context).")
 _CONTEXT = flags.DEFINE_string("context", None, "QA: the text that holds the answer.")
 _CHOICES = flags.DEFINE_string("choices", None, "Multiple choice: the choices, comma-separated.")

@@ -252,7 +252,8 @@ def test_reader_errors(tmp_path):
   path.write_text(json.dumps({"article": "Ab cd. Ef gh."}) + "\n")
   with pytest.raises(UserError, match=r"s.jsonl:1: no 'highlights'"):
     summaries.read_jsonl(str(path))
-  assert summaries.read_jsonl(str(path), require_reference=False)[0].sentences == ("Ab cd.", "Ef gh.")
+  examples = summaries.read_jsonl(str(path), require_reference=False)
+  assert examples[0].sentences == ("Ab cd.", "Ef gh.")
   path.write_text(json.dumps({"article": " ", "summary": "x"}) + "\n")
   with pytest.raises(UserError, match=r"s.jsonl:1: the article is empty"):
     summaries.read_jsonl(str(path))

@@ -3,10 +3,11 @@
 (`bert_jax/data/readers/summaries.py`); it lives in `data/` so that the data
 layer never imports from inference.
 
-Blank lines always end a sentence; inside a paragraph a sentence ends at '.', '!'
-or '?' (and closing quotes or brackets) followed by whitespace and a capital
-letter, a quote, a bracket or a digit, except after common abbreviations ("Mr.", "Dr.", "e.g.", ...), single initials ("J.") and
-dotted ones ("U.S."; so "... in the U.S. The next ..." stays one sentence).
+Blank lines always end a sentence; inside a paragraph a sentence ends at '.', '!' or '?'
+(and closing quotes or brackets) followed by whitespace and a capital letter, a quote, a
+bracket or a digit, except after common abbreviations ("Mr.", "Dr.", "e.g.", ...),
+single initials ("J.") and dotted ones ("U.S."; so "... in the U.S. The next ..." stays
+one sentence).
 """
 
 from __future__ import annotations
