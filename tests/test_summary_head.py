@@ -247,6 +247,12 @@ def test_tfds_cnn_dailymail(tmp_path, tok_dir):
   assert (batch["sentence_labels"] <= batch["sentence_mask"]).all()
 
 
+def test_export_hf_is_refused_before_training(tmp_path):
+  c = _config({"train": str(tmp_path / "t.jsonl"), "validation": ""}, "", export_hf=True)
+  with pytest.raises(UserError, match="config.export_hf=True: no Hugging Face class"):
+    extractive_summary.make_data(c)
+
+
 def test_reader_errors(tmp_path):
   path = tmp_path / "s.jsonl"
   path.write_text(json.dumps({"article": "Ab cd. Ef gh."}) + "\n")

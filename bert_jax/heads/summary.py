@@ -20,7 +20,8 @@ the first evaluation of a process as `eval_lead3_rouge1/2/L` (again after a
 resume) and in the log.
 
 Conversion: no Hugging Face architecture has this head (`architecture = None`),
-so `convert --to=hf` refuses with a one-line error; `--to=bert_jax` keeps it.
+so `convert --to=hf` refuses with a one-line error (and the task refuses
+`config.export_hf=True` before training); `--to=bert_jax` keeps it.
 Prediction gives `{"summary": str, "sentences": [{"index", "text", "score"}]}`
 (score = the sentence's sigmoid probability; index into the article's
 sentences), 3 sentences unless `--top_k` says otherwise.

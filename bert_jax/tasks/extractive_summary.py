@@ -57,6 +57,9 @@ def encode(tokenizer, examples, max_seq_length: int, source: str
 
 
 def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
+  if config.export_hf:  # said before training, not after it
+    raise UserError("config.export_hf=True: no Hugging Face class has an extractive-summary "
+                    "head; use WORKDIR/best (a bert_jax model dir every tool reads)")
   if config.task == "extractive_summary" and not config.train_file:
     raise UserError("config.task=extractive_summary needs config.train_file (JSONL with "
                     "'article' and 'highlights' or 'summary')")
