@@ -187,8 +187,11 @@ def read_tfds(name: str, split: str, data_dir: Optional[str] = None) -> list[Sum
   def text(x):
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
-  return [_example(text(ex["article"]), text(ex["highlights"]), f"{name}:{split}[{i}]")
-          for i, ex in enumerate(source[i] for i in range(len(source)))]
+  examples = []
+  for i in range(len(source)):
+    ex = source[i]
+    examples.append(_example(text(ex["article"]), text(ex["highlights"]), f"{name}:{split}[{i}]"))
+  return examples
 
 
 # --- Encoding. ---
