@@ -41,6 +41,7 @@ import optax
 
 from bert_jax import model as model_lib
 from bert_jax.data.readers import summaries
+from bert_jax.data.sentences import split_sentences
 from bert_jax.errors import UserError
 from bert_jax.heads import base
 
@@ -155,7 +156,7 @@ class ExtractiveSummary(base.Head):
     if args.get("text") is None:
       raise UserError("a summary model needs --text=ARTICLE (or --input=FILE.jsonl with "
                       "'article')")
-    sentences = summaries.split_sentences(args["text"])
+    sentences = split_sentences(args["text"])
     if not sentences:
       raise UserError("--text: the article is empty")
     return [sentences]
