@@ -7,10 +7,16 @@ original Google BERT dir. The output is written to a temporary dir next to DIR
 and renamed at the end; an existing DIR is refused unless --overwrite.
 """
 
+import os
+import sys
+
 from absl import flags
 
-from bert_jax.formats import convert
-from bert_jax.errors import run_main
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
+from bert_jax.errors import run_main  # pylint: disable=g-import-not-at-top
 
 _INPUT = flags.DEFINE_string("input", None, "Model path (format detected).", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.", required=True)

@@ -11,6 +11,7 @@ r"""Predictions of a fine-tuned model, whatever its head.
   python launch/predict.py --model=QA_MODEL --input=questions.jsonl --output=answers.json
   python launch/predict.py --model=MC_MODEL --text="Brom bakes bread." --choices=baker,farmer
   python launch/predict.py --model=MC_MODEL --input=choices.jsonl --json
+  python launch/predict.py --model=SUMMARY_MODEL --input=articles.jsonl --json [--top_k=3]
 
 Sequence classification prints the label, its probability and the other labels'
 (--top_k of them); regression the value. --input takes the training formats (.csv, .tsv,
@@ -29,6 +30,8 @@ character start/end in the context; --top_k answers each (default 1);
 --max_answer_length caps a span (pieces). --output=FILE.json writes SQuAD's {id: answer}.
 A multiple-choice model takes --text=CONTEXT --choices=a,b,c or --input=FILE.jsonl (`context` or
 `question`, `choices`) and prints {"label": index, "choice", "probabilities"}.
+A summary model takes --text=ARTICLE or --input=FILE.jsonl (`article`) and prints
+{"summary", "sentences": [{"index", "text", "score"}]}: --top_k sentences (default 3).
 
 The human form prints each input above its prediction(s) when there are several inputs.
 Which flags apply is the model's head's business (bert_jax/heads/<name>.py).
@@ -53,7 +56,8 @@ _INPUT = flags.DEFINE_string("input", None, "File of inputs (training formats) o
 _OUTPUT = flags.DEFINE_string("output", None, "Write predictions here (.tsv: GLUE format).")
 _JSON = flags.DEFINE_bool("json", False, "One JSON object per input instead of a table.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Labels shown per input (table; default 3), or "
-                               "answers per question (QA; default 1).")
+                               "answers per question (QA; default 1), or summary sentences "
+                               "(default 3).")
 _QUESTION = flags.DEFINE_string("question", None, "QA: the question (with --context).")
 _CONTEXT = flags.DEFINE_string("context", None, "QA: the text that holds the answer.")
 _CHOICES = flags.DEFINE_string("choices", None, "Multiple choice: the choices, comma-separated.")

@@ -10,9 +10,11 @@ QA contexts state a person's facts and the questions ask for one of them, with
 some questions about facts the context leaves out (no answer, for v2.0).
 Multiple-choice contexts state two of a person's facts and the four choices
 continue with one fact about them, only one of which the context supports
-(the others take another person's job, town, pet or colour).
+(the others take another person's job, town, pet or colour). Summary articles
+state 6-10 facts about a person, their town and a company; the highlights
+restate 2-3 of the person's key facts (job, home, pet, colour) in other words.
 
-  python -m bert_jax.data.sample_tasks OUT_DIR   # OUT_DIR/{ner/*.conll, squad/*.json, mc/*.jsonl}
+  python -m bert_jax.data.sample_tasks OUT_DIR   # OUT_DIR/{ner,squad,mc,summary}/*
 """
 
 from __future__ import annotations
@@ -160,10 +162,48 @@ def choices_jsonl(seed: int, num_examples: int) -> str:
   return "".join(json.dumps(r) + "\n" for r in rows)
 
 
+def _summary_example(rng: corpus._Rng, world: dict, p: dict) -> dict:
+  f, t, pet, c = p["first"], p["town"], p["pet"], rng.pick(world["companies"])
+  facts = [  # (article sentence, its restatement in the highlights)
+      (f"{p['name']} works as a {p['job']} in {t['name']}.", f"{f} is a {p['job']}."),
+      (f"{f} lives in {t['name']}, a {t['size']} town on the river {t['river']}.",
+       f"{f} lives by the river {t['river']}."),
+      (f"{f} keeps a {pet['name']} as a pet.", f"{f} has a pet {pet['name']}."),
+      (f"The {pet['name']} of {f} eats {pet['food']} every morning.",
+       f"The pet eats {pet['food']}."),
+      (f"The favourite colour of {f} is {p['colour']}.", f"{f} likes {p['colour']}."),
+      (f"{f} is {p['age']} years old.", f"{f} is {p['age']}."),
+      (f"Every {p['day']} {f} goes to the market in {t['name']}.",
+       f"{f} shops on {p['day']}."),
+      (f"{f} buys {c['product']} from {c['name']}.", f"{f} buys from {c['name']}."),
+      (f"{c['name']} was founded by {c['founder']['name']}.",
+       f"{c['founder']['name']} founded {c['name']}."),
+      (f"People in {t['name']} fish in the river {t['river']} every {t['day']}.",
+       f"{t['name']} fishes on {t['day']}."),
+  ]
+  # The highlights restate 2-3 of the person's key facts (the first four: job, home, pet,
+  # colour), wherever the article puts them: a model can learn what matters, Lead-3 cannot.
+  shuffled = corpus._shuffled  # pylint: disable=protected-access
+  key = shuffled(rng, facts[:4])
+  told = key[:2 + rng.below(2)]
+  article = shuffled(rng, told + shuffled(rng, key[len(told):] + facts[4:])[:4 + rng.below(5)])
+  return {"article": " ".join(s for s, _ in article),
+          "highlights": "\n".join(h for s, h in article if (s, h) in told)}
+
+
+def summaries_jsonl(seed: int, num_examples: int) -> str:
+  """Extractive-summary JSONL: {"article" (6-10 sentences), "highlights" (2-3 of them
+  restated, one a line)} per line."""
+  world = corpus._entities(corpus._Rng(0))  # pylint: disable=protected-access
+  rng = corpus._Rng(seed)  # pylint: disable=protected-access
+  rows = [_summary_example(rng, world, rng.pick(world["people"])) for _ in range(num_examples)]
+  return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 def write(directory: str, num_train: int = 600, num_eval: int = 150,
           version_2: bool = True) -> dict[str, dict[str, str]]:
-  """Writes ner/{train,validation,test}.conll, squad/{...}.json and mc/{...}.jsonl; returns
-  their paths."""
+  """Writes ner/{train,validation,test}.conll, squad/{...}.json, mc/{...}.jsonl and
+  summary/{...}.jsonl; returns their paths."""
   sizes = {"train": num_train, "validation": num_eval, "test": num_eval}
   paths: dict[str, dict[str, str]] = {"ner": {}, "squad": {}, "mc": {}}
   for k, split in enumerate(_SPLITS):
@@ -181,6 +221,11 @@ def write(directory: str, num_train: int = 600, num_eval: int = 150,
     rows = choices_jsonl(300 + k, sizes[split]).encode("utf-8")
     files.write_file_atomically(mc, lambda f, rows=rows: f.write(rows))
     paths["ner"][split], paths["squad"][split], paths["mc"][split] = ner, qa, mc
+    summary = os.path.join(directory, "summary", f"{split}.jsonl")
+    os.makedirs(os.path.dirname(summary), exist_ok=True)
+    rows = summaries_jsonl(400 + k, sizes[split]).encode("utf-8")
+    files.write_file_atomically(summary, lambda f, rows=rows: f.write(rows))
+    paths.setdefault("summary", {})[split] = summary
   return paths
 
 

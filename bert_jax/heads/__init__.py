@@ -17,6 +17,7 @@ from bert_jax.heads.classifier import Classifier
 from bert_jax.heads.multiple_choice import MultipleChoice
 from bert_jax.heads.pretraining import MaskedLM, NextSentence, Pretraining
 from bert_jax.heads.qa import QuestionAnswering
+from bert_jax.heads.summary import ExtractiveSummary
 from bert_jax.heads.token_classifier import TokenClassifier
 
 Head = base.Head
@@ -24,7 +25,7 @@ Row = base.Row
 
 # Heads as checkpoints record them, in registry order (the order of `ordered`).
 _HEADS: tuple[type[base.Head], ...] = (MaskedLM, NextSentence, Classifier, TokenClassifier,
-                                       QuestionAnswering, MultipleChoice)
+                                       QuestionAnswering, MultipleChoice, ExtractiveSummary)
 HEADS: dict[str, type[base.Head]] = {h.name: h for h in _HEADS}
 ORDER = tuple(HEADS)
 # What a run trains (`Spec.head`): every fine-tuning head, and pretraining (mlm + nsp).
@@ -32,11 +33,12 @@ TRAINABLE: dict[str, type[base.Head]] = {
     Pretraining.name: Pretraining,
     **{h.name: h for h in _HEADS if h.predicts}}
 
-# Head set -> the Hugging Face architecture that has exactly these heads.
+# Head set -> the Hugging Face architecture that has exactly these heads (heads with none,
+# such as the summary head, are not exported to Hugging Face).
 ARCHITECTURES: dict[tuple[str, ...], str] = {
     (): "BertModel",
     (MaskedLM.name, NextSentence.name): "BertForPreTraining",
-    **{(h.name,): h.architecture for h in _HEADS},
+    **{(h.name,): h.architecture for h in _HEADS if h.architecture},
 }
 
 

@@ -19,22 +19,19 @@ normalize=True)`: cosines are dot products), all documents' sentences in one
 The chosen sentences come back in document order, each with its score (the
 cosine to the centroid, to its cluster centre, or its MMR value when chosen).
 
-Sentence splitting (`split_sentences`): blank lines always end a sentence; inside
-a paragraph a sentence ends at '.', '!' or '?' (and closing quotes or brackets)
-followed by whitespace and a capital letter, a quote, a bracket or a digit, except
-after common abbreviations ("Mr.", "Dr.", "e.g.", ...), single initials ("J.") and
-dotted ones ("U.S."; so "... in the U.S. The next ..." stays one sentence).
+Sentences come from `bert_jax.data.sentences.split_sentences` (shared with the
+supervised summary head's data).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Optional, Sequence
 
 import numpy as np
 
 from bert_jax import inference
+from bert_jax.data.sentences import PARAGRAPH, split_sentences
 from bert_jax.errors import UserError
 from bert_jax.formats.convert import Pretrained
 
@@ -42,40 +39,6 @@ METHODS = ("centroid", "cluster", "mmr")
 # Squared distances this close count as equal (float32 vectors differ by ~1e-7 across kernels).
 _TIE = 1e-6
 DEFAULT_SENTENCES = 3
-
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st mt vs etc e.g i.e cf al fig no vol pp ed eds gen col lt sgt capt "
-    "gov sen rep rev jan feb mar apr jun jul aug sep sept oct nov dec inc ltd co corp dept univ "
-    "approx est".split())
-# A candidate end: terminal punctuation, optional closing quotes/brackets, whitespace, then
-# the start of a new sentence (looked at, not consumed).
-_END = re.compile(r"""[.!?]+['"’”)\]]*(?=\s+['"‘“(\[]?[A-Z0-9])""")
-_DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # "U.S", "p.m" before the final '.'
-_PARAGRAPH = re.compile(r"\n(?:[ \t\r\f\v]*\n)+")
-
-
-def split_sentences(text: str) -> list[str]:
-  """Sentences of `text` (see the module docstring), whitespace-normalised, in order."""
-  sentences = []
-  for paragraph in _PARAGRAPH.split(text):
-    start = 0
-    for match in _END.finditer(paragraph):
-      if match.group().startswith(".") and _is_abbreviation(paragraph[start:match.start()]):
-        continue
-      sentences.append(paragraph[start:match.end()])
-      start = match.end()
-    sentences.append(paragraph[start:])
-  return [s for s in (" ".join(s.split()) for s in sentences) if s]
-
-
-def _is_abbreviation(before: str) -> bool:
-  words = before.split()
-  if not words:
-    return False
-  word = words[-1].lstrip("(['\"‘“")
-  return (len(word) == 1 and word.isalpha()) or word.lower() in _ABBREVIATIONS or bool(
-      _DOTTED.fullmatch(word))
-
 
 # --- Selection on unit vectors. ---
 
@@ -299,7 +262,7 @@ def split_documents(text: str, per_document: bool, name: str) -> tuple[list[str]
   """Plain text as one document, or (per_document) one per blank-line-separated block."""
   if not per_document:
     return [text], [name]
-  blocks = [b.strip() for b in _PARAGRAPH.split(text) if b.strip()]
+  blocks = [b.strip() for b in PARAGRAPH.split(text) if b.strip()]
   if not blocks:
     raise UserError(f"{name} is empty: nothing to summarize")
   return blocks, [f"{name} document {i + 1}" for i in range(len(blocks))]

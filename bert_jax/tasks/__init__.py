@@ -24,6 +24,8 @@ _REGISTRY = {
     "squad_json": "qa",  # SQuAD v1.1/v2.0 JSON files
     "squad": "qa",  # tfds squad/v1.1, squad/v2.0
     "multiple_choice": "multiple_choice",  # JSONL with context, choices, label
+    "extractive_summary": "extractive_summary",  # JSONL with article, highlights (or summary)
+    "cnn_dailymail": "extractive_summary",  # tfds cnn_dailymail (article, highlights)
 }
 
 
