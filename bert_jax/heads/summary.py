@@ -203,23 +203,27 @@ def mean_rouge(pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
 @functools.lru_cache(maxsize=8)
 def _forward(config: model_lib.BertConfig):
   module = BertForExtractiveSummary(config)
-  return jax.jit(lambda params, ids, types, mask, cls: module.apply(
-      {"params": params}, ids, types, mask, cls_positions_BxS=cls))
+
+  @jax.jit
+  def forward(params, batch):
+    ids, types, mask = base.padded_inputs(batch)
+    every_BxL = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+    # A score at every position; the host reads each sentence's [CLS].
+    return {"tokens": module.apply({"params": params}, ids, types, mask,
+                                   cls_positions_BxS=every_BxL)}
+
+  return forward
 
 
 def sentence_scores(pre, articles: Sequence[Sequence[str]], length: int, batch_size: int
                     ) -> tuple[summaries.Encoded, list[np.ndarray]]:
-  """The encoded articles and each one's logits over its kept sentences, in input order."""
+  """The encoded articles and each one's logits over its kept sentences, in input order
+  (rows through the one inference runner)."""
   encoded = summaries.encode(pre.tokenizer, articles, length)
-  forward = _forward(pre.config)
-  out: list = [None] * len(articles)
-  for rows, bucket in base.batched_rows(encoded.lengths, batch_size, length):
-    shape_rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
-    ids = encoded.input_ids[shape_rows, :bucket]
-    types = encoded.token_type_ids[shape_rows, :bucket]
-    mask = (np.arange(bucket) < encoded.lengths[shape_rows][:, None]).astype(np.int32)
-    logits = np.asarray(forward(pre.params, ids, types, mask,
-                                encoded.cls_positions[shape_rows]))
-    for b, r in enumerate(rows):
-      out[r] = logits[b, :encoded.num_sentences[r]]
-  return encoded, out
+  n = encoded.lengths
+  out = base.run_rows(pre, _forward(pre.config),
+                      [encoded.input_ids[i, :n[i]] for i in range(len(n))],
+                      [encoded.token_type_ids[i, :n[i]] for i in range(len(n))], length,
+                      batch_size)
+  return encoded, [o["tokens"][encoded.cls_positions[i, :encoded.num_sentences[i]]]
+                   for i, o in enumerate(out)]
