@@ -55,7 +55,7 @@ def write_dir_atomically(output_dir: str, write: Callable[[str], object],
   name = os.path.basename(output_dir)
   tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
   try:
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: others could not read it.
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700: others could not read it.
     write(tmp)
     if os.path.exists(output_dir):
       old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
@@ -83,7 +83,7 @@ def write_file_atomically(path: str, write: Callable[[BinaryIO], object]) -> Non
   try:
     with os.fdopen(fd, "wb") as f:
       write(f)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600.
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it 0600.
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
@@ -127,7 +127,7 @@ def expand_inputs(files: str | Sequence[str]) -> list[str]:
   return paths
 
 
-def _umask() -> int:
+def umask() -> int:
   """The process umask (reading it means setting it: set it straight back)."""
   mask = os.umask(0)
   os.umask(mask)

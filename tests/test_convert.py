@@ -349,3 +349,12 @@ def test_google_missing_tensor_named_as_tf_variable(hf_dirs, tmp_path):
   with pytest.raises(UserError,
                      match=r"missing tensors \['bert/encoder/layer_1/attention/self/key/kernel'\]"):
     convert.from_pretrained(directory)
+
+
+def test_hf_export_files_share_one_mode(hf_dirs, tmp_path):
+  """model.safetensors is readable like the export's other files (safetensors writes 0600)."""
+  _, dirs = hf_dirs
+  out = tmp_path / "hf"
+  convert.convert(dirs["BertModel-safetensors"], str(out), "hf")
+  modes = {name: os.stat(out / name).st_mode & 0o777 for name in os.listdir(out)}
+  assert len(set(modes.values())) == 1, modes

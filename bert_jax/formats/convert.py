@@ -271,8 +271,9 @@ def save_hf(pre: Pretrained, directory: str) -> None:
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf, f, indent=2)
   state = weight_names.params_to_state(pre.params, pre.config, pre.heads, pre.num_labels)
-  safetensors.numpy.save_file(state, os.path.join(directory, "model.safetensors"),
-                              metadata={"format": "pt"})
+  weights = os.path.join(directory, "model.safetensors")
+  safetensors.numpy.save_file(state, weights, metadata={"format": "pt"})
+  os.chmod(weights, 0o666 & ~files.umask())  # safetensors writes it 0600
   model_dir._write_tokenizer(pre, directory)
 
 
