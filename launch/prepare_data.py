@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 
 from bert_jax import files
+from bert_jax import progress as progress_lib
 from bert_jax.data import prepare_pretraining
 from bert_jax.data import text_corpus
 from bert_jax.errors import UserError, run_main
@@ -58,6 +59,7 @@ def main(argv):
   if not _OUTPUT.value:
     raise UserError("--output is required")
   stats = text_corpus.ReadStats()
+  paths: list[str] = []
   given = _INPUT.value if isinstance(_INPUT.value, str) else ",".join(_INPUT.value or [])
   source = f"tfds dataset {_TFDS.value}" if _TFDS.value else given
   if _TFDS.value:
@@ -75,13 +77,22 @@ def main(argv):
       shard_index=_SHARD_INDEX.value, seed=_SEED.value, num_workers=_WORKERS.value,
       chunk_bytes=max(1, int(_CHUNK_MB.value * (1 << 20))))
 
+  # Plain text inputs: a bar (terminal) or lines (piped) with ETA over the bytes to read.
+  total_mb = (sum(os.path.getsize(p) for p in paths) / 1e6
+              if _INPUT.value and not any(p.endswith(".gz") for p in paths) else 0.0)
+  bar = progress_lib.Progress("read", "% of the input") if total_mb else None
+
   def progress(p):
     logging.info("%d documents, %.1f MB read (%.2f MB/s), %d sequences written",
                  p["documents"], p["text_mb"], p["mb_per_s"], p["sequences"])
+    if bar is not None:
+      bar(min(99, int(100 * p["text_mb"] / total_mb)), 100)
 
   start = time.time()
   meta = prepare_pretraining.prepare(documents, stats, _VOCAB.value, _OUTPUT.value, options,
                                   progress=progress, overwrite=_OVERWRITE.value, source=source)
+  if bar is not None:
+    bar(100, 100)
   seconds = time.time() - start
   print(prepare_pretraining.summarize(meta))
   print(f"wrote {_OUTPUT.value} in {seconds:.1f} s ({stats.text_bytes / 1e6 / seconds:.2f} MB/s)")

@@ -18,6 +18,7 @@ import sys
 
 from absl import flags
 
+from bert_jax import progress
 from bert_jax.errors import UserError
 from bert_jax.errors import run_main
 
@@ -51,7 +52,10 @@ def main(argv):
       convert.from_pretrained(_MODEL.value), _METHOD.value, num_sentences=_NUM_SENTENCES.value,
       ratio=_RATIO.value, mmr_lambda=_MMR_LAMBDA.value, seed=_SEED.value,
       max_seq_length=_MAX_SEQ_LENGTH.value)
+  bar = progress.Progress("summarized", "documents") if len(documents) > 1 else None
   for number, summary in enumerate(summarizer.summarize(documents, names)):
+    if bar is not None:
+      bar(number + 1, len(documents))
     if summary.note:
       print(f"note: {summary.note}", file=sys.stderr)
     if _JSON.value:
