@@ -76,8 +76,8 @@ def test_squad2_suite_on_the_sample_set(setup, tmp_path):
   options = benchmark.Options(suite="squad2", init_checkpoint=setup["hf"], workdir=workdir,
                               data=setup["squad"], learning_rates=[1e-3, 5e-4])
   lines = []
-  results = benchmark.run(options, small_config(max_seq_length=64, doc_stride=32,
-                                                max_query_length=16), say=lines.append)
+  results = benchmark.run(options, small_config(max_seq_length=64, **{"qa.doc_stride": 32,
+                                                "qa.max_query_length": 16}), say=lines.append)
   assert sum(l.startswith("[") for l in lines) == 2
   official = results["official"]
   dev = os.path.join(setup["squad"], "validation.json")
@@ -155,8 +155,8 @@ def test_squad1_suite_reports_em_and_f1_only(setup, tmp_path):
   options = benchmark.Options(suite="squad1", init_checkpoint=setup["hf"], workdir=workdir,
                               data=os.path.dirname(paths["squad"]["train"]),
                               learning_rates=[1e-3])
-  results = benchmark.run(options, small_config(max_seq_length=64, doc_stride=32,
-                                                max_query_length=16), say=lambda _: None)
+  results = benchmark.run(options, small_config(max_seq_length=64, **{"qa.doc_stride": 32,
+                                                "qa.max_query_length": 16}), say=lambda _: None)
   assert sorted(results["figures"]) == ["EM", "F1"]
   assert "HasAns_total" not in results["official"]
   best = results["tasks"]["squad"]
