@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from bert_jax.model import BertConfig
+from bert_jax.progress import format_duration
 
 # Dense bf16 peak FLOP/s per device, by `jax.devices()[0].device_kind` prefix.
 PEAK_FLOPS = {
@@ -197,18 +198,6 @@ class _EtaClock:
     if not total or step <= first_step:
       return None
     return (total - step) * (now - first_time) / (step - first_step)
-
-
-def format_duration(seconds: float) -> str:
-  """`45s`, `6m10s`, `2h05m`."""
-  seconds = max(0, int(round(seconds)))
-  if seconds < 60:
-    return f"{seconds}s"
-  minutes, seconds = divmod(seconds, 60)
-  if minutes < 60:
-    return f"{minutes}m{seconds:02d}s"
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}h{minutes:02d}m"
 
 
 # Keys the console line leaves to the log file and metrics.jsonl.

@@ -15,15 +15,16 @@ import time
 from typing import Callable, Optional, TextIO
 
 
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
+def format_duration(seconds: float) -> str:
+  """`45s`, `6m10s`, `2h05m`: the one duration format of progress bars and console lines."""
+  seconds = max(0, int(round(seconds)))
   if seconds < 60:
-    return f"{seconds} s"
+    return f"{seconds}s"
   minutes, seconds = divmod(seconds, 60)
   if minutes < 60:
-    return f"{minutes}:{seconds:02d}"
+    return f"{minutes}m{seconds:02d}s"
   hours, minutes = divmod(minutes, 60)
-  return f"{hours}:{minutes:02d}:{seconds:02d}"
+  return f"{hours}h{minutes:02d}m"
 
 
 class Progress:
@@ -53,8 +54,8 @@ class Progress:
     if rate is not None:
       text += f", {rate:.1f} {self.unit}/s"
       if done < total:
-        text += f", ETA {_duration((total - done) / rate)}"
-    text += f" ({_duration(now - self.start)})"
+        text += f", ETA {format_duration((total - done) / rate)}"
+    text += f" ({format_duration(now - self.start)})"
     if self.live:
       filled = int(self.width * done / total) if total else self.width
       text = f"[{'#' * filled}{'.' * (self.width - filled)}] " + text

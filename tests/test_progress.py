@@ -30,9 +30,9 @@ def test_eta_leaves_out_the_first_batch_and_piped_lines_are_spaced():
   clock.now = 14.0
   report(100, 100)
   lines = out.getvalue().splitlines()
-  assert lines == ["embedded 10/100 lines (10 s)",
-                   "embedded 20/100 lines, 5.0 lines/s, ETA 16 s (12 s)",
-                   "embedded 100/100 lines, 22.5 lines/s (14 s)"]
+  assert lines == ["embedded 10/100 lines (10s)",
+                   "embedded 20/100 lines, 5.0 lines/s, ETA 16s (12s)",
+                   "embedded 100/100 lines, 22.5 lines/s (14s)"]
 
 
 def test_terminal_gets_one_redrawn_bar():
@@ -47,8 +47,8 @@ def test_terminal_gets_one_redrawn_bar():
   text = out.getvalue()
   assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
   frames = text.split("\r")[1:]
-  assert frames[1] == "[#####.....] indexed 100/200 lines, 50.0 lines/s, ETA 2 s (2 s)"
-  assert frames[2] == "[##########] indexed 200/200 lines, 2.2 lines/s (1:10)\n"
+  assert frames[1] == "[#####.....] indexed 100/200 lines, 50.0 lines/s, ETA 2s (2s)"
+  assert frames[2] == "[##########] indexed 200/200 lines, 2.2 lines/s (1m10s)\n"
 
 
 def test_quick_job_prints_nothing_when_piped():

@@ -25,6 +25,7 @@ import ml_collections
 
 from bert_jax import files
 from bert_jax.errors import UserError
+from bert_jax.progress import format_duration
 
 DONE_FILE = "suite_run.json"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -187,14 +188,8 @@ def run_line(label: str, run: Run) -> str:
   else:
     score = (f"{run.best['metric']} {run.best['value']:.4f} (best at step {run.best['step']}/"
              f"{run.final_step})")
-  how = "done before, skipped" if run.skipped else f"{_duration(run.seconds)}"
+  how = "done before, skipped" if run.skipped else format_duration(run.seconds)
   return f"{label}: {score} | {how} | {run.workdir}"
-
-
-def _duration(seconds: float) -> str:
-  m, s = divmod(int(round(seconds)), 60)
-  h, m = divmod(m, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def best_runs(runs: Sequence[Run]) -> dict[str, Run]:
