@@ -79,14 +79,24 @@ def _top(x: np.ndarray, k: int) -> np.ndarray:
 
 def best_answers(examples: Sequence[squad.QAExample], features: squad.QAFeatures,
                  feature_index: np.ndarray, start_logits_FxL: np.ndarray,
-                 end_logits_FxL: np.ndarray, *, n_best: int = 20, max_answer_length: int = 30,
-                 version_2: bool = False, null_score_diff_threshold: float = 0.0
-                 ) -> dict[str, str]:
+                 end_logits_FxL: np.ndarray, **kwargs) -> dict[str, str]:
   """{question id: answer text} from the logits of rows `feature_index` (BERT's recipe)."""
+  return answers_and_null_odds(examples, features, feature_index, start_logits_FxL,
+                               end_logits_FxL, **kwargs)[0]
+
+
+def answers_and_null_odds(examples: Sequence[squad.QAExample], features: squad.QAFeatures,
+                          feature_index: np.ndarray, start_logits_FxL: np.ndarray,
+                          end_logits_FxL: np.ndarray, *, n_best: int = 20,
+                          max_answer_length: int = 30, version_2: bool = False,
+                          null_score_diff_threshold: float = 0.0
+                          ) -> tuple[dict[str, str], dict[str, float]]:
+  """({question id: answer}, {question id: null score - best span score}) as `best_answers`;
+  the odds are what the official SQuAD v2.0 script's best-threshold search reads."""
   by_example: dict[int, list[int]] = collections.defaultdict(list)
   for row, f in enumerate(np.asarray(feature_index).tolist()):
     by_example[int(features.example_index[f])].append(row)
-  answers = {}
+  answers, odds = {}, {}
   for ei, ex in enumerate(examples):
     best_span, best_score, null_score = None, -np.inf, np.inf
     for row in by_example.get(ei, []):
@@ -104,10 +114,11 @@ def best_answers(examples: Sequence[squad.QAExample], features: squad.QAFeatures
           if value > best_score:
             best_score, best_span = value, (int(spans[s, 0]), int(spans[e, 1]))
     text = ex.context[best_span[0]:best_span[1]] if best_span is not None else ""
-    if version_2 and (best_span is None or null_score - best_score > null_score_diff_threshold):
+    odds[ex.qid] = float(null_score - best_score) if best_span is not None else float("inf")
+    if version_2 and (best_span is None or odds[ex.qid] > null_score_diff_threshold):
       text = ""
     answers[ex.qid] = text
-  return answers
+  return answers, odds
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

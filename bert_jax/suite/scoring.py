@@ -20,7 +20,6 @@ and the report names both files.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 from typing import Callable, Optional
@@ -79,29 +78,10 @@ def squad_predictions(model: str, dev_json: str) -> tuple[dict[str, str], dict[s
   version_2 = bool(task.get("version_2")) or any(ex.is_impossible for ex in examples)
   threshold = float(task.get("null_score_diff_threshold") or 0.0)
   max_answer = int(task.get("max_answer_length") or 30)
-  by_example = collections.defaultdict(list)
-  for f, ei in enumerate(features.example_index.tolist()):
-    by_example[int(ei)].append(f)
-  answers, odds = {}, {}
-  for ei, ex in enumerate(examples):
-    best_span, best_score, null_score = None, -np.inf, np.inf
-    for f in by_example.get(ei, []):
-      spans, usable = features.char_spans[f], features.max_context[f]
-      s_logits, e_logits = logits[f]
-      null_score = min(null_score, float(s_logits[0] + e_logits[0]))
-      for s in np.argsort(-s_logits, kind="stable")[:N_BEST]:
-        for e in np.argsort(-e_logits, kind="stable")[:N_BEST]:
-          if (e < s or e - s + 1 > max_answer or spans[s, 0] < 0 or spans[e, 0] < 0
-              or not usable[s]):
-            continue
-          value = float(s_logits[s] + e_logits[e])
-          if value > best_score:
-            best_score, best_span = value, (int(spans[s, 0]), int(spans[e, 1]))
-    text = ex.context[best_span[0]:best_span[1]] if best_span is not None else ""
-    odds[ex.qid] = float(null_score - best_score) if best_span is not None else float("inf")
-    if version_2 and (best_span is None or odds[ex.qid] > threshold):
-      text = ""
-    answers[ex.qid] = text
+  answers, odds = squad_eval.answers_and_null_odds(
+      examples, features, np.arange(len(features)), [s for s, _ in logits],
+      [e for _, e in logits], n_best=N_BEST, max_answer_length=max_answer,
+      version_2=version_2, null_score_diff_threshold=threshold)
   return answers, odds, version_2
 
 
