@@ -120,7 +120,6 @@ class Loop:
     self.tokenizer_dir = tokenizer_dir
     self.total = int(config.num_train_steps)
     self.acc = metrics_lib.Accumulator()
-    self.flops_per_seq = head.flops_per_sequence(bert_config, config)
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
                                              config.peak_flops_per_device)
     self.peak_total = peak * jax.device_count() if peak else None
@@ -129,6 +128,7 @@ class Loop:
                    "config.peak_flops_per_device)", jax.devices()[0].device_kind)
     self.window_start = None  # wall time when the current log window started
     self.window_steps = 0
+    self.window = metrics_lib.Accumulator()  # what the window's timed steps computed
     self.last_good_saved = restored
     self.last_row: dict[str, Any] = {}
     best = read_best(workdir)
@@ -156,20 +156,24 @@ class Loop:
       self.window_start = now
     else:
       self.window_steps += 1
+      self.window.add({k: m[k] for k in ("tokens_computed", "tokens_real", "flops") if k in m})
     self.acc.add({k: v for k, v in m.items() if k != "loss"})
     if step % self.config.log_every_steps == 0 or step == self.total:
       row = summarize(self.head, self.acc.sums, self.acc.steps, self.acc.last)
       if self.window_steps:
-        seq_per_sec = self.window_steps * self.config.batch_size / max(now - self.window_start,
-                                                                       1e-9)
-        row.update(seq_per_sec=seq_per_sec,
-                   tokens_per_sec=seq_per_sec * self.config.max_seq_length,
-                   mfu=(seq_per_sec * self.flops_per_seq / self.peak_total
-                        if self.peak_total else None))
+        seconds = max(now - self.window_start, 1e-9)
+        done = self.window.sums
+        computed, real = done.get("tokens_computed", 0.0), done.get("tokens_real", 0.0)
+        row.update(seq_per_sec=self.window_steps * self.config.batch_size / seconds,
+                   tokens_per_sec=computed / seconds, real_tokens_per_sec=real / seconds,
+                   padding_fraction=1.0 - real / computed if computed else None,
+                   mfu=(done["flops"] / seconds / self.peak_total
+                        if self.peak_total and "flops" in done else None))
       self.writer.write(step, row)
       self.last_row = {"step": step, **row}
       self.acc = metrics_lib.Accumulator()
       self.window_start, self.window_steps = now, 0
+      self.window = metrics_lib.Accumulator()
 
   def evaluate(self, params, data, p_eval_step) -> dict[str, Any]:
     """One exact pass over every evaluation set: {'eval_<infix>_<metric>': value}."""
@@ -244,6 +248,7 @@ class Loop:
         self.last_row.update(row)
         self._maybe_export_best(step, state.params, row)
         self.window_start, self.window_steps = None, 0  # eval time is not training time
+        self.window = metrics_lib.Accumulator()
       if checkpoint_due:
         self._save(step, state, rng, data.train.get_state())
       if step_hook is not None:

@@ -94,7 +94,8 @@ def auto_grad_accum_steps(rows_per_device: int, length: int, platform: str) -> i
 
 def make_train_step(head, model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum_steps: int = 1,
-                    nonfinite: str = "stop", mesh: Optional[jax.sharding.Mesh] = None) -> StepFn:
+                    nonfinite: str = "stop", mesh: Optional[jax.sharding.Mesh] = None,
+                    flops_per_row: Optional[Callable[[int], float]] = None) -> StepFn:
   """The pure `train_step(state, batch, rng)` of `head`; `rng` is the run's base key.
 
   `grad_accum_steps=0` picks the number per batch shape when the step is traced
@@ -148,10 +149,29 @@ def make_train_step(head, model: nn.Module, tx: optax.GradientTransformation,
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                            opt_state=keep(new_opt_state, state.opt_state))
     metrics = dict(sums, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
-                   nonfinite=1.0 - finite.astype(jnp.float32))
+                   nonfinite=1.0 - finite.astype(jnp.float32), **computed(batch, flops_per_row))
     return new_state, metrics
 
   return train_step
+
+
+def computed(batch: Batch, flops_per_row: Optional[Callable[[int], float]] = None) -> dict:
+  """What a step computes, for honest throughput: tokens of the rows run (rows x bucket
+  length; several rows per example for multiple choice), the real (non-padding) ones among
+  them, and the training FLOPs of those rows (`flops_per_row(length)`, static per shape)."""
+  ids = batch["input_ids"]
+  length = ids.shape[-1]
+  if "packing_ids" in batch:
+    real = jnp.sum(batch["packing_ids"] > 0)
+  elif "attention_mask" in batch:
+    real = jnp.sum(batch["attention_mask"])
+  else:
+    real = jnp.asarray(ids.size)
+  out = dict(tokens_computed=jnp.asarray(float(ids.size)),
+             tokens_real=real.astype(jnp.float32))
+  if flops_per_row is not None:
+    out["flops"] = jnp.asarray(float(ids.size // length) * flops_per_row(length))
+  return out
 
 
 def make_eval_step(head, model: nn.Module) -> Callable[[Any, Batch], dict]:
@@ -328,7 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       p_train_step = jax.jit(
           make_train_step(head, setup.model, setup.tx, setup.schedule,
                           grad_accum_steps=config.grad_accum_steps,
-                          nonfinite=config.nonfinite, mesh=mesh),
+                          nonfinite=config.nonfinite, mesh=mesh,
+                          flops_per_row=functools.partial(head.flops_per_sequence,
+                                                          setup.bert_config, config=config)),
           in_shardings=(setup.state_sharding, batch_sh, rep),
           out_shardings=(setup.state_sharding, rep), donate_argnums=(0,))
       p_eval_step = jax.jit(make_eval_step(head, setup.model),

@@ -162,3 +162,25 @@ def test_predict_says_when_a_text_was_cut(tmp_path):
   assert len(results) == 2
   assert said == ["1 input(s) reached the model's 16 tokens: longer ones were cut there "
                   "(--max_seq_length)"]
+
+
+def test_logged_throughput_counts_the_rows_actually_run(hf_dir, tmp_path):
+  """tokens_per_sec counts rows x bucket length, real_tokens_per_sec the non-padding tokens,
+  padding_fraction their ratio: checked against the batches the stream serves."""
+  from bert_jax import tasks  # pylint: disable=g-import-not-at-top
+  train_file = _write(tmp_path / "train.jsonl", _pairs(7, 40))
+  c = finetune_config(init_checkpoint=hf_dir, train_file=train_file, validation_file="",
+                      num_train_steps=4, eval_every_steps=0, log_every_steps=1)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  data, _ = tasks.make_data(c)
+  timed = [r for r in read_rows(workdir) if "tokens_per_sec" in r]
+  assert [r["step"] for r in timed] == [2, 3, 4]
+  for r in timed:
+    batch = data.train.batch_at(r["step"] - 1)
+    computed, real = batch["input_ids"].size, batch["attention_mask"].sum()
+    assert batch["input_ids"].shape[1] < 32 or computed == 8 * 32  # a length bucket
+    assert r["tokens_per_sec"] / r["seq_per_sec"] == pytest.approx(computed / 8, rel=1e-9)
+    assert r["real_tokens_per_sec"] / r["seq_per_sec"] == pytest.approx(real / 8, rel=1e-9)
+    assert r["padding_fraction"] == pytest.approx(1 - real / computed, abs=1e-12)
+    assert 0 < r["mfu"]

@@ -114,10 +114,11 @@ class Head:
   def score(self, gathered: dict[str, np.ndarray], eval_items: Any) -> dict[str, float]:
     return {}
 
-  def flops_per_sequence(self, bert_config: Any, config: ml_collections.ConfigDict) -> float:
+  def flops_per_sequence(self, bert_config: Any, length: int,
+                         config: ml_collections.ConfigDict) -> float:
+    """Training FLOPs of one encoder row of `length` tokens (for MFU of the rows run)."""
     from bert_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-    return metrics_lib.pretraining_flops_per_sequence(bert_config, config.max_seq_length, 0,
-                                                      with_nsp=False)
+    return metrics_lib.pretraining_flops_per_sequence(bert_config, length, 0, with_nsp=False)
 
   # --- Prediction (launch/predict.py): class methods on a loaded model. ---
 

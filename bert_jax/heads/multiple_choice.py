@@ -94,10 +94,6 @@ class MultipleChoice(base.Head):
       return {}
     return {"accuracy": base.ratio(sums, "mc_correct", "example_weight")}
 
-  def flops_per_sequence(self, bert_config, config) -> float:
-    return super().flops_per_sequence(bert_config, config) * int(
-        self.spec.options.get("num_choices", 2))
-
   # --- Prediction. ---
 
   @classmethod
