@@ -28,14 +28,8 @@ def read_jsonl(path: str, require_labels: bool = True) -> list[ChoiceExample]:
   """The examples of a multiple-choice JSONL file, every problem a one-line error."""
   if not os.path.isfile(path):
     raise FileNotFoundError(2, "No such data file", path)
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as exc:
-    raise UserError(f"{path} is not UTF-8 text (byte {exc.start})") from None
   examples: list[ChoiceExample] = []
-  for number, row in files.jsonl_objects(text.splitlines(), path):
+  for number, row in files.jsonl_objects(files.read_lines(path), path):
     context = row.get("context", row.get("question"))
     choices = row.get("choices")
     if not isinstance(context, str):

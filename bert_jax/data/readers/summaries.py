@@ -153,14 +153,8 @@ def read_jsonl(path: str, require_reference: bool = True) -> list[SummaryExample
   """Examples of a JSONL file of `{"article", "highlights" or "summary"}` (one-line errors)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(2, "No such data file", path)
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as exc:
-    raise UserError(f"{path} is not UTF-8 text (byte {exc.start})") from None
   examples = []
-  for number, row in files.jsonl_objects(text.splitlines(), path):
+  for number, row in files.jsonl_objects(files.read_lines(path), path):
     reference = row.get("highlights", row.get("summary"))
     if reference is None and require_reference:
       raise UserError(f"{path}:{number}: no 'highlights' (or 'summary'), the reference summary")
