@@ -139,14 +139,13 @@ def load_config(name: str, *args: str):
 # ------------------------------------------------------------ text and models
 
 
-def stdlib_lines(count: int) -> list[str]:
-  """Paragraphs of English from the stdlib's docstrings, in a fixed order.
+def stdlib_docstring_paragraphs():
+  """Per stdlib module (in a fixed order), its docstring paragraphs, whitespace folded.
 
-  Real text without a download: read at run time, never committed.
+  Real English without a download: read at run time, never committed.
   """
   root = sysconfig.get_paths()["stdlib"]
   skipped = ("test", "tests", "site-packages", "idlelib")
-  lines, seen = [], set()
   for directory, subdirs, files in os.walk(root):
     subdirs[:] = sorted(d for d in subdirs if d not in skipped)
     for name in sorted(files):
@@ -157,19 +156,24 @@ def stdlib_lines(count: int) -> list[str]:
           tree = ast.parse(f.read())
       except (SyntaxError, UnicodeDecodeError, ValueError):
         continue
-      for node in ast.walk(tree):
-        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-          continue
-        doc = ast.get_docstring(node)
-        for paragraph in re.split(r"\n\s*\n", doc or ""):
-          text = " ".join(paragraph.split())
-          words = text.split()
-          wordy = sum(w.isalpha() for w in words) >= len(words) // 2
-          if len(words) >= 4 and wordy and text not in seen:
-            seen.add(text)
-            lines.append(text)
-            if len(lines) == count:
-              return lines
+      yield [" ".join(paragraph.split())
+             for node in ast.walk(tree)
+             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+             for paragraph in re.split(r"\n\s*\n", ast.get_docstring(node) or "")]
+
+
+def stdlib_lines(count: int) -> list[str]:
+  """Paragraphs of English from the stdlib's docstrings (mostly words), in a fixed order."""
+  lines, seen = [], set()
+  for paragraphs in stdlib_docstring_paragraphs():
+    for text in paragraphs:
+      words = text.split()
+      wordy = sum(w.isalpha() for w in words) >= len(words) // 2
+      if len(words) >= 4 and wordy and text not in seen:
+        seen.add(text)
+        lines.append(text)
+        if len(lines) == count:
+          return lines
   return lines
 
 

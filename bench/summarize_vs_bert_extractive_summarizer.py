@@ -24,17 +24,16 @@ those names to None before importing it (they are never used for BERT).
 """
 
 import argparse
-import ast
 import json
 import os
-import re
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 
 import numpy as np
+
+import common  # bench/common.py: puts this checkout's bert_jax first on the path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,33 +62,19 @@ with open(output_path, "w", encoding="utf-8") as f:
 
 def stdlib_documents(count: int, min_paragraphs: int = 4) -> list[str]:
   """One document per stdlib module with at least `min_paragraphs` wordy docstring paragraphs."""
-  root = sysconfig.get_paths()["stdlib"]
   documents = []
-  for directory, subdirs, files in os.walk(root):
-    subdirs[:] = sorted(d for d in subdirs
-                        if d not in ("test", "tests", "site-packages", "idlelib"))
-    for name in sorted(files):
-      if not name.endswith(".py"):
-        continue
-      try:
-        with open(os.path.join(directory, name), encoding="utf-8") as f:
-          tree = ast.parse(f.read())
-      except (SyntaxError, UnicodeDecodeError, ValueError):
-        continue
-      paragraphs = []
-      for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-          for paragraph in re.split(r"\n\s*\n", ast.get_docstring(node) or ""):
-            text = " ".join(paragraph.split())
-            words = text.split()
-            # Prose only: mostly alphabetic words, ends like a sentence, no doctest or code.
-            if (len(words) >= 8 and sum(w.isalpha() for w in words) >= 0.7 * len(words)
-                and text.endswith(".") and ">>>" not in text and text not in paragraphs):
-              paragraphs.append(text)
-      if len(paragraphs) >= min_paragraphs:
-        documents.append("\n\n".join(paragraphs[:12]))
-        if len(documents) == count:
-          return documents
+  for found in common.stdlib_docstring_paragraphs():
+    paragraphs = []
+    for text in found:
+      words = text.split()
+      # Prose only: mostly alphabetic words, ends like a sentence, no doctest or code.
+      if (len(words) >= 8 and sum(w.isalpha() for w in words) >= 0.7 * len(words)
+          and text.endswith(".") and ">>>" not in text and text not in paragraphs):
+        paragraphs.append(text)
+    if len(paragraphs) >= min_paragraphs:
+      documents.append("\n\n".join(paragraphs[:12]))
+      if len(documents) == count:
+        return documents
   return documents
 
 

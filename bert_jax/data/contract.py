@@ -101,3 +101,12 @@ class FeatureSets:
     """(features, items, feature indices within that set) of a pass's gathered feature ids."""
     offset, features, items = next(e for e in reversed(self._sets) if e[0] <= index.min())
     return features, items, index - offset
+
+  def real_rows(self, gathered: dict) -> Optional[tuple[np.ndarray, object, list, np.ndarray]]:
+    """(mask of the real rows, features, items, their feature indices) of a pass's gathered
+    outputs (rows with `weights` > 0 carrying `feature_index`), or None when none is real."""
+    keep = gathered["weights"] > 0
+    index = gathered["feature_index"][keep].astype(np.int64)
+    if not len(index):
+      return None
+    return (keep, *self.lookup(index))

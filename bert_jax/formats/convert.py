@@ -15,7 +15,6 @@ Decisions (the tied-decoder rule is in `weight_names`):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -23,7 +22,6 @@ from typing import Optional
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import safetensors.flax
 import safetensors.numpy
 

@@ -19,11 +19,9 @@ import shutil
 from typing import Any, Optional, Sequence
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from bert_jax import files
-from bert_jax import model as model_lib
 from bert_jax import tokenization
 from bert_jax.checkpoint import CHECKPOINT_DIR, PARAMS_ITEM
 from bert_jax.errors import UserError

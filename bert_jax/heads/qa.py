@@ -23,7 +23,6 @@ from typing import Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from bert_jax import model as model_lib
@@ -104,12 +103,11 @@ class QuestionAnswering(base.Head):
                 weights=batch["example_weights"].astype(jnp.float32))
 
   def score(self, gathered, eval_items) -> dict[str, float]:
-    keep = gathered["weights"] > 0
-    index = gathered["feature_index"][keep].astype(np.int64)
-    if not len(index):
+    found = eval_items.real_rows(gathered)
+    if found is None:
       return {}
     o = self.spec.options
-    features, examples, local = eval_items.lookup(index)
+    keep, features, examples, local = found
     answers = squad_eval.best_answers(
         examples, features, local, gathered["start_logits"][keep],
         gathered["end_logits"][keep], n_best=o["n_best_size"],

@@ -125,11 +125,10 @@ class ExtractiveSummary(base.Head):
                 weights=base.example_weights(batch))
 
   def score(self, gathered, eval_items) -> dict[str, float]:
-    keep = gathered["weights"] > 0
-    index = gathered["feature_index"][keep].astype(np.int64)
-    if not len(index):
+    found = eval_items.real_rows(gathered)
+    if found is None:
       return {}
-    _, examples, local = eval_items.lookup(index)
+    keep, _, examples, local = found
     chosen, lead = [], []
     for k, scores in zip(local, gathered["scores"][keep]):
       sentences, reference, article = examples[k]  # kept ones, reference, all

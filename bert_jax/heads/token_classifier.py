@@ -104,11 +104,10 @@ class TokenClassifier(base.Head):
 
   def score(self, gathered, eval_items) -> dict[str, float]:
     from bert_jax.data.readers import conll  # pylint: disable=g-import-not-at-top
-    keep = gathered["weights"] > 0
-    index = gathered["feature_index"][keep].astype(np.int64)
-    if not len(index):
+    found = eval_items.real_rows(gathered)
+    if found is None:
       return {}
-    features, sentences, local = eval_items.lookup(index)
+    keep, features, sentences, local = found
     words = conll.word_predictions(features, sentences, local, gathered["pred_ids"][keep])
     # Only sentences this pass reached (config.num_eval_batches may cap a pass).
     seen = sorted(set(features.sentence_index[local].tolist()))

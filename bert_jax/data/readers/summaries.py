@@ -36,6 +36,7 @@ import numpy as np
 
 from bert_jax import files
 from bert_jax.data.sentences import split_sentences
+from bert_jax.data.readers import tfds_source
 from bert_jax.errors import UserError
 
 ORACLE_SENTENCES = 3
@@ -167,19 +168,8 @@ def read_jsonl(path: str, require_reference: bool = True) -> list[SummaryExample
 
 def read_tfds(name: str, split: str, data_dir: Optional[str] = None) -> list[SummaryExample]:
   """Articles of tfds `cnn_dailymail` (via `tfds.data_source`, no TensorFlow)."""
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise UserError(f"config.task={name} needs tensorflow-datasets") from None
-  try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as exc:  # tfds raises many types for a missing dataset
-    reason = " ".join(str(exc).split()).split(". ")[0]
-    raise UserError(f"tfds dataset {name}:{split} cannot be read ({reason}); prepare it with "
-                    f"`tfds build {name} --file_format=array_record`") from None
-
-  def text(x):
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+  source = tfds_source.open_source(name, split, data_dir)
+  text = tfds_source.text
 
   examples = []
   for i in range(len(source)):
