@@ -376,7 +376,16 @@ class BertModel(nn.Module):
   @nn.compact
   def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
                position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True,
-               output_hidden_states: bool = False) -> BertOutput:
+               output_hidden_states: bool = False, unpack_rows_GxS=None,
+               unpack_positions_GxSxT=None) -> BertOutput:
+    """The encoder over [B, L] rows.
+
+    `unpack_rows_GxS` / `unpack_positions_GxSxT` (packed fine-tuning,
+    `bert_jax.data.packing`): the B rows are G equal groups; sequence s of group g
+    is at positions `unpack_positions[g, s]` of row `unpack_rows[g, s]` of its group.
+    The sequence output (and the pooler's [CLS]) are then read back per sequence:
+    `sequence_output` is [G*S, T, E], the padded layout the heads read.
+    """
     cfg = self.config
     batch, length = input_ids_BxL.shape
     if length > cfg.max_position_embeddings:
@@ -400,12 +409,25 @@ class BertModel(nn.Module):
     embedded = x_BxLxE
     x_BxLxE, layers = BertEncoder(cfg.replace(attention_impl=impl), name="encoder")(
         x_BxLxE, mask, deterministic, output_hidden_states)
+    if unpack_rows_GxS is not None:
+      x_BxLxE = unpack(x_BxLxE, unpack_rows_GxS, unpack_positions_GxSxT)
     pooled_BxE = None
     if self.add_pooling_layer:
       pooled_BxE = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg,
                                    "pooler")(x_BxLxE[:, 0]))
     hidden = (embedded,) + layers if output_hidden_states else ()
     return BertOutput(x_BxLxE, pooled_BxE, hidden, word_VxE)
+
+
+def unpack(x_BxLxE: jax.Array, rows_GxS: jax.Array, positions_GxSxT: jax.Array) -> jax.Array:
+  """Packed rows [G*R, L, E] -> per-sequence views [G*S, T, E]; each group's gather stays
+  within its own rows (one group per batch shard: no data crosses devices)."""
+  groups, per = rows_GxS.shape
+  rows_per_group = x_BxLxE.shape[0] // groups
+  x_GxRxLxE = x_BxLxE.reshape((groups, rows_per_group) + x_BxLxE.shape[1:])
+  take = jax.vmap(lambda x_RxLxE, r_S, p_SxT: x_RxLxE[r_S[:, None], p_SxT])
+  x_GxSxTxE = take(x_GxRxLxE, rows_GxS, positions_GxSxT)
+  return x_GxSxTxE.reshape((groups * per,) + x_GxSxTxE.shape[2:])
 
 
 # --- Parameter-tree helpers shared by the converter, checkpoints and trainer. ---

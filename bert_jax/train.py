@@ -110,8 +110,11 @@ def make_train_step(head, model: nn.Module, tx: optax.GradientTransformation,
     step_rng = jax.random.fold_in(rng, state.step)
     dens = head.denominators(batch)  # over the whole batch, whatever the accumulation
     rows, length = batch["input_ids"].shape[:2]
-    num_micro = grad_accum_steps or auto_grad_accum_steps(rows // shards, length,
-                                                         jax.default_backend())
+    if "unpack_rows" in batch:  # packed rows are one batch (data.finetune_pipeline.Packing)
+      num_micro = 1
+    else:
+      num_micro = grad_accum_steps or auto_grad_accum_steps(rows // shards, length,
+                                                           jax.default_backend())
     logging.info("train step for batches of %d x %d: %d micro-batch(es) of %d rows per device",
                  rows, length, num_micro, rows // shards // num_micro)
 

@@ -61,6 +61,12 @@ def get_config():
   c.batch_size = 32
   # Tokens per row at most; batches are cut to length buckets (16, 32, 48, 64, 96, 128, ...).
   c.max_seq_length = 128
+  # Padding-free batches: examples packed end to end in rows of pack_length tokens, each
+  # head reading its own example back (bert_jax/data/packing.py); a batch is still
+  # batch_size examples. False: padded rows, one example each.
+  c.pack = True
+  # Tokens per packed row (raised to the batch's longest example when that is longer).
+  c.pack_length = 128
   # Epochs over the training set (used when num_train_steps <= 0).
   c.num_epochs = 3.0
   # Optimizer steps (-1 = from num_epochs).

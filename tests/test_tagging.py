@@ -193,5 +193,7 @@ def test_tfds_conll2003(tmp_path, hf_vocab_dir):
   assert [s.words for s in sentences] == [list(e["tokens"]) for e in stored["dev"]]
   assert [s.labels for s in sentences] == [[names[i] for i in e["ner"]] for e in stored["dev"]]
   batch = next(data.train)
-  assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] <= 64
+  # 8 examples (config.pack: the encoder rows hold several each; the labels keep one per row).
+  assert batch["label_ids"].shape[0] == 8 and batch["label_ids"].shape[1] <= 64
+  assert batch["input_ids"].shape[0] < 8 and batch["input_ids"].shape[1] <= 64
   assert (batch["label_ids"] >= 0).any()

@@ -15,6 +15,10 @@ Why it looks like this:
 - Evaluation is one exact pass in length order (fewer padded tokens), full-size
   batches, rows past the end are padding with `example_weights` 0; identical
   for any number of hosts and devices.
+- Packing (`config.pack`, `Packing`): the same examples per batch, but the
+  encoder's rows hold several of them end to end (`bert_jax.data.packing`); the
+  batch keeps every per-example field in the padded layout (labels, masks,
+  example ids) and adds the packed encoder rows and the unpack arrays.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from bert_jax.data import packing as packing_lib
 from bert_jax.data.buckets import BUCKETS, bucket_length  # pylint: disable=unused-import
 from bert_jax.data.stream import GlobalOrder
 from bert_jax.errors import UserError
@@ -60,15 +65,46 @@ def _batch(data: Encoded, rows: np.ndarray, length: int, weights: np.ndarray) ->
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Packing:
+  """How batches are packed: `groups` = batch shards (one group of rows per device)."""
+
+  groups: int
+  row_length: int = packing_lib.PACK_LENGTH
+  pad_id: int = 0
+
+
+def _packed_batch(data: Encoded, rows_all: np.ndarray, weights_all: np.ndarray, length: int,
+                  packing: Packing, process_index: int, process_count: int) -> dict:
+  """This host's block of the global batch `rows_all`, packed (see `Packing`)."""
+  groups = packing.groups
+  mine = slice(process_index * len(rows_all) // process_count,
+               (process_index + 1) * len(rows_all) // process_count)
+  lengths = data.lengths[rows_all] * (weights_all > 0).reshape(
+      (-1,) + (1,) * (data.lengths.ndim - 1))  # padding examples pack nothing
+  count = lengths.size
+  seq = {k: data.seq_fields[k][rows_all].reshape(count, -1)
+         for k in ("input_ids", "token_type_ids")}
+  per_host = groups // process_count
+  packed = packing_lib.pack(
+      seq, lengths.reshape(-1), groups=groups, row_length=max(packing.row_length, length),
+      unpack_length=length, pad_id=packing.pad_id,
+      keep=(process_index * per_host, (process_index + 1) * per_host))
+  out = _batch(data, rows_all[mine], length, weights_all[mine])
+  out.update(packed)  # the encoder's rows replace the padded input_ids / token_type_ids
+  return out
+
+
 class TrainStream:
   """Host-local training batches, a pure function of (seed, step); checkpointable."""
 
   def __init__(self, data: Encoded, *, global_batch_size: int, seed: int, max_seq_length: int,
                process_index: int = 0, process_count: int = 1,
-               buckets: Sequence[int] = BUCKETS):
+               buckets: Sequence[int] = BUCKETS, packing: Optional[Packing] = None):
     if len(data) == 0:
       raise UserError("the training set is empty")
     self.data = data
+    self.packing = packing
     self.order = GlobalOrder(len(data), global_batch_size, seed)
     self.max_seq_length = max_seq_length
     self.process_index, self.process_count = process_index, process_count
@@ -83,6 +119,9 @@ class TrainStream:
     everyone, _ = self.order.host_rows(step)  # the global batch, for the shared bucket
     length = bucket_length(int(self.data.lengths[everyone].max()), self.max_seq_length,
                            self.buckets)
+    if self.packing is not None:
+      return _packed_batch(self.data, everyone, np.ones(len(everyone)), length, self.packing,
+                           self.process_index, self.process_count)
     rows, _ = self.order.host_rows(step, self.process_index, self.process_count)
     return _batch(self.data, rows, length, np.ones(len(rows)))
 
@@ -102,7 +141,8 @@ class TrainStream:
 
 def eval_batches(data: Encoded, *, global_batch_size: int, max_seq_length: int,
                  process_index: int = 0, process_count: int = 1,
-                 buckets: Sequence[int] = BUCKETS) -> Iterator[dict[str, np.ndarray]]:
+                 buckets: Sequence[int] = BUCKETS,
+                 packing: Optional[Packing] = None) -> Iterator[dict[str, np.ndarray]]:
   """One exact pass in length order; every host yields the same number of equal-size batches.
 
   Rows carry `example_index` (their position in `data`), so gathered predictions
@@ -121,21 +161,53 @@ def eval_batches(data: Encoded, *, global_batch_size: int, max_seq_length: int,
     real[:len(rows_all)] = True
     padded = np.concatenate([rows_all, np.zeros(global_batch_size - len(rows_all), np.int64)])
     mine = slice(process_index * per_host, (process_index + 1) * per_host)
-    out = _batch(data, padded[mine], length, real[mine])
+    if packing is not None:
+      out = _packed_batch(data, padded, real.astype(np.float32), length, packing, process_index,
+                          process_count)
+    else:
+      out = _batch(data, padded[mine], length, real[mine])
     out["example_index"] = np.where(real[mine], padded[mine], -1).astype(np.int32)
     yield out
 
 
-def make_streams(config, train: Encoded, evals: dict[str, Encoded]):
-  """(training stream, {eval infix: factory of one exact pass}) of this process for `config`."""
+def packing_of(config, pad_id: int = 0) -> Optional[Packing]:
+  """The run's `Packing` (None with `config.pack=False`): one group per batch shard."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bert_jax import sharding  # pylint: disable=g-import-not-at-top
+  if not config.pack:
+    return None
+  shape = dict(zip(sharding.MESH_AXES,
+                   sharding.resolve_mesh_shape(config.mesh_shape, jax.device_count())))
+  groups = int(np.prod([shape[a] for a in sharding.BATCH_AXES]))
+  if groups % jax.process_count():
+    raise UserError(f"config.pack: the {groups} batch shards do not split over the "
+                    f"{jax.process_count()} processes; set config.pack=False")
+  if config.grad_accum_steps > 1:
+    raise UserError(f"config.pack packs a whole batch at once: set config.grad_accum_steps=1 "
+                    f"(is {config.grad_accum_steps}) or config.pack=False")
+  if config.pack_length < 2:
+    raise UserError(f"config.pack_length={config.pack_length} must be >= 2")
+  # Rows no wider than max_seq_length: a model's position table holds that (and the kernels
+  # were chosen for it); a batch whose longest example needs more gets wider rows.
+  return Packing(groups=groups, row_length=min(int(config.pack_length), int(config.max_seq_length)),
+                 pad_id=pad_id)
+
+
+def make_streams(config, train: Encoded, evals: dict[str, Encoded], *, pad_id: int = 0,
+                 packable: bool = True):
+  """(training stream, {eval infix: factory of one exact pass}) of this process for `config`.
+
+  `packable=False`: the task's rows are whole documents (packing does not apply).
+  """
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   where = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  packing = packing_of(config, pad_id) if packable else None
   length = int(config.max_seq_length)
   eval_batch = config.eval_batch_size or config.batch_size
   eval_sets = {infix: functools.partial(eval_batches, data, global_batch_size=eval_batch,
-                                        max_seq_length=length, **where)
+                                        max_seq_length=length, packing=packing, **where)
                for infix, data in evals.items()}
   stream = TrainStream(train, global_batch_size=config.batch_size, seed=config.seed,
-                       max_seq_length=length, **where)
+                       max_seq_length=length, packing=packing, **where)
   return stream, eval_sets

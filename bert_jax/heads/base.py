@@ -161,12 +161,39 @@ def ratio(sums: Mapping[str, float], num: str, den: str) -> float:
 
 def apply_model(model: Any, params: Any, batch: Batch, rng: Optional[jax.Array],
                 **kwargs: Any) -> Any:
-  """`model.apply` with the standard BERT inputs of a batch; dropout on iff `rng` is given."""
+  """`model.apply` with the standard BERT inputs of a batch; dropout on iff `rng` is given.
+
+  A packed fine-tuning batch (`bert_jax.data.packing`) has encoder rows plus
+  `unpack_rows` / `unpack_positions`: the model reads each example back into the
+  padded layout, and the batch's `attention_mask` is that layout's (the encoder's
+  mask comes from `packing_ids`).
+  """
   deterministic = rng is None
+  packed = "unpack_rows" in batch
+  if packed:
+    kwargs.update(unpack_rows_GxS=batch["unpack_rows"],
+                  unpack_positions_GxSxT=batch["unpack_positions"])
   return model.apply(
       {"params": params}, batch["input_ids"], batch.get("token_type_ids"),
-      batch.get("attention_mask"), batch.get("position_ids"), batch.get("packing_ids"),
-      deterministic=deterministic, rngs=None if deterministic else {"dropout": rng}, **kwargs)
+      None if packed else batch.get("attention_mask"), batch.get("position_ids"),
+      batch.get("packing_ids"), deterministic=deterministic,
+      rngs=None if deterministic else {"dropout": rng}, **kwargs)
+
+
+def packed_rows(batch: Mapping[str, jax.Array]) -> tuple[Any, ...]:
+  """The model's positional inputs for a runner batch (possibly packed): per-token outputs."""
+  return (batch["input_ids"], batch["token_type_ids"], None, batch["position_ids"],
+          batch["packing_ids"])
+
+
+def packed_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """`unpack_*` keyword inputs that read every segment of a runner batch back at its
+  [CLS] (one group, [B*K, 1] views), with `packed_rows`' inputs. Segments past a row's
+  last one read position 0 of their row; the runner drops them."""
+  starts_BxK = batch["starts"]
+  rows, segments = starts_BxK.shape
+  rows_S = jnp.repeat(jnp.arange(rows, dtype=jnp.int32), segments)
+  return dict(unpack_rows_GxS=rows_S[None], unpack_positions_GxSxT=starts_BxK.reshape(1, -1, 1))
 
 
 def example_weights(batch: Batch) -> jax.Array:
@@ -206,12 +233,13 @@ def jsonl_rows(path: str, keys: Sequence[str]) -> list[dict]:
 
 
 def run_rows(pre: Any, forward: Any, ids_rows: Sequence[Any], type_rows: Sequence[Any],
-             max_length: int, batch_size: Optional[int] = None) -> list[dict[str, np.ndarray]]:
+             max_length: int, batch_size: Optional[int] = None,
+             pack: bool = False) -> list[dict[str, np.ndarray]]:
   """The one inference runner (`bert_jax.inference.runner`) over a loaded model's rows:
   per input, in input order, `forward`'s {"tokens": [n, ...], "segments": [K, ...]}."""
   from bert_jax.inference import runner  # pylint: disable=g-import-not-at-top
   return runner.run(forward, pre.params, ids_rows, type_rows, max_length=max_length,
-                    pad_id=pre.tokenizer.pad_id, batch_size=batch_size)
+                    pad_id=pre.tokenizer.pad_id, batch_size=batch_size, pack=pack)
 
 
 def padded_inputs(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -37,11 +37,13 @@ class BertForSequenceClassification(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
-               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True):
+               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True,
+               unpack_rows_GxS=None, unpack_positions_GxSxT=None):
     cfg = self.config
     out = model_lib.BertModel(cfg, name="bert")(
         input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
-        packing_ids_BxL, deterministic=deterministic)
+        packing_ids_BxL, deterministic=deterministic, unpack_rows_GxS=unpack_rows_GxS,
+        unpack_positions_GxSxT=unpack_positions_GxSxT)
     pooled_BxE = nn.Dropout(cfg.hidden_dropout_rate)(out.pooled_output,
                                                      deterministic=deterministic)
     return model_lib.dense(self.num_labels, ("embed", None), cfg, "classifier")(
@@ -184,8 +186,10 @@ def _forward(config: model_lib.BertConfig, num_labels: int):
 
   @jax.jit
   def forward(params, batch):
-    logits_BxK = module.apply({"params": params}, *base.padded_inputs(batch))
-    return {"segments": logits_BxK[:, None, :]}  # one segment per row
+    logits_SxK = module.apply({"params": params}, *base.packed_rows(batch),
+                               **base.packed_inputs(batch))
+    rows, segments = batch["starts"].shape
+    return {"segments": logits_SxK.reshape(rows, segments, -1)}  # per segment of a row
 
   return forward
 
@@ -212,7 +216,7 @@ class SequencePredictor:
     lengths = np.asarray([len(r) for r in enc["input_ids"]])
     self.cut = int(np.sum(lengths >= self.length))  # inputs that may have been cut
     out = base.run_rows(self.pre, self._forward, enc["input_ids"], enc["token_type_ids"],
-                        self.length, self.batch_size)
+                        self.length, self.batch_size, pack=True)
     return np.stack([o["segments"] for o in out]) if out else np.zeros(
         (0, self.pre.num_labels), np.float32)
 

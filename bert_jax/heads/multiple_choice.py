@@ -31,20 +31,34 @@ class BertForMultipleChoice(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids_BxCxL, token_type_ids_BxCxL=None, attention_mask_BxCxL=None,
-               position_ids_BxCxL=None, packing_ids_BxCxL=None, *, deterministic: bool = True):
+               position_ids_BxCxL=None, packing_ids_BxCxL=None, *, deterministic: bool = True,
+               unpack_rows_GxS=None, unpack_positions_GxSxT=None, num_choices=None):
+    """Padded [B, C, L] inputs; or packed rows [R, L] (`bert_jax.data.packing`) whose
+    unpack arrays list the B*C choices example-major, with `num_choices` = C (default:
+    the C of `attention_mask_BxCxL`, the padded view of a packed batch)."""
     cfg = self.config
-    batch, choices, length = input_ids_BxCxL.shape
+    packed = unpack_rows_GxS is not None
+    if packed:
+      choices = num_choices or attention_mask_BxCxL.shape[1]
+      ids, types, positions, packing = (input_ids_BxCxL, token_type_ids_BxCxL,
+                                        position_ids_BxCxL, packing_ids_BxCxL)
+      mask = None
+    else:
+      batch, choices, length = input_ids_BxCxL.shape
 
-    def rows(x):  # [B, C, L] -> [B*C, L]
-      return None if x is None else x.reshape(batch * choices, length)
+      def rows(x):  # [B, C, L] -> [B*C, L]
+        return None if x is None else x.reshape(batch * choices, length)
 
+      ids, types, mask, positions, packing = (rows(x) for x in (
+          input_ids_BxCxL, token_type_ids_BxCxL, attention_mask_BxCxL, position_ids_BxCxL,
+          packing_ids_BxCxL))
     out = model_lib.BertModel(cfg, name="bert")(
-        rows(input_ids_BxCxL), rows(token_type_ids_BxCxL), rows(attention_mask_BxCxL),
-        rows(position_ids_BxCxL), rows(packing_ids_BxCxL), deterministic=deterministic)
+        ids, types, mask, positions, packing, deterministic=deterministic,
+        unpack_rows_GxS=unpack_rows_GxS, unpack_positions_GxSxT=unpack_positions_GxSxT)
     pooled_NxE = nn.Dropout(cfg.hidden_dropout_rate)(out.pooled_output,
                                                      deterministic=deterministic)
     scores_Nx1 = model_lib.dense(1, ("embed", None), cfg, "classifier")(pooled_NxE)
-    return scores_Nx1.astype(jnp.float32).reshape(batch, choices)
+    return scores_Nx1.astype(jnp.float32).reshape(-1, choices)
 
 
 class MultipleChoice(base.Head):
@@ -78,7 +92,8 @@ class MultipleChoice(base.Head):
     return dict(input_ids=ids, token_type_ids=ids, attention_mask=ids)
 
   def sums(self, model, params, batch, rng) -> dict:
-    scores_BxC = base.apply_model(model, params, batch, rng)
+    scores_BxC = base.apply_model(model, params, batch, rng,
+                                  num_choices=batch["attention_mask"].shape[-2])
     w_B = batch["example_weights"].astype(jnp.float32)
     labels_B = batch["labels"]
     xent_B = optax.softmax_cross_entropy_with_integer_labels(scores_BxC, labels_B)
@@ -147,8 +162,9 @@ def _forward(config: model_lib.BertConfig):
 
   @jax.jit
   def forward(params, batch):
-    ids, types, mask = (x[:, None, :] for x in base.padded_inputs(batch))  # one choice per row
-    return {"segments": module.apply({"params": params}, ids, types, mask)}  # [B, 1]
+    scores_Sx1 = module.apply({"params": params}, *base.packed_rows(batch),
+                               **base.packed_inputs(batch), num_choices=1)
+    return {"segments": scores_Sx1.reshape(batch["starts"].shape)}  # a choice per segment
 
   return forward
 
@@ -162,7 +178,7 @@ def choice_scores(pre, inputs: Sequence[tuple[str, list[str]]], length: int,
   enc = tok.encode_batch(contexts, [ch for _, choices in inputs for ch in choices],
                          max_length=length, padding="none")
   out = base.run_rows(pre, _forward(pre.config), enc["input_ids"], enc["token_type_ids"], length,
-                      batch_size)
+                      batch_size, pack=True)
   scores, at = [], 0
   for _, choices in inputs:
     scores.append(np.asarray([o["segments"] for o in out[at:at + len(choices)]], np.float32))

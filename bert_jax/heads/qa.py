@@ -40,11 +40,13 @@ class BertForQuestionAnswering(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
-               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True):
+               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True,
+               unpack_rows_GxS=None, unpack_positions_GxSxT=None):
     cfg = self.config
     out = model_lib.BertModel(cfg, add_pooling_layer=False, name="bert")(
         input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
-        packing_ids_BxL, deterministic=deterministic)
+        packing_ids_BxL, deterministic=deterministic, unpack_rows_GxS=unpack_rows_GxS,
+        unpack_positions_GxSxT=unpack_positions_GxSxT)
     logits_BxLx2 = model_lib.dense(2, ("embed", None), cfg, "qa_outputs")(
         out.sequence_output).astype(jnp.float32)
     return dict(start_logits=logits_BxLx2[..., 0], end_logits=logits_BxLx2[..., 1])
@@ -77,12 +79,15 @@ class QuestionAnswering(base.Head):
   def sums(self, model, params, batch, rng) -> dict:
     out = base.apply_model(model, params, batch, rng)
     w_B = batch["example_weights"].astype(jnp.float32)
-    start_B = optax.softmax_cross_entropy_with_integer_labels(out["start_logits"],
-                                                              batch["start_positions"])
-    end_B = optax.softmax_cross_entropy_with_integer_labels(out["end_logits"],
-                                                            batch["end_positions"])
-    exact_B = ((jnp.argmax(out["start_logits"], -1) == batch["start_positions"])
-               & (jnp.argmax(out["end_logits"], -1) == batch["end_positions"]))
+    # Padding is never an answer: it is left out of the softmax (so a packed batch, whose
+    # padded view holds other examples' tokens there, has the same loss as a padded one).
+    real_BxL = batch["attention_mask"] > 0
+    start_BxL = jnp.where(real_BxL, out["start_logits"], _NEG)
+    end_BxL = jnp.where(real_BxL, out["end_logits"], _NEG)
+    start_B = optax.softmax_cross_entropy_with_integer_labels(start_BxL, batch["start_positions"])
+    end_B = optax.softmax_cross_entropy_with_integer_labels(end_BxL, batch["end_positions"])
+    exact_B = ((jnp.argmax(start_BxL, -1) == batch["start_positions"])
+               & (jnp.argmax(end_BxL, -1) == batch["end_positions"]))
     return dict(qa_loss_sum=jnp.sum(0.5 * (start_B + end_B) * w_B), qa_count=jnp.sum(w_B),
                 qa_span_correct=jnp.sum(exact_B.astype(jnp.float32) * w_B))
 
@@ -96,9 +101,12 @@ class QuestionAnswering(base.Head):
 
   def predictions(self, model, params, batch) -> dict:
     out = base.apply_model(model, params, batch, None)
+    real_BxL = batch["attention_mask"] > 0
     pad = ((0, 0), (0, self.spec.max_seq_length - out["start_logits"].shape[1]))
-    return dict(start_logits=jnp.pad(out["start_logits"], pad, constant_values=_NEG),
-                end_logits=jnp.pad(out["end_logits"], pad, constant_values=_NEG),
+    start_BxL = jnp.where(real_BxL, out["start_logits"], _NEG)
+    end_BxL = jnp.where(real_BxL, out["end_logits"], _NEG)
+    return dict(start_logits=jnp.pad(start_BxL, pad, constant_values=_NEG),
+                end_logits=jnp.pad(end_BxL, pad, constant_values=_NEG),
                 feature_index=batch["feature_index"],
                 weights=batch["example_weights"].astype(jnp.float32))
 
@@ -178,7 +186,7 @@ def _forward(config: model_lib.BertConfig):
 
   @jax.jit
   def forward(params, batch):
-    out = module.apply({"params": params}, *base.padded_inputs(batch))
+    out = module.apply({"params": params}, *base.packed_rows(batch))
     return {"tokens": jnp.stack([out["start_logits"], out["end_logits"]], -1)}  # [B, L, 2]
 
   return forward
@@ -208,7 +216,7 @@ def answer(pre, questions: Sequence[str], contexts: Sequence[str], top_k: int = 
                                                                                contexts))]
   features = squad.encode(examples, pre.tokenizer, max_length, stride, min(query, max_length - 4))
   logits = base.run_rows(pre, _forward(pre.config), features.input_ids,
-                         features.token_type_ids, max_length)
+                         features.token_type_ids, max_length, pack=True)
   candidates: list[dict[tuple[int, int], float]] = [{} for _ in examples]
   for f, out in enumerate(logits):
     start_L, end_L = out["tokens"][:, 0], out["tokens"][:, 1]

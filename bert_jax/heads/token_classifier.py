@@ -39,11 +39,13 @@ class BertForTokenClassification(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids_BxL, token_type_ids_BxL=None, attention_mask_BxL=None,
-               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True):
+               position_ids_BxL=None, packing_ids_BxL=None, *, deterministic: bool = True,
+               unpack_rows_GxS=None, unpack_positions_GxSxT=None):
     cfg = self.config
     out = model_lib.BertModel(cfg, add_pooling_layer=False, name="bert")(
         input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
-        packing_ids_BxL, deterministic=deterministic)
+        packing_ids_BxL, deterministic=deterministic, unpack_rows_GxS=unpack_rows_GxS,
+        unpack_positions_GxSxT=unpack_positions_GxSxT)
     x_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(out.sequence_output,
                                                   deterministic=deterministic)
     return model_lib.dense(self.num_labels, ("embed", None), cfg, "classifier")(
@@ -166,7 +168,7 @@ def _forward(config: model_lib.BertConfig, num_labels: int):
 
   @jax.jit
   def forward(params, batch):
-    logits_BxLxC = module.apply({"params": params}, *base.padded_inputs(batch))
+    logits_BxLxC = module.apply({"params": params}, *base.packed_rows(batch))
     return {"tokens": jax.nn.softmax(logits_BxLxC, axis=-1)}
 
   return forward
@@ -174,7 +176,7 @@ def _forward(config: model_lib.BertConfig, num_labels: int):
 
 def _probabilities(pre, rows, max_length: int) -> list[np.ndarray]:
   out = base.run_rows(pre, _forward(pre.config, pre.num_labels or 0), [ids for ids, _ in rows],
-                      [types for _, types in rows], max_length)
+                      [types for _, types in rows], max_length, pack=True)
   return [o["tokens"] for o in out]
 
 

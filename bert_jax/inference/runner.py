@@ -36,6 +36,7 @@ import numpy as np
 
 from bert_jax import platform as platform_lib
 from bert_jax.data import buckets as buckets_lib
+from bert_jax.data.packing import pack_rows
 
 # Padding (in tokens) worth paying to avoid compiling one more shape.
 COMPILE_COST_TOKENS = 8192
@@ -91,29 +92,6 @@ def plan_batches(lengths: Sequence[int], max_length: int, tokens_per_batch: int,
     rows = -(-len(members) // count)
     batches += [(members[i:i + rows], bucket) for i in range(0, len(members), rows)]
   return batches
-
-
-def pack_rows(lengths: Sequence[int], capacity: int) -> list[np.ndarray]:
-  """Row indices per packed row (each packed row's lengths sum to <= `capacity`), best-fit.
-
-  Every row goes into the open packed row it fills most tightly, longest first;
-  a row that fits no open one opens a new one. Rows longer than `capacity` must
-  be left out by the caller.
-  """
-  lengths = np.asarray(lengths, np.int64)
-  rows: list[list[int]] = []
-  open_rows: list[list[int]] = [[] for _ in range(capacity + 1)]  # free tokens -> row numbers
-  for i in np.argsort(-lengths, kind="stable"):
-    n = int(lengths[i])
-    free = next((f for f in range(n, capacity + 1) if open_rows[f]), None)
-    if free is None:
-      free, r = capacity, len(rows)
-      rows.append([])
-    else:
-      r = open_rows[free].pop()
-    rows[r].append(int(i))
-    open_rows[free - n].append(r)
-  return [np.asarray(r, np.int64) for r in rows]
 
 
 @dataclasses.dataclass(frozen=True)

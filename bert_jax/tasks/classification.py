@@ -113,7 +113,8 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
   length = int(config.max_seq_length)
   stream, eval_sets = finetune_pipeline.make_streams(
       config, encode(tokenizer, train, length, kind, labels),
-      {infix: encode(tokenizer, ex, length, kind, labels) for infix, ex in evals.items()})
+      {infix: encode(tokenizer, ex, length, kind, labels) for infix, ex in evals.items()},
+      pad_id=tokenizer.pad_id)
   glue = sequences.glue_name(config.task) if config.task.startswith("glue") else None
   options = {"text_pair": train.pairs is not None}
   if glue in GLUE_MAIN_METRIC:

@@ -78,7 +78,8 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
     first = items.add(pairs, pairs)  # row ids are numbered across all evaluation sets
     rows.row_fields["feature_index"] = np.arange(first, first + len(rows), dtype=np.int32)
     evals[infix] = rows
-  stream, eval_sets = finetune_pipeline.make_streams(config, train_rows, evals)
+  stream, eval_sets = finetune_pipeline.make_streams(config, train_rows, evals,
+                                                     packable=False)
   spec = Spec(task=config.task, head=HEAD, kind="extractive_summary", max_seq_length=length,
               vocab_size=tokenizer.vocab_size, num_train_examples=len(train))
   return Data(train=stream, eval_sets=eval_sets, tokenizer_dir=tokenizer_dir,

@@ -38,7 +38,8 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
   if config.validation_file:
     evals[""] = encode(tokenizer, reader.read_jsonl(config.validation_file), length)
   stream, eval_sets = finetune_pipeline.make_streams(config, encode(tokenizer, train, length),
-                                                     evals)
+                                                     evals,
+                                                     pad_id=tokenizer.pad_id)
   spec = Spec(task=config.task, head=HEAD, kind="multiple_choice", max_seq_length=length,
               vocab_size=tokenizer.vocab_size, num_train_examples=len(train),
               options={"num_choices": len(train[0].choices)})

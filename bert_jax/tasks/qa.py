@@ -69,7 +69,8 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
     features = squad.encode(examples, *args, source=config[f"{split}_file"] or config.task)
     evals[infix] = features.encoded(length, items.add(features, examples))
   stream, eval_sets = finetune_pipeline.make_streams(config, train_features.encoded(length),
-                                                     evals)
+                                                     evals,
+                                                     pad_id=tokenizer.pad_id)
   spec = Spec(task=config.task, head=HEAD, kind="qa", max_seq_length=length,
               vocab_size=tokenizer.vocab_size, num_train_examples=len(train_features),
               options={"version_2": version_2, **opts})

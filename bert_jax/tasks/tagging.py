@@ -55,7 +55,8 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Data, Spec]:
     features = conll.encode(sentences, tokenizer, label_to_id, length, source)
     evals[infix] = features.encoded(length, items.add(features, sentences))
   stream, eval_sets = finetune_pipeline.make_streams(config, train_features.encoded(length),
-                                                     evals)
+                                                     evals,
+                                                     pad_id=tokenizer.pad_id)
   spec = Spec(task=config.task, head=HEAD, kind="tagging", max_seq_length=length,
               vocab_size=tokenizer.vocab_size, labels=tuple(labels),
               num_train_examples=len(train_features))

@@ -1,0 +1,125 @@
+"""Padding-free batches: several examples per row, each head reading its own example back.
+
+Why it looks like this:
+- Fine-tuning sentences are short (GLUE's are 10-30 tokens) and a padded batch
+  computes its longest row for every example. A packed batch puts examples end
+  to end in rows of `row_length` tokens (best-fit decreasing, `pack_rows`), each
+  with its own `[CLS] ... [SEP]`, positions restarting at 0 and a packing id
+  (1, 2, ... per row, 0 = padding) that keeps attention block-diagonal: the
+  encoder computes each example exactly as alone, up to float rounding.
+- The heads do not change: after the encoder, the model gathers each
+  example's tokens back into the padded layout `[S, Lb]` the heads already read
+  (`unpack_rows`, `unpack_positions`; `BertModel`), so labels, masks and
+  per-example outputs keep their padded shapes and meaning. Only the encoder,
+  which is nearly all the compute, runs packed.
+- Groups: the examples of a global batch are cut into `groups` equal blocks, one
+  per batch shard (device), and each block is packed into its own rows. Every
+  group has the same number of rows (the most any group needs, rounded up to a
+  few compiled sizes, `ROW_COUNTS`), so each device holds its own examples' rows
+  and the gather back to examples never crosses devices. The packing is a pure
+  function of the examples in the batch (so of (seed, step) in training) and the
+  group count: any number of hosts over the same devices packs identically.
+- A multiple-choice example is several sequences (`[C]` lengths); each is its own
+  segment and the unpack arrays are `[G, (E/G)*C]`, example-major.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+# Rows per group a packed batch may have: a handful of compiled shapes, at most 1/3 empty rows.
+ROW_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# Default tokens per packed row.
+PACK_LENGTH = 128
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[np.ndarray]:
+  """Indices per packed row (each row's lengths sum to <= `capacity`), best-fit decreasing.
+
+  Every item goes into the open row it fills most tightly, longest first; an item
+  that fits no open row opens a new one. Items longer than `capacity` must be left
+  out by the caller. Deterministic (ties keep input order).
+  """
+  lengths = np.asarray(lengths, np.int64)
+  rows: list[list[int]] = []
+  open_rows: list[list[int]] = [[] for _ in range(capacity + 1)]  # free tokens -> row numbers
+  for i in np.argsort(-lengths, kind="stable"):
+    n = int(lengths[i])
+    free = next((f for f in range(n, capacity + 1) if open_rows[f]), None)
+    if free is None:
+      free, r = capacity, len(rows)
+      rows.append([])
+    else:
+      r = open_rows[free].pop()
+    rows[r].append(int(i))
+    open_rows[free - n].append(r)
+  return [np.asarray(r, np.int64) for r in rows]
+
+
+def row_count(n: int, counts: Sequence[int] = ROW_COUNTS) -> int:
+  """The smallest of `counts` >= n (n itself beyond the table)."""
+  return next((c for c in counts if c >= n), n)
+
+
+def pack(seq_fields: dict[str, np.ndarray], lengths_S: np.ndarray, *, groups: int,
+         row_length: int, unpack_length: int, pad_id: int = 0,
+         keep: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+  """Packed encoder inputs for S sequences in `groups` equal blocks (block g: sequences
+  g*S/G ... (g+1)*S/G - 1), of groups `keep` = [first, end) (default all: a host keeps its
+  own groups; the row count is still the most any group of the batch needs).
+
+  Args:
+    seq_fields: `input_ids`, `token_type_ids` [S, >= max length] of the sequences.
+    lengths_S: real tokens of each sequence; 0 = a padding example (no tokens packed;
+      its unpacked view is whatever the row holds and must weigh 0).
+    groups: G, the number of blocks (batch shards); S must be divisible by G.
+    row_length: tokens per packed row (>= the longest sequence).
+    unpack_length: Lb, the width of the padded view the heads read.
+    pad_id: the id of padding tokens.
+
+  Returns:
+    `input_ids`, `token_type_ids`, `position_ids`, `packing_ids` [G*R, row_length] int32;
+    `unpack_rows` [G, S/G] (row of each sequence within its group) and
+    `unpack_positions` [G, S/G, Lb] (its token positions in that row, clipped to the row);
+    with `keep`, only those groups' rows and entries.
+  """
+  lengths_S = np.asarray(lengths_S, np.int64)
+  count = len(lengths_S)
+  if count % groups:
+    raise ValueError(f"{count} sequences do not split into {groups} groups")
+  if lengths_S.max(initial=0) > row_length:
+    raise ValueError(f"a sequence of {lengths_S.max()} tokens exceeds row_length={row_length}")
+  per = count // groups
+  plans = []
+  for g in range(groups):
+    block = lengths_S[g * per:(g + 1) * per]
+    real = np.flatnonzero(block > 0)
+    plans.append([real[r] for r in pack_rows(block[real], row_length)])
+  rows = row_count(max(1, max(len(p) for p in plans)))
+  first, end = keep or (0, groups)
+  plans = plans[first:end]
+  shape = (len(plans) * rows, row_length)
+  ids = np.full(shape, pad_id, np.int32)
+  types, positions, packing = (np.zeros(shape, np.int32) for _ in range(3))
+  unpack_rows = np.zeros((len(plans), per), np.int32)
+  starts = np.zeros((len(plans), per), np.int64)
+  src_ids, src_types = seq_fields["input_ids"], seq_fields["token_type_ids"]
+  for g, plan in enumerate(plans):
+    for r, members in enumerate(plan):
+      at, row = 0, g * rows + r
+      for k, local in enumerate(members):
+        i = (first + g) * per + int(local)
+        n = int(lengths_S[i])
+        ids[row, at:at + n] = src_ids[i, :n]
+        types[row, at:at + n] = src_types[i, :n]
+        positions[row, at:at + n] = np.arange(n)
+        packing[row, at:at + n] = k + 1
+        unpack_rows[g, local], starts[g, local] = r, at
+        at += n
+  unpack_positions = np.minimum(starts[..., None] + np.arange(unpack_length),
+                                row_length - 1).astype(np.int32)
+  return {"input_ids": ids, "token_type_ids": types, "position_ids": positions,
+          "packing_ids": packing, "unpack_rows": unpack_rows,
+          "unpack_positions": unpack_positions}

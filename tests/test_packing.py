@@ -1,0 +1,199 @@
+"""Packed fine-tuning batches equal padded ones: loss, gradients and eval outputs, every head.
+
+The reference is the padded batch of the same examples (the path that equals
+transformers, pinned by the conversion tests); dropout is off so both are
+deterministic. Packing is also checked as data: every example's tokens are in its
+row at its place, positions restart at 0, and groups never share rows.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax import heads as heads_lib
+from bert_jax.data import finetune_pipeline as fp
+from bert_jax.data import packing
+from bert_jax.data.contract import Spec
+from bert_jax.heads.base import combine_loss
+from bert_jax.model import BertConfig
+
+L = 32  # max_seq_length of the examples
+VOCAB = 64
+
+
+def _config():
+  return BertConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=64,
+                           hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
+
+
+def _sequences(rng, shape, min_len=3, max_len=L):
+  lengths = rng.integers(min_len, max_len + 1, size=shape)
+  ids = rng.integers(5, VOCAB, size=shape + (L,)).astype(np.int32)
+  types = np.zeros(shape + (L,), np.int32)
+  pos = np.arange(L)
+  split = np.maximum(lengths // 2, 1)
+  types[pos >= split[..., None]] = 1
+  real = pos < lengths[..., None]
+  ids[~real], types[~real] = 0, 0
+  ids[..., 0] = 2  # [CLS]
+  return {"input_ids": ids, "token_type_ids": types}, lengths.astype(np.int32), real
+
+
+def _data(head_name, n, rng):
+  if head_name == "multiple_choice":
+    seq, lengths, _ = _sequences(rng, (n, 3), max_len=12)
+    return fp.Encoded(seq, {"labels": rng.integers(0, 3, n).astype(np.int32)}, lengths)
+  seq, lengths, real = _sequences(rng, (n,), max_len=20)
+  rows = {}
+  if head_name == "classifier":
+    rows["labels"] = rng.integers(0, 3, n).astype(np.int32)
+  elif head_name == "regression":
+    rows["labels"] = rng.normal(size=n).astype(np.float32)
+  elif head_name == "token_classifier":
+    labels = rng.integers(0, 4, (n, L)).astype(np.int32)
+    labels[~real | (rng.random((n, L)) < 0.3)] = -100
+    labels[:, 0] = -100
+    seq["label_ids"] = labels
+    rows["feature_index"] = np.arange(n, dtype=np.int32)
+  elif head_name == "qa":
+    rows["start_positions"] = (rng.integers(0, 1000, n) % lengths).astype(np.int32)
+    rows["end_positions"] = np.minimum(rows["start_positions"] + rng.integers(0, 3, n),
+                                       lengths - 1).astype(np.int32)
+    rows["feature_index"] = np.arange(n, dtype=np.int32)
+  return fp.Encoded(seq, rows, lengths)
+
+
+_SPECS = {
+    "classifier": dict(head="classifier", kind="classification", labels=("a", "b", "c")),
+    "regression": dict(head="classifier", kind="regression"),
+    "token_classifier": dict(head="token_classifier", kind="tagging",
+                             labels=("O", "B-X", "I-X", "B-Y")),
+    "qa": dict(head="qa", kind="qa"),
+    "multiple_choice": dict(head="multiple_choice", kind="multiple_choice",
+                            options={"num_choices": 3}),
+}
+
+
+def _head(name):
+  s = _SPECS[name]
+  return heads_lib.for_spec(Spec(task="t", head=s["head"], kind=s["kind"], max_seq_length=L,
+                                 vocab_size=VOCAB, labels=s.get("labels"),
+                                 options=s.get("options", {})))
+
+
+def _loss_and_grads(head, model, params, batch):
+  batch = jax.tree_util.tree_map(jnp.asarray, batch)
+
+  def loss_fn(p):
+    return combine_loss(head.sums(model, p, batch, None), head.loss_terms,
+                        head.denominators(batch))
+
+  return jax.value_and_grad(loss_fn)(params)
+
+
+def _init(head, rng_seed=0):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  model = head.build_model(_config())
+  inputs = head.init_inputs(ml_collections.ConfigDict({"max_seq_length": L}))
+  params = head.init(model, jax.random.PRNGKey(rng_seed), inputs)["params"]
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  return model, nn.unbox(params)
+
+
+@pytest.mark.parametrize("name", sorted(_SPECS))
+@pytest.mark.parametrize("groups", [1, 2])
+def test_packed_loss_and_gradients_equal_padded(name, groups):
+  rng = np.random.default_rng(7)
+  data = _data(name, 8, rng)
+  head = _head(name)
+  model, params = _init(head)
+  rows = np.arange(8)
+  weights = np.ones(8, np.float32)
+  length = fp.bucket_length(int(data.lengths.max()), L)
+  padded = fp._batch(data, rows, length, weights)
+  packed = fp._packed_batch(data, rows, weights, length,
+                            fp.Packing(groups=groups, row_length=32), 0, 1)
+  assert packed["input_ids"].shape[0] < len(rows) * (3 if name == "multiple_choice" else 1)
+  loss_pad, grads_pad = _loss_and_grads(head, model, params, padded)
+  loss_pack, grads_pack = _loss_and_grads(head, model, params, packed)
+  np.testing.assert_allclose(loss_pack, loss_pad, rtol=1e-5, atol=1e-6)
+  flat_pad = jax.tree_util.tree_leaves_with_path(grads_pad)
+  flat_pack = dict(jax.tree_util.tree_leaves_with_path(grads_pack))
+  for path, g in flat_pad:
+    np.testing.assert_allclose(flat_pack[path], g, rtol=1e-5, atol=2e-6,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("name", ["token_classifier", "qa", "regression"])
+def test_packed_eval_outputs_equal_padded(name):
+  """An eval batch with padding examples (weight 0): sums and per-row predictions agree."""
+  rng = np.random.default_rng(3)
+  data = _data(name, 6, rng)
+  head = _head(name)
+  model, params = _init(head, 1)
+  rows = np.r_[np.arange(6), 0, 0]
+  weights = np.r_[np.ones(6), 0, 0].astype(np.float32)
+  length = fp.bucket_length(int(data.lengths.max()), L)
+  padded = jax.tree_util.tree_map(jnp.asarray, fp._batch(data, rows, length, weights))
+  packed = jax.tree_util.tree_map(jnp.asarray, fp._packed_batch(
+      data, rows, weights, length, fp.Packing(groups=2, row_length=48), 0, 1))
+  sums_pad, sums_pack = (head.sums(model, params, b, None) for b in (padded, packed))
+  for k in sums_pad:
+    np.testing.assert_allclose(sums_pack[k], sums_pad[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  pred_pad, pred_pack = (head.predictions(model, params, b) for b in (padded, packed))
+  real = weights > 0
+  for k, v in pred_pad.items():
+    if k in ("pred_ids", "start_logits", "end_logits"):
+      mask = np.arange(L) < data.lengths[rows][:, None]
+      np.testing.assert_allclose(np.where(mask, pred_pack[k], 0)[real],
+                                 np.where(mask, v, 0)[real], rtol=1e-5, atol=1e-5, err_msg=k)
+    else:
+      np.testing.assert_allclose(np.asarray(pred_pack[k])[real], np.asarray(v)[real],
+                                 rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_pack_places_every_sequence_in_its_group():
+  rng = np.random.default_rng(0)
+  seq, lengths, _ = _sequences(rng, (12,), max_len=20)
+  lengths[5] = 0  # a padding example: nothing packed
+  out = packing.pack(seq, lengths, groups=3, row_length=32, unpack_length=24)
+  rows = out["input_ids"].shape[0] // 3
+  for g in range(3):
+    for s in range(4):
+      i = g * 4 + s
+      n = int(lengths[i])
+      if not n:
+        continue
+      row = g * rows + out["unpack_rows"][g, s]
+      start = out["unpack_positions"][g, s, 0]
+      np.testing.assert_array_equal(out["input_ids"][row, start:start + n],
+                                    seq["input_ids"][i, :n])
+      np.testing.assert_array_equal(out["token_type_ids"][row, start:start + n],
+                                    seq["token_type_ids"][i, :n])
+      np.testing.assert_array_equal(out["position_ids"][row, start:start + n], np.arange(n))
+      ids = out["packing_ids"][row, start:start + n]
+      assert len(set(ids.tolist())) == 1 and ids[0] > 0
+  assert int((out["packing_ids"] > 0).sum()) == int(lengths.sum())
+  # A host keeping groups [1, 3) gets exactly those rows and entries.
+  part = packing.pack(seq, lengths, groups=3, row_length=32, unpack_length=24, keep=(1, 3))
+  np.testing.assert_array_equal(part["input_ids"], out["input_ids"][rows:])
+  np.testing.assert_array_equal(part["unpack_positions"], out["unpack_positions"][1:])
+
+
+def test_train_stream_packs_the_same_examples_on_any_number_of_hosts():
+  rng = np.random.default_rng(1)
+  data = _data("classifier", 40, rng)
+  p = fp.Packing(groups=4, row_length=32)
+  one = fp.TrainStream(data, global_batch_size=8, seed=3, max_seq_length=L, packing=p)
+  two = [fp.TrainStream(data, global_batch_size=8, seed=3, max_seq_length=L, packing=p,
+                        process_index=h, process_count=2) for h in range(2)]
+  for step in range(3):
+    whole = one.batch_at(step)
+    halves = [s.batch_at(step) for s in two]
+    for k, v in whole.items():
+      np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), v, err_msg=k)
+    # Fewer tokens computed than the padded batch.
+    assert whole["input_ids"].size <= 8 * fp.bucket_length(int(data.lengths.max()), L)
