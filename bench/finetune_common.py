@@ -18,7 +18,7 @@ import argparse
 import math
 import os
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -121,24 +121,34 @@ def shuffled_batches(num_rows: int, batch_size: int, seed: int) -> Iterator[np.n
 
 
 def torch_train(model, make_inputs: Callable[[np.ndarray], dict], num_rows: int,
-                steps: int) -> float:
-  """Trains `steps` steps; returns seq/s over steps 2..N."""
+                steps: int, stats: Optional[dict] = None) -> float:
+  """Trains `steps` steps; returns seq/s over steps 2..N. `stats` (optional) receives
+  `tokens_computed` / `tokens_real` (rows x padded width, and attention_mask's sum) of the
+  timed steps and their `seconds`."""
   import torch  # pylint: disable=g-import-not-at-top
   opt, schedule = torch_optimizer(model, steps)
   model.train()
   batches = shuffled_batches(num_rows, RECIPE["batch_size"], RECIPE["seed"])
   start = None
+  computed = real = 0
   for step in range(steps):
     if step == 1:
       start = time.perf_counter()
-    loss = model(**make_inputs(next(batches))).loss
+    inputs = make_inputs(next(batches))
+    if step >= 1 and "attention_mask" in inputs:
+      computed += int(inputs["attention_mask"].numel())
+      real += int(inputs["attention_mask"].sum())
+    loss = model(**inputs).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), RECIPE["max_grad_norm"])
     opt.step()
     schedule.step()
     opt.zero_grad(set_to_none=True)
   model.eval()
-  return (steps - 1) * RECIPE["batch_size"] / (time.perf_counter() - start)
+  seconds = time.perf_counter() - start
+  if stats is not None:
+    stats.update(tokens_computed=computed, tokens_real=real, seconds=seconds)
+  return (steps - 1) * RECIPE["batch_size"] / seconds
 
 
 def steps_for(num_rows: int, epochs: float) -> int:

@@ -199,7 +199,9 @@ def tag(pre, texts: Sequence[str], max_seq_length: Optional[int] = None) -> list
   for ids, offsets in zip(enc["input_ids"], enc["offsets"]):
     pieces = np.asarray(ids[1:-1], np.int32)
     offs = np.asarray(offsets[1:-1], np.int32).reshape(-1, 2)
-    starts = np.nonzero(tok.word_start_mask(pieces))[0] if len(pieces) else np.zeros(0, int)
+    first = tok.word_start_mask(pieces).astype(bool)
+    first[:1] = True  # a text's first piece starts a word (byte-level BPE marks it as no start)
+    starts = np.nonzero(first)[0] if len(pieces) else np.zeros(0, int)
     words_of.append((pieces, offs, starts))
     # Windows of whole words, each at most max_length - 2 pieces (a longer word is cut).
     bounds = list(starts) + [len(pieces)]
