@@ -29,8 +29,11 @@ from typing import Sequence
 
 import numpy as np
 
-# Rows per group a packed batch may have: a handful of compiled shapes, at most 1/3 empty rows.
-ROW_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# Rows per group a packed batch may have: every count up to 8, then steps of at most 1/8, so
+# at most ~1/8 of the rows are empty and a run compiles a handful of shapes (a batch of
+# short sentences needs about the same number of rows every step).
+ROW_COUNTS = tuple(range(1, 9)) + tuple(
+    n * step for step in (1, 2, 4, 8, 16, 32, 64) for n in range(9, 17) if n * step > 8)
 # Default tokens per packed row.
 PACK_LENGTH = 128
 
