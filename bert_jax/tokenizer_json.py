@@ -13,9 +13,10 @@ Read from `tokenizer_config.json`, as transformers 5 reads it:
 - the special tokens (`pad_token`, `unk_token`, `cls_token`, `sep_token`,
   `mask_token`); where the config names none, the post-processor's first and
   last special tokens are [CLS] and [SEP], the model's `unk_token` is [UNK],
-  and the usual names ([PAD]/<pad>, [MASK]/<mask>, ...) are looked up. A named
-  special that is not yet an added token becomes one (so typed "[MASK]" keeps
-  its id), as transformers does;
+  and the usual names ([PAD]/<pad>, [MASK]/<mask>, ...) are looked up. Every
+  special the config names that is not yet an added token becomes one (so a
+  typed "[MASK]" keeps its id; one missing from the vocabulary gets the next
+  id), as transformers does;
 - for `tokenizer_class` BertTokenizer (and its aliases), transformers rebuilds
   the normaliser, pre-tokeniser and post-processor from the config
   (`do_lower_case` defaulting to true, `strip_accents`, `tokenize_chinese_chars`,
@@ -55,6 +56,7 @@ _CANDIDATES = {
     "cls": ("[CLS]", "<cls>", "<s>"), "sep": ("[SEP]", "<sep>", "</s>"),
     "mask": ("[MASK]", "<mask>"),
 }
+_TRANSFORMERS_ORDER = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 _BYTE_LEVEL_SPACE = "\u0120"  # 'Ġ': how the byte-level alphabet writes a space
 _METASPACE = "\u2581"  # '▁': Metaspace's default word-boundary mark
 
@@ -79,16 +81,11 @@ class JsonTokenizer(tokenization.LibraryTokenizer):
     if config.get("tokenizer_class") in BERT_CLASSES and self.model_type == "WordPiece":
       _as_bert_tokenizer(tok, config, source)
       doc = json.loads(tok.to_str())
-    special = {}
     for name in _CANDIDATES:
-      token = _find_special(tok, doc, config, name, source)
-      special[name] = tok.token_to_id(token)
-      config[f"{name}_token"] = config.get(f"{name}_token") or token
-    added = {t.content for t in tok.get_added_tokens_decoder().values()}
-    missing = [_added_token(config[f"{name}_token"]) for name in _CANDIDATES
-               if _token_text(config[f"{name}_token"]) not in added]
-    if missing:
-      tok.add_special_tokens(missing)
+      if config.get(f"{name}_token") is None:
+        config[f"{name}_token"] = _find_special(tok, doc, name, source)
+    _add_named_specials(tok, config, source)
+    special = {name: tok.token_to_id(_token_text(config[f"{name}_token"])) for name in _CANDIDATES}
     vocab = tok.get_vocab(with_added_tokens=True)
     id_to_token = [""] * (max(vocab.values()) + 1)
     for token, index in vocab.items():
@@ -183,17 +180,14 @@ def _as_bert_tokenizer(tok: tokenizers.Tokenizer, config: dict, source: str) -> 
       strip_accents=config.get("strip_accents"), lowercase=bool(config.get("do_lower_case", True)))
   tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   tok.decoder = tokenizers.decoders.WordPiece(prefix="##")
-  cls = _token_text(config.get("cls_token") or _BERT_DEFAULTS["cls"])
-  sep = _token_text(config.get("sep_token") or _BERT_DEFAULTS["sep"])
-  ids = {t: tok.token_to_id(t) for t in (cls, sep)}
-  for t, i in ids.items():
-    if i is None:
-      raise UserError(f"{source} has no token {t!r}, which its tokenizer_config.json names")
+  for name, default in _BERT_DEFAULTS.items():
+    if config.get(f"{name}_token") is None:
+      config[f"{name}_token"] = default
+  _add_named_specials(tok, config, source)
+  cls, sep = _token_text(config["cls_token"]), _token_text(config["sep_token"])
   tok.post_processor = processors.TemplateProcessing(
       single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-      special_tokens=list(ids.items()))
-  for name, default in _BERT_DEFAULTS.items():
-    config.setdefault(f"{name}_token", default)
+      special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
 
 
 def _token_text(value: Any) -> Optional[str]:
@@ -211,15 +205,35 @@ def _added_token(value: Any) -> tokenizers.AddedToken:
   return tokenizers.AddedToken(value, special=True)
 
 
-def _find_special(tok: tokenizers.Tokenizer, doc: dict, config: dict, name: str, source: str):
-  """The config's token for `name` (checked to be in the vocabulary), or the one the file implies."""
-  named = config.get(f"{name}_token")
-  if named is not None:
-    text = _token_text(named)
-    if text is None or tok.token_to_id(text) is None:
-      raise UserError(f"{source}: tokenizer_config.json names {name}_token={named!r}, which is "
-                      "not in the tokenizer's vocabulary")
-    return text
+def _add_named_specials(tok: tokenizers.Tokenizer, config: dict, source: str) -> None:
+  """Makes every special token the config names an added token, as transformers does.
+
+  In transformers' order (bos, eos, unk, sep, pad, cls, mask, then the extra
+  ones), so that a named token missing from the vocabulary gets the id it gets
+  there: the next free one (a model whose embedding table is smaller says so).
+  """
+  named = [config.get(f"{key}_token") for key in _TRANSFORMERS_ORDER]
+  for key in ("additional_special_tokens", "extra_special_tokens"):
+    extra = config.get(key) or []
+    named.extend(extra if isinstance(extra, list) else [])
+  added = {t.content for t in tok.get_added_tokens_decoder().values()}
+  missing = []
+  for value in named:
+    if value is None:
+      continue
+    text = _token_text(value)
+    if text is None:
+      raise UserError(f"{source}: tokenizer_config.json names a special token {value!r}; "
+                      "expected a string or an AddedToken object with a 'content'")
+    if text not in added:
+      missing.append(_added_token(value))
+      added.add(text)
+  if missing:
+    tok.add_special_tokens(missing)
+
+
+def _find_special(tok: tokenizers.Tokenizer, doc: dict, name: str, source: str) -> str:
+  """The token for `name` that the file implies, for a config that names none."""
   candidates = list(_CANDIDATES[name])
   implied = _post_processor_specials(doc.get("post_processor"))
   if implied and name in ("cls", "sep"):

@@ -299,6 +299,38 @@ def test_file_without_config_and_specials_from_the_post_processor(corpus, tmp_pa
   assert hf(LINES[0])["input_ids"] == ours.encode(LINES[0])["input_ids"]
 
 
+def test_named_specials_become_added_tokens_as_in_transformers(corpus, tmp_path):
+  """A config's special missing from the file's added tokens (or from its vocabulary)."""
+  out = save_bpe_tokenizer(corpus, str(tmp_path / "bpe"), vocab_size=500)
+  path, config_path = os.path.join(out, "tokenizer.json"), os.path.join(out, "tokenizer_config.json")
+  doc = json.load(open(path))
+  doc["added_tokens"] = [t for t in doc["added_tokens"] if t["content"] not in ("[MASK]", "[PAD]")]
+  json.dump(doc, open(path, "w"))
+  config = json.load(open(config_path))
+  config["mask_token"] = {"__type": "AddedToken", "content": "[MASK]", "lstrip": True,
+                          "rstrip": False, "normalized": False, "single_word": False}
+  config["pad_token"] = "<pad>"
+  json.dump(config, open(config_path, "w"))
+  hf = transformers.AutoTokenizer.from_pretrained(out)
+  ours = tokenization.load_tokenizer(out)
+  assert (ours.mask_id, ours.pad_id) == (hf.mask_token_id, hf.pad_token_id)
+  assert ours.vocab_size == len(hf) and ours.convert_ids_to_tokens(ours.pad_id) == ["<pad>"]
+  for text in ("Paris is the [MASK] of France.", "a <pad> b [MASK]"):
+    assert ours.encode(text)["input_ids"] == hf(text)["input_ids"], text
+  # A WordPiece file without added tokens: BertTokenizer's specials are found in its vocabulary.
+  out = save_bert_tokenizer(corpus, str(tmp_path / "wp"), vocab_size=800)
+  path = os.path.join(out, "tokenizer.json")
+  doc = json.load(open(path))
+  doc["added_tokens"] = []
+  json.dump(doc, open(path, "w"))
+  hf = transformers.AutoTokenizer.from_pretrained(out)
+  ours = tokenization.load_tokenizer(out)
+  for text in ("Paris is the [MASK] of France.", "[CLS] the[SEP]text [PAD]"):
+    assert ours.encode(text)["input_ids"] == hf(text)["input_ids"], text
+    assert ours.decode(ours.encode(text)["input_ids"]) == hf.decode(hf(text)["input_ids"],
+                                                                   skip_special_tokens=True)
+
+
 def test_bad_tokenizer_json_names_the_file(corpus, tmp_path):
   good = save_bpe_tokenizer(corpus, str(tmp_path / "good"), vocab_size=500)
   bad = tmp_path / "bad"
@@ -317,9 +349,9 @@ def test_bad_tokenizer_json_names_the_file(corpus, tmp_path):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
   shutil.copy(os.path.join(good, "tokenizer.json"), path)
   config = json.load(open(bad / "tokenizer_config.json"))
-  config["pad_token"] = "<nope>"
+  config["pad_token"] = 7
   (bad / "tokenizer_config.json").write_text(json.dumps(config))
-  with pytest.raises(UserError, match=r"names pad_token='<nope>', which is not in"):
+  with pytest.raises(UserError, match=r"tokenizer_config.json names a special token 7; expected"):
     tokenization.load_tokenizer(str(bad))
   doc = json.load(open(path))  # a model with no mask token at all
   doc["added_tokens"] = [t for t in doc["added_tokens"] if t["content"] != "[MASK]"]
