@@ -223,6 +223,9 @@ def test_save_reload_and_pickle(pair, tmp_path):
   ours.save(str(tmp_path / "copy"))
   assert sorted(os.listdir(tmp_path / "copy")) == ["tokenizer.json", "tokenizer_config.json"]
   again = tokenization.load_tokenizer(str(tmp_path / "copy"))
+  by_file = tokenization.load_tokenizer(str(tmp_path / "copy" / "tokenizer.json"))  # its dir's config
+  assert by_file.encode(LINES[9], LINES[10]) == again.encode(LINES[9], LINES[10])
+  assert (by_file.pad_id, by_file.mask_id) == (ours.pad_id, ours.mask_id)
   reread = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "copy"))
   assert again.vocab_size == ours.vocab_size and again.lowercase == ours.lowercase
   for a, b in PAIRS[:40]:
