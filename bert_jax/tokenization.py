@@ -1,4 +1,4 @@
-"""One tokenizer interface over WordPiece (`vocab.txt`) and SentencePiece models.
+"""One tokenizer interface over WordPiece (`vocab.txt`), SentencePiece and `tokenizer.json`.
 
 Why this module exists: pretraining data, fine-tuning and inference must turn
 text into exactly the ids the checkpoint was trained with. For WordPiece that
@@ -10,9 +10,11 @@ rather than by hand, so ids, truncation and offsets match it. SentencePiece
 models run on the `sentencepiece` library, with BERT's [CLS]/[SEP]/[MASK]/
 [PAD]/[UNK] mapped onto pieces of the model.
 
-Both kinds share `Tokenizer`: single texts and pairs become [CLS] a [SEP] b
+All kinds share `Tokenizer`: single texts and pairs become [CLS] a [SEP] b
 [SEP] with token types 0/1, truncated longest-first; batches are encoded with
-the libraries' batch APIs; `word_start_mask` feeds whole-word masking.
+the libraries' batch APIs; `word_start_mask` feeds whole-word masking. A
+Hugging Face `tokenizer.json` (what transformers 5 saves, and ModernBERT's
+byte-level BPE) runs as its file says: `bert_jax/tokenizer_json.py`.
 
 Vocabulary training lives in `bert_jax/vocab_training.py`; it writes what
 `load_tokenizer` reads.
@@ -39,6 +41,7 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # ids 0..4 in vocabularies we train
 VOCAB_NAME = "vocab.txt"
 SPM_NAME = "spm.model"
+JSON_NAME = "tokenizer.json"  # Hugging Face's tokenizers file: bert_jax/tokenizer_json.py
 CONFIG_NAME = "tokenizer_config.json"
 MAX_INPUT_CHARS_PER_WORD = 100  # longer words become [UNK], as in BERT
 _SPM_WORD = "\u2581"  # SentencePiece's word-boundary mark
@@ -54,7 +57,7 @@ class Tokenizer:
   """Text <-> ids with BERT's special tokens; see `load_tokenizer`.
 
   Attributes:
-    kind: 'wordpiece' or 'sentencepiece'.
+    kind: 'wordpiece', 'sentencepiece' or 'tokenizer_json'.
     vocab_size: number of ids (rows of the embedding table).
     lowercase: whether text is lower-cased (and, for WordPiece, accent-stripped).
     pad_id, unk_id, cls_id, sep_id, mask_id: ids of the special tokens.
@@ -216,7 +219,57 @@ def bert_pipeline(vocab: Optional[dict[str, int]], lowercase: bool,
   return tok
 
 
-class WordPieceTokenizer(Tokenizer):
+class LibraryTokenizer(Tokenizer):
+  """A Tokenizer whose whole pipeline, specials and truncation included, is a `tokenizers.Tokenizer`.
+
+  Rows come from the library's own post-processor and longest-first truncation,
+  so they equal Hugging Face's fast tokenizers by construction. Subclasses build
+  the pipeline (`_pipeline`); it is rebuilt after unpickling.
+  """
+
+  def _pipeline(self) -> tokenizers.Tokenizer:
+    raise NotImplementedError
+
+  def _start_pipelines(self) -> None:
+    self._tok = self._pipeline()  # never truncates
+    self._truncating = self._pipeline()  # truncation is state of the object: guarded by a lock
+    self._lock = threading.Lock()
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    for key in ("_tok", "_truncating", "_lock"):
+      del state[key]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._start_pipelines()
+
+  def _plain(self, texts, offsets):
+    if offsets:
+      encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+      return [(e.ids, e.offsets) for e in encodings]
+    return [(e.ids, None) for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
+
+  def _rows(self, texts, pairs, max_length, offsets):
+    inputs = texts if pairs is None else list(zip(texts, pairs))
+    if max_length is None:
+      encode = self._tok.encode_batch if offsets else self._tok.encode_batch_fast
+      encodings = encode(inputs, add_special_tokens=True)
+    else:
+      with self._lock:
+        tok = self._truncating
+        tok.enable_truncation(max_length, strategy="longest_first")
+        encode = tok.encode_batch if offsets else tok.encode_batch_fast
+        encodings = encode(inputs, add_special_tokens=True)
+    return [(e.ids, e.type_ids, e.offsets if offsets else None) for e in encodings]
+
+  def decode(self, ids, skip_special_tokens=True):
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+class WordPieceTokenizer(LibraryTokenizer):
   """BERT WordPiece over a `vocab.txt`, run by the `tokenizers` library."""
 
   kind = "wordpiece"
@@ -233,9 +286,7 @@ class WordPieceTokenizer(Tokenizer):
     self.strip_accents = strip_accents
     self.tokenize_chinese_chars = tokenize_chinese_chars
     self._vocab = vocab
-    self._tok = self._pipeline()  # never truncates
-    self._truncating = self._pipeline()  # truncation is state of the object: guarded by a lock
-    self._lock = threading.Lock()
+    self._start_pipelines()
 
   def _pipeline(self) -> tokenizers.Tokenizer:
     tok = bert_pipeline(self._vocab, self.lowercase, self.strip_accents,
@@ -245,41 +296,6 @@ class WordPieceTokenizer(Tokenizer):
     # Special tokens typed in the text ("Paris is the [MASK] of France.") keep their ids.
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return tok
-
-  def __getstate__(self):
-    state = self.__dict__.copy()
-    for key in ("_tok", "_truncating", "_lock"):
-      del state[key]
-    return state
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._tok, self._truncating = self._pipeline(), self._pipeline()
-    self._lock = threading.Lock()
-
-  def _plain(self, texts, offsets):
-    if offsets:
-      encodings = self._tok.encode_batch(texts, add_special_tokens=False)
-      return [(e.ids, e.offsets) for e in encodings]
-    return [(e.ids, None) for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
-
-  def _rows(self, texts, pairs, max_length, offsets):
-    # The library's own truncation and post-processor: BertTokenizer's behaviour by construction.
-    inputs = texts if pairs is None else list(zip(texts, pairs))
-    if max_length is None:
-      encode = self._tok.encode_batch if offsets else self._tok.encode_batch_fast
-      encodings = encode(inputs, add_special_tokens=True)
-    else:
-      with self._lock:
-        tok = self._truncating
-        tok.enable_truncation(max_length, strategy="longest_first")
-        encode = tok.encode_batch if offsets else tok.encode_batch_fast
-        encodings = encode(inputs, add_special_tokens=True)
-    return [(e.ids, e.type_ids, e.offsets if offsets else None) for e in encodings]
-
-  def decode(self, ids, skip_special_tokens=True):
-    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
   def save(self, directory):
     os.makedirs(directory, exist_ok=True)
@@ -396,31 +412,48 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 def load_tokenizer(path: str, lowercase: Optional[bool] = None) -> Tokenizer:
-  """Loads a tokenizer from a directory, a `vocab.txt` or a SentencePiece `.model` file.
+  """Loads a tokenizer from a directory, a `vocab.txt`, a `tokenizer.json` or a `.model` file.
 
-  A directory holds `vocab.txt` or one `*.model`, and may hold
-  `tokenizer_config.json` (its `do_lower_case` is used unless `lowercase` is
-  given). A WordPiece vocabulary without any config (an original Google BERT
-  dir) is taken as uncased unless it holds upper-case tokens.
+  A directory holds `tokenizer.json`, `vocab.txt` or one SentencePiece `*.model`,
+  and may hold `tokenizer_config.json` (its `do_lower_case` is used for
+  `vocab.txt` unless `lowercase` is given; a `tokenizer.json`'s own normalizer
+  decides, see `bert_jax.tokenizer_json`). A WordPiece vocabulary without any
+  config (an original Google BERT dir) is taken as uncased unless it holds
+  upper-case tokens.
+
+  Precedence in a directory: a bert_jax config (`kind` wordpiece or
+  sentencepiece, written by `save`) names its file; otherwise `tokenizer.json`
+  wins over `vocab.txt`, as in transformers (Hugging Face dirs saved by
+  transformers 4 hold both, from the same vocabulary); then `vocab.txt`, then
+  the one `*.model`.
   """
   path = os.path.expanduser(os.fspath(path))
   if not os.path.exists(path):
-    raise UserError(f"tokenizer path {path} does not exist (expected a dir with vocab.txt "
-                    "or a SentencePiece .model, or such a file)")
+    raise UserError(f"tokenizer path {path} does not exist (expected a dir with tokenizer.json, "
+                    "vocab.txt or a SentencePiece .model, or such a file)")
   directory = path if os.path.isdir(path) else os.path.dirname(path)
   config = _read_config(directory)
   if os.path.isdir(path):
     model_file = config.get("model_file")
-    if config.get("kind") == "sentencepiece" and model_file:
+    kind = config.get("kind")
+    json_file = os.path.join(directory, JSON_NAME)
+    if kind == "sentencepiece" and model_file:
       path = os.path.join(directory, model_file)
+    elif kind == "wordpiece" and os.path.isfile(os.path.join(directory, VOCAB_NAME)):
+      path = os.path.join(directory, VOCAB_NAME)
+    elif os.path.isfile(json_file):
+      path = json_file
     elif os.path.isfile(os.path.join(directory, VOCAB_NAME)):
       path = os.path.join(directory, VOCAB_NAME)
     else:
       found = sorted(glob.glob(os.path.join(directory, "*.model")))
       if len(found) != 1:
-        raise UserError(f"{directory} holds no {VOCAB_NAME} and "
+        raise UserError(f"{directory} holds no {JSON_NAME}, no {VOCAB_NAME} and "
                         f"{'several' if found else 'no'} SentencePiece *.model files")
       path = found[0]
+  if path.endswith(".json"):
+    from bert_jax import tokenizer_json  # pylint: disable=g-import-not-at-top  (imports this module)
+    return tokenizer_json.load(path, config, lowercase)
   if lowercase is None:
     lowercase = config.get("do_lower_case")
   if path.endswith(".model"):
