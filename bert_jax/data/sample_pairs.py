@@ -4,26 +4,30 @@ Why: fine-tuning must run offline in the README and the tests, on text a model
 pretrained on `sample_corpus.txt` knows. Each example is a premise stating two
 true facts about one of the corpus's invented people and a claim about them:
 - `entailment`: one of the two facts, said with another template
-  ("Brom Tefaix is a teacher." -> "Brom works as a teacher.");
-- `contradiction`: one of the two facts negated ("Brom has never worked as a
-  teacher.");
+  ("Pufax Mubeark works as a cook." -> "Pufax earns a living as a cook.");
+- `contradiction`: one of the two facts negated ("Pufax has never worked as a
+  cook.");
 - `neutral`: an attribute the premise does not mention, stated or (half of
-  them) negated, with any value ("Brom does not keep a wethowl as a pet.").
+  them) negated, with any value ("Pufax does not keep a wethowl as a pet.").
 Negation alone does not give the label (half the neutral claims are negated
 too), so a model must see which attribute the claim is about, whether the
 premise mentions it, and the claim's polarity. Classes are balanced (labels in
 rotation), no pair is in two splits and the same seed gives the same bytes.
 
-What the quick start's model reaches: see configs/finetune_tiny.py (measured
-per class on the 600 test pairs). Claims that swap a fact's value ("Brom is a
-gardener.") are real contradictions too, but the quick start's 2-layer model
-does not learn them: measured, 0.00-0.16 of such contradictions found after 469
-to 938 steps on 3,000 to 30,000 pairs, even with one-fact premises and the claim
-being the premise's sentence with its value swapped (its eval loss stays at
-(2/3) ln 2, a coin flip between entailment and contradiction); its pretraining
-gives it no way to copy a value from the premise (fill-mask on "Brom Tefaix
-works as a teacher. As a [MASK], Brom gets up early." ranks jobs evenly). So
-the task leaves them out rather than teach a coin flip.
+What the quick start's model reaches (configs/finetune_tiny.py, 1,500 steps
+in 2 min 12 s on a shared 2-core CPU at load 6.6): 0.968 on the 600 test pairs;
+entailment 0.99, neutral 0.93, contradiction 0.98 (chance 0.33).
+
+Claims that swap a fact's value ("Pufax is a baker.") are real contradictions
+too, but the quick start's 2-layer model does not learn them: measured, 0.00 to
+0.16 of such contradictions found after 469 to 1,500 steps on 3,000 to 30,000
+pairs (0.11 with finetune_tiny.py's recipe, mixed with negations), even with
+one-fact premises and the claim being the premise's sentence with its value
+swapped; the eval loss stays at (2/3) ln 2, a coin flip between entailment and
+contradiction. Its pretraining gives it no way to copy a value from the premise
+(fill-mask on "Brom Tefaix works as a teacher. As a [MASK], Brom gets up
+early." ranks jobs evenly). So the task leaves them out rather than teach a
+coin flip.
 
   python -m bert_jax.data.sample_pairs OUTPUT_DIR   # train/validation/test.jsonl
 """
