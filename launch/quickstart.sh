@@ -16,6 +16,9 @@ WORKDIR="${1:-/tmp/bert_quickstart}"
 CORPUS="bert_jax/data/sample_corpus.txt"
 mkdir -p "$WORKDIR"
 
+# This checkout's bert_jax, whatever else is installed; `python -c` alone would find it through
+# the current directory while launch/build_vocab.py (run from launch/) would not.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! python -c "import bert_jax.train" 2>/dev/null; then
   echo "== installing bert_jax (pip install -e .)"
   python -m pip install -q -e .
@@ -73,5 +76,6 @@ for label in ("entailment", "neutral", "contradiction"):
   parts.append(f"{label} {sum(p == label for p in rows) / max(len(rows), 1):.2f}")
 print(f"test accuracy per class ({len(gold)} pairs): " + ", ".join(parts))
 PY
-python launch/predict.py --model="$WORKDIR/ft/best" --text="Brom Tefaix is a teacher." \
-    --text_pair="Brom earns a living as a gardener."
+python launch/predict.py --model="$WORKDIR/ft/best" \
+    --text="Pufax Mubeark works as a cook. Pufax likes the colour orange best." \
+    --text_pair="Pufax has never worked as a cook."
