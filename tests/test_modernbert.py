@@ -2,6 +2,7 @@
 transformers' (float32, eager attention) on random tiny configs written by its own
 `save_pretrained`, with inputs longer than the local window and a padded batch."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -225,3 +226,23 @@ def test_finetune_from_modernbert_and_export_with_labels(tmp_path):
       {"params": best.params}, jnp.asarray(ids), None, jnp.asarray(mask))
   np.testing.assert_allclose(np.asarray(got), torch_out(theirs, ids, mask).logits.numpy(),
                              atol=1e-5)
+
+
+def test_token_heads_get_the_per_token_prediction_head(tmp_path):
+  from bert_jax import heads  # pylint: disable=g-import-not-at-top
+  from bert_jax.formats import initialize  # pylint: disable=g-import-not-at-top
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  save_modern(str(tmp_path / "mlm"))
+  c = load_config("finetune.py")
+  c.update(init_checkpoint=str(tmp_path / "mlm"), max_seq_length=32, dtype="float32")
+  per_token = {name: initialize.run_model_config(c, VOCAB, head=head).token_head
+               for name, head in heads.HEADS.items() if head.predicts}
+  assert per_token == {"classifier": False, "token_classifier": True, "qa": True,
+                       "multiple_choice": False, "summary": True}
+  # A token model without it has no transformers form: one line, nothing written.
+  save_modern(str(tmp_path / "tok"), "ModernBertForTokenClassification", num_labels=3)
+  pre = convert.from_pretrained(str(tmp_path / "tok"))
+  pre = dataclasses.replace(pre, config=pre.config.replace(token_head=False))
+  with pytest.raises(UserError, match="no per-token prediction head"):
+    convert.save_hf(pre, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")

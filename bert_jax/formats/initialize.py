@@ -60,12 +60,22 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
   return cfg.for_platform()  # the run's platform defaults, made concrete once, here
 
 
-def run_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> BertConfig:
-  """The architecture of config.init_checkpoint when config.model.preset is empty."""
+def run_model_config(config: ml_collections.ConfigDict, vocab_size: int,
+                     head: Any = None) -> BertConfig:
+  """The architecture of config.init_checkpoint when config.model.preset is empty.
+
+  `head` (the run's `heads.Head`): a head that reads every token (token classification,
+  QA) on a ModernBERT-style encoder (`pooler='head'`) gets the per-token prediction head
+  (`token_head`) that transformers' ModernBertFor{Token,QuestionAnswering} have.
+  """
   if config.model.get("preset") or not config.init_checkpoint:
-    return model_config(config, vocab_size)
-  from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
-  return model_config(config, vocab_size, base=convert.read_model_config(config.init_checkpoint))
+    cfg = model_config(config, vocab_size)
+  else:
+    from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
+    cfg = model_config(config, vocab_size, base=convert.read_model_config(config.init_checkpoint))
+  if head is not None and cfg.pooler == "head" and head.predicts and not head.uses_pooler:
+    cfg = cfg.replace(token_head=True)
+  return cfg
 
 
 def load_init_params(path: str, bert_config: BertConfig, abstract_params: Any,

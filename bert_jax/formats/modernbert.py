@@ -357,6 +357,10 @@ def params_to_state(params: dict, config: BertConfig, heads: tuple[str, ...],
                     num_labels: Optional[int]) -> tuple[dict[str, np.ndarray], bool]:
   """bert_jax params -> (a ModernBERT state dict, its `classifier_bias`)."""
   head = export_head(heads)
+  if _per_token(head) and not config.token_head:
+    raise UserError(f"this {head} model has no per-token prediction head (token_head=False) "
+                    f"and transformers' {architecture_of(head)} needs one: it has no Hugging "
+                    "Face ModernBERT form")
   classifier_bias = config.pooler_bias
   table = _table(config, head, num_labels)
   if _own_transform(head) and not config.pooler_bias:
