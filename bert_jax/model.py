@@ -17,7 +17,9 @@ Design choices, and why:
   feed-forward (GeGLU/SwiGLU), pre-LN with the final norm it needs, no biases, a sliding-window
   attention pattern (global every Nth layer), no token types, an untied decoder and
   ModernBERT's pooler (pool -> dense -> act -> norm). One model, so every trainer, head,
-  sharding rule and tool serves both families.
+  sharding rule and tool serves both families. `scan_layers` takes alternating layers
+  too: the pattern is a scanned input (per layer: local?, attention norm?) and local
+  layers then see a dense band mask.
 - The parameter tree mirrors the Hugging Face module names closely enough that
   `bert_jax/formats/convert.py` is a table of renames, but q/k/v kernels are stored per
   head ([embed, heads, kv]) so that head-sharding is a logical rule.
@@ -185,19 +187,20 @@ class BertConfig:
                        f"global_every={self.global_every} >= 1")
     if self.type_vocab_size < 0:
       raise UserError(f"type_vocab_size={self.type_vocab_size} must be >= 0 (0 = no token types)")
-    if self.scan_layers and len(set(self.layer_windows)) > 1:
-      raise UserError("scan_layers=True needs the same attention in every layer; this config "
-                       f"alternates local (window {self.local_window}) and global layers: set "
-                       "scan_layers=False")
-    if self.scan_layers and self.norm_placement == "pre" and not self.first_layer_attn_norm:
-      raise UserError("scan_layers=True needs identical layers; first_layer_attn_norm=False "
-                       "makes layer 0 different: set scan_layers=False")
-
   @property
   def layer_windows(self) -> tuple[int, ...]:
     """Per layer, its sliding window (0 = global attention)."""
     return tuple(self.local_window if self.local_window and i % self.global_every else 0
                  for i in range(self.num_layers))
+
+  @property
+  def first_layer_skips_attn_norm(self) -> bool:
+    return self.norm_placement == "pre" and not self.first_layer_attn_norm
+
+  @property
+  def layers_alike(self) -> bool:
+    """Whether every layer is the same function (else a scanned stack takes per-layer flags)."""
+    return len(set(self.layer_windows)) == 1 and not self.first_layer_skips_attn_norm
 
   @property
   def head_dim(self) -> int:
@@ -383,13 +386,16 @@ class BertSelfAttention(nn.Module):
 
   `window` > 0: sliding-window attention (keys within window // 2 positions).
   `rope`: (cos, sin) [B, L, D] that rotate q and k, or None (learned positions).
+  `is_local`: a traced bool (scanned stacks whose layers alternate): the window of
+  `config.local_window` applies iff it is true, through a dense mask.
   """
 
   config: BertConfig
   window: int = 0
 
   @nn.compact
-  def __call__(self, x_BxLxE, mask: attention_lib.AttentionMask, deterministic, rope=None):
+  def __call__(self, x_BxLxE, mask: attention_lib.AttentionMask, deterministic, rope=None,
+               is_local=None):
     cfg = self.config
     heads = (cfg.num_heads, cfg.head_dim)
     qkv_axes = ("embed", "heads", "kv")
@@ -403,6 +409,11 @@ class BertSelfAttention(nn.Module):
     # The attention viewer gets the probabilities by applying with mutable=["intermediates"]
     # (one forward on the xla kernel); every other call runs the kernel exactly as before.
     capture = self.is_mutable_collection("intermediates")
+    if is_local is not None:  # one compiled layer for local and global: a dense mask
+      length = x_BxLxE.shape[1]
+      band_1x1xLxL = attention_lib.window_mask(length, cfg.local_window) | ~is_local
+      dense = mask.dense(length)
+      mask = band_1x1xLxL if dense is None else dense & band_1x1xLxL
     ctx_BxLxHxD = attention_lib.dot_product_attention(
         q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask,
         implementation=cfg.attention_impl,
@@ -450,13 +461,26 @@ class BertLayer(nn.Module):
   attn_norm: bool = True  # pre-LN: normalise the attention input
 
   @nn.compact
-  def __call__(self, x_BxLxE, mask, deterministic, rope=None):
+  def __call__(self, x_BxLxE, mask, deterministic, rope=None, flags=None):
+    """`flags`: in a scanned stack whose layers differ, this layer's (is_local, attn_norm)
+    traced bools; `rope` is then both kinds' tables ({"global", "local"})."""
     cfg = self.config
     act_axes = ("activation_batch", "activation_length", "activation_embed")
-    attention = BertSelfAttention(cfg, window=self.window, name="attention")
+    is_local = attn_norm = None
+    if flags is not None:
+      is_local, attn_norm = flags
+      if rope is not None:
+        rope = tuple(jnp.where(is_local, l, g) for l, g in zip(rope["local"], rope["global"]))
+    attention = functools.partial(BertSelfAttention(cfg, window=self.window, name="attention"),
+                                  is_local=is_local)
     if cfg.norm_placement == "pre":
-      h_BxLxE = (LayerNorm(cfg, name="attention_layer_norm")(x_BxLxE) if self.attn_norm
-                 else x_BxLxE)
+      if attn_norm is not None:  # layer 0's norm exists (stacked) but is skipped
+        h_BxLxE = jnp.where(attn_norm, LayerNorm(cfg, name="attention_layer_norm")(x_BxLxE),
+                            x_BxLxE)
+      elif self.attn_norm:
+        h_BxLxE = LayerNorm(cfg, name="attention_layer_norm")(x_BxLxE)
+      else:
+        h_BxLxE = x_BxLxE
       attn_BxLxE = attention(h_BxLxE, mask, deterministic, rope)
       x_BxLxE = x_BxLxE + nn.Dropout(cfg.hidden_dropout_rate)(attn_BxLxE,
                                                                deterministic=deterministic)
@@ -501,14 +525,21 @@ class BertEncoder(nn.Module):
     def tables(window):
       return None if rope is None else rope["local" if window else "global"]
 
-    if cfg.scan_layers:  # every layer alike (BertConfig refuses alternating patterns)
+    if cfg.scan_layers:
+      if cfg.layers_alike:
+        args, in_axes, window = (tables(windows[0]),), (nn.broadcast,), windows[0]
+      else:  # the pattern as a scanned input: per layer (is_local, attn_norm)
+        flags = (jnp.asarray([w > 0 for w in windows]),
+                 jnp.asarray([i > 0 or not cfg.first_layer_skips_attn_norm
+                              for i in range(cfg.num_layers)]))
+        args, in_axes, window = (rope, flags), (nn.broadcast, 0), 0
       stack = nn.scan(layer_cls, variable_axes={"params": 0},
                       split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      in_axes=(nn.broadcast, nn.broadcast) + in_axes, length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
       x_BxLxE, hidden_NxBxLxE = stack(cfg, scanned=True, emit_hidden=output_hidden_states,
-                                      window=windows[0], name="layers")(
-                                          x_BxLxE, mask, deterministic, tables(windows[0]))
+                                      window=window, name="layers")(
+                                          x_BxLxE, mask, deterministic, *args)
       hidden = tuple(hidden_NxBxLxE) if output_hidden_states else ()
       return x_BxLxE, hidden
     hidden = []
@@ -610,17 +641,29 @@ class BertModel(nn.Module):
 
 # --- Parameter-tree helpers shared by the converter, checkpoints and trainer. ---
 
-def stack_layers(encoder_params: dict, num_layers: int) -> dict:
-  """{'layer_0': t0, ...} -> {'layers': stacked t}: the unrolled layout to nn.scan's."""
+def stack_layers(encoder_params: dict, num_layers: int, skips_first_norm: bool = False) -> dict:
+  """{'layer_0': t0, ...} -> {'layers': stacked t}: the unrolled layout to nn.scan's.
+
+  `skips_first_norm` (pre-LN without layer 0's attention norm): layer 0 gets an identity
+  norm in the stack (scale 1, bias 0), which its scanned flag then skips.
+  """
   layers = [encoder_params[f"layer_{i}"] for i in range(num_layers)]
+  if skips_first_norm and num_layers > 1:
+    identity = {k: (jnp.ones_like(v) if k == "scale" else jnp.zeros_like(v))
+                for k, v in layers[1]["attention_layer_norm"].items()}
+    layers[0] = {**layers[0], "attention_layer_norm": identity}
   return {"layers": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)}
 
 
-def unstack_layers(encoder_params: dict, num_layers: int) -> dict:
+def unstack_layers(encoder_params: dict, num_layers: int, skips_first_norm: bool = False) -> dict:
   """{'layers': stacked t} -> {'layer_0': t0, ...}: nn.scan's layout to the unrolled one."""
   stacked = encoder_params["layers"]
-  return {f"layer_{i}": jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
-          for i in range(num_layers)}
+  layers = {f"layer_{i}": jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+            for i in range(num_layers)}
+  if skips_first_norm:
+    layers["layer_0"] = {k: v for k, v in layers["layer_0"].items()
+                         if k != "attention_layer_norm"}
+  return layers
 
 
 def to_layout(params: dict, config: BertConfig) -> dict:
@@ -633,10 +676,11 @@ def to_layout(params: dict, config: BertConfig) -> dict:
     params["bert"] = to_layout(params["bert"], config)
     return params
   encoder = params["encoder"]
+  skips = config.first_layer_skips_attn_norm
   if config.scan_layers and "layers" not in encoder:
-    params["encoder"] = stack_layers(encoder, config.num_layers)
+    params["encoder"] = stack_layers(encoder, config.num_layers, skips)
   elif not config.scan_layers and "layers" in encoder:
-    params["encoder"] = unstack_layers(encoder, config.num_layers)
+    params["encoder"] = unstack_layers(encoder, config.num_layers, skips)
   return params
 
 

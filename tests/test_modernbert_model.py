@@ -103,7 +103,7 @@ def test_rope_rotates_pairs_by_position_times_frequency():
                                  atol=1e-6)
 
 
-def _run(config, params=None, length=12):
+def _run(config, params=None, length=12):  # length 12 > the windows of 4
   ids = jnp.asarray(np.random.RandomState(1).randint(1, 50, size=(2, length)))
   mask = jnp.ones_like(ids).at[1, 8:].set(0)
   module = model_lib.BertModel(config)
@@ -111,12 +111,26 @@ def _run(config, params=None, length=12):
   return params, module.apply({"params": params}, ids, None, mask).sequence_output
 
 
-def test_scan_layers_equals_the_loop_with_the_switches():
-  config = model_lib.BertConfig(**MODERN)
+@pytest.mark.parametrize("pattern", [
+    {},
+    dict(local_window=4, global_every=3, first_layer_attn_norm=False),  # ModernBERT's
+    dict(local_window=4, global_every=2),
+], ids=["alike", "modernbert", "every2"])
+def test_scan_layers_equals_the_loop_with_the_switches(pattern):
+  config = model_lib.BertConfig(**MODERN, **pattern)
   params, want = _run(config)
   scanned = config.replace(scan_layers=True)
-  _, got = _run(scanned, model_lib.to_layout(params, scanned))
+  stacked = model_lib.to_layout(params, scanned)
+  _, got = _run(scanned, stacked)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  # The stacked layout converts back to the loop's exactly (layer 0's identity norm dropped).
+  back = model_lib.to_layout(stacked, config)
+  assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
+  for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # A scanned init has the same tree as the stacked loop params.
+  init, _ = _run(scanned)
+  assert jax.tree_util.tree_structure(init) == jax.tree_util.tree_structure(stacked)
 
 
 def test_switch_params_and_refusals():
@@ -126,10 +140,6 @@ def test_switch_params_and_refusals():
   assert "gate" in layer0 and "bias" not in layer0["intermediate"]
   assert "final_norm" in params and "position_embeddings" not in params["embeddings"]
   assert "token_type_embeddings" not in params["embeddings"]
-  with pytest.raises(UserError, match="scan_layers=True needs the same attention"):
-    model_lib.BertConfig(**MODERN, local_window=4, global_every=3, scan_layers=True)
-  with pytest.raises(UserError, match="first_layer_attn_norm=False"):
-    model_lib.BertConfig(**MODERN, first_layer_attn_norm=False, scan_layers=True)
   with pytest.raises(UserError, match="feed_forward='swish'"):
     model_lib.BertConfig(feed_forward="swish")
 
