@@ -164,8 +164,6 @@ def test_round_trip_to_hf_is_bit_exact(tmp_path, arch):
     np.testing.assert_array_equal(written[name], x, err_msg=name)
   ours, theirs = (json.loads((d / "config.json").read_text()) for d in (out, src))
   theirs.pop("transformers_version")
-  for key in ("bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id"):
-    theirs.pop(key), ours.pop(key)  # special ids: the tokenizer's business
   theirs.pop("id2label", None), theirs.pop("label2id", None)
   ours.pop("id2label", None), ours.pop("label2id", None)
   ours.pop("problem_type", None)

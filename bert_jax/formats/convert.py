@@ -275,7 +275,7 @@ def save_hf(pre: Pretrained, directory: str) -> None:
                                                         pre.num_labels)
     hf = modernbert.config_to_hf(
         pre.config, modernbert.architecture_of(modernbert.export_head(pre.heads)),
-        classifier_bias)
+        classifier_bias, pre.tokenizer)
   else:
     state = weight_names.params_to_state(pre.params, pre.config, pre.heads, pre.num_labels)
     hf = pre.config.to_hf_dict()

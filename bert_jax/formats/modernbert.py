@@ -194,17 +194,20 @@ def check_exportable(config: BertConfig) -> None:
 
 
 def config_to_hf(config: BertConfig, architecture: str, classifier_bias: bool,
-                 decoder_bias: bool = True) -> dict[str, Any]:
-  """config.json as transformers 5.23's ModernBertConfig writes it."""
+                 tokenizer: Any = None) -> dict[str, Any]:
+  """config.json as transformers 5.23's ModernBertConfig writes it; the special token ids
+  (bos = cls, eos = sep, as ModernBERT's) from `tokenizer` when given."""
   types = [_LOCAL if w else _GLOBAL for w in config.layer_windows]
-  return {
+  cls_id = getattr(tokenizer, "cls_id", None)
+  sep_id = getattr(tokenizer, "sep_id", None)
+  hf = {
       "architectures": [architecture],
       "attention_bias": config.use_bias,
       "attention_dropout": config.attention_dropout_rate or 0.0,
       "bos_token_id": None, "classifier_activation": config.hidden_act,
       "classifier_bias": classifier_bias, "classifier_dropout": 0.0,
       "classifier_pooling": config.pooling, "cls_token_id": None,
-      "decoder_bias": decoder_bias, "deterministic_flash_attn": False, "dtype": "float32",
+      "decoder_bias": True, "deterministic_flash_attn": False, "dtype": "float32",
       "embedding_dropout": 0.0, "eos_token_id": None,
       "global_attn_every_n_layers": config.global_every if config.local_window else 1,
       "hidden_activation": config.hidden_act, "hidden_size": config.hidden_size,
@@ -222,6 +225,10 @@ def config_to_hf(config: BertConfig, architecture: str, classifier_bias: bool,
       "sep_token_id": None, "sparse_pred_ignore_index": -100, "sparse_prediction": False,
       "tie_word_embeddings": config.tie_decoder, "vocab_size": config.vocab_size,
   }
+  hf.update(bos_token_id=cls_id, cls_token_id=cls_id, eos_token_id=sep_id, sep_token_id=sep_id)
+  if tokenizer is not None:
+    hf["pad_token_id"] = tokenizer.pad_id
+  return hf
 
 
 # --- Tensor names. ---
