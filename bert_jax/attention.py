@@ -30,7 +30,9 @@ exactly as the paper (at xla speed).
 Sliding windows (`local_window=W`, ModernBERT's local layers): a query sees the keys
 within W // 2 positions either side (Hugging Face's `local_attention`). xla: a band
 ANDed into the mask. splash: its `LocalMask`. cuDNN in this jax has only left
-(causal) windows, so local layers fall back to xla with a one-time warning.
+(causal) windows, so local layers fall back to xla with a one-time warning. A scanned
+stack of alternating layers (one compiled layer for both kinds) passes the band as a
+dense mask instead: cuDNN takes it as a mask, splash falls back to xla.
 
 Padding semantics are those of BERT / Hugging Face: padding keys are masked,
 padding queries still attend (their outputs are never used). Kernels may differ
@@ -404,7 +406,7 @@ def dot_product_attention(
                                          local_window=local_window)
   if mask is not None and not isinstance(mask, AttentionMask):
     dense_Bx1xLxL = mask
-    if implementation == "cudnn":  # (never with a window: select_implementation said xla)
+    if implementation == "cudnn":  # a scanned stack's band mask comes this way too
       return jax.nn.dot_product_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask=dense_Bx1xLxL,
                                           implementation="cudnn")
     if implementation == "splash":
