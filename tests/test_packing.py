@@ -24,9 +24,15 @@ L = 32  # max_seq_length of the examples
 VOCAB = 64
 
 
-def _config():
+def _config(modern=False):
+  extra = {}
+  if modern:  # ModernBERT's switches: RoPE, GeGLU, pre-LN, local windows, mean-pooled head
+    extra = dict(position_embedding="rope", rope_local_theta=1000.0, feed_forward="glu", hidden_act="gelu",
+                 norm_placement="pre", first_layer_attn_norm=False, use_bias=False,
+                 norm_bias=False, local_window=8, global_every=2, pooler="head",
+                 pooling="mean", type_vocab_size=0)
   return BertConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=64,
-                           hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
+                           hidden_dropout_rate=0.0, attention_dropout_rate=0.0, **extra)
 
 
 def _sequences(rng, shape, min_len=3, max_len=L):
@@ -94,22 +100,25 @@ def _loss_and_grads(head, model, params, batch):
   return jax.value_and_grad(loss_fn)(params)
 
 
-def _init(head, rng_seed=0):
+def _init(head, rng_seed=0, modern=False):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  model = head.build_model(_config())
+  model = head.build_model(_config(modern))
   inputs = head.init_inputs(ml_collections.ConfigDict({"max_seq_length": L}))
   params = head.init(model, jax.random.PRNGKey(rng_seed), inputs)["params"]
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return model, nn.unbox(params)
 
 
-@pytest.mark.parametrize("name", sorted(_SPECS))
+@pytest.mark.parametrize("name,modern", [(n, False) for n in sorted(_SPECS)]
+                         + [("classifier", True), ("token_classifier", True)])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_packed_loss_and_gradients_equal_padded(name, groups):
+def test_packed_loss_and_gradients_equal_padded(name, modern, groups):
   rng = np.random.default_rng(7)
   data = _data(name, 8, rng)
+  if modern:  # no token types
+    data.seq_fields["token_type_ids"][:] = 0
   head = _head(name)
-  model, params = _init(head)
+  model, params = _init(head, modern=modern)
   rows = np.arange(8)
   weights = np.ones(8, np.float32)
   length = fp.bucket_length(int(data.lengths.max()), L)
