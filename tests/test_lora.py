@@ -37,13 +37,27 @@ def lora_config(**overrides):
   return override(c, **overrides)
 
 
+# Per head: the transformers architecture, peft's task type, our Spec's head/kind/labels,
+# and the logits of an output.
+ARCHS = {
+    "classifier": ("BertForSequenceClassification", "SEQ_CLS", "classification", LABELS,
+                   lambda out: out),
+    "token_classifier": ("BertForTokenClassification", "TOKEN_CLS", "tagging", LABELS,
+                         lambda out: out),
+    "qa": ("BertForQuestionAnswering", "QUESTION_ANS", "qa", None,
+           lambda out: (out["start_logits"], out["end_logits"])),
+}
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-  """A tiny random Hugging Face BertForSequenceClassification dir and sample-pair files."""
+  """Tiny random Hugging Face dirs (one per head of ARCHS) and sample-pair files."""
   root = tmp_path_factory.mktemp("lora")
-  hf = hf_fixtures.make_model("BertForSequenceClassification", seed=0, num_labels=3)
-  hf_fixtures.save_hf_dir(hf, str(root / "hf"))
-  paths = {"hf": str(root / "hf")}
+  paths = {}
+  for head, (arch, *_) in ARCHS.items():
+    hf = hf_fixtures.make_model(arch, seed=0, num_labels=2 if head == "qa" else 3)
+    paths[head] = hf_fixtures.save_hf_dir(hf, str(root / head))
+  paths["hf"] = paths["classifier"]
   for split, count in (("train", 40), ("validation", 21)):
     path = root / f"{split}.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in sample_pairs.examples(
@@ -57,15 +71,16 @@ def _local(files, **overrides):
                         "validation_file": files["validation"], **overrides})
 
 
-def _peft_model(hf_dir, targets=("query", "value"), seed=3):
+def _peft_model(hf_dir, head="classifier", targets=("query", "value"), seed=3):
   """peft's LoRA on transformers' model, adapters set to random values (B too: a zero B
   would leave A's gradient zero and the forward equal to the base)."""
   import peft  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  base = transformers.BertForSequenceClassification.from_pretrained(hf_dir)
+  arch, task_type = ARCHS[head][:2]
+  base = getattr(transformers, arch).from_pretrained(hf_dir)
   model = peft.get_peft_model(base, peft.LoraConfig(
       r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(targets),
-      task_type="SEQ_CLS"))
+      task_type=task_type))
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
@@ -74,13 +89,15 @@ def _peft_model(hf_dir, targets=("query", "value"), seed=3):
   return model.eval()
 
 
-def _ours(files, scan_layers=False, **overrides):
-  """(setup, params) of a LoRA run on the HF dir, the adapters fresh."""
-  c = _local(files, **{"model.scan_layers": scan_layers, **overrides})
-  spec = Spec(task="local", head="classifier", kind="classification", max_seq_length=32,
-              vocab_size=len(hf_fixtures.VOCAB), labels=LABELS)
+def _ours(files, scan_layers=False, head="classifier", **overrides):
+  """(setup, params) of a LoRA run of `head` on its HF dir, the adapters fresh."""
+  c = _local(files, **{"model.scan_layers": scan_layers, "init_checkpoint": files[head],
+                       **overrides})
+  _, _, kind, labels, _ = ARCHS[head]
+  spec = Spec(task="local", head=head, kind=kind, max_seq_length=32,
+              vocab_size=len(hf_fixtures.VOCAB), labels=labels)
   setup = train._setup(c, heads_lib.for_spec(spec), spec)  # pylint: disable=protected-access
-  base = model_lib.to_layout(convert.from_pretrained(files["hf"]).params, setup.bert_config)
+  base = model_lib.to_layout(convert.from_pretrained(files[head]).params, setup.bert_config)
   params = lora_lib.with_adapters(base, train.fresh_params(setup, jax.random.PRNGKey(0)))
   return setup, params
 
@@ -122,10 +139,12 @@ def _batch():
   return ids, types, mask
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_counts_forward_and_gradients_equal_peft(files, scan_layers):
-  setup, params = _ours(files, scan_layers)
-  peft_model = _peft_model(files["hf"])
+@pytest.mark.parametrize("head,scan_layers", [("classifier", False), ("classifier", True),
+                                               ("token_classifier", False), ("qa", False)])
+def test_counts_forward_and_gradients_equal_peft(files, head, scan_layers):
+  setup, params = _ours(files, scan_layers, head)
+  peft_model = _peft_model(files[head], head)
+  outputs = ARCHS[head][4]
   params = _copy_peft_adapters(params, peft_model, setup.bert_config.num_layers, scan_layers)
   assert setup.lora_modules == tuple(
       f"bert/encoder/{'layers' if scan_layers else f'layer_{i}'}/attention/{m}"
@@ -140,23 +159,38 @@ def test_counts_forward_and_gradients_equal_peft(files, scan_layers):
   assert sum(opt_sizes) == 2 * model_lib.count_params(trainable)
 
   ids, types, mask = _batch()
-  weights = np.random.default_rng(1).normal(size=(3, len(LABELS))).astype(np.float32)
+  rs = np.random.default_rng(1)
 
   def loss(p):
-    logits = setup.eval_model.apply({"params": setup.partition.combine(p, frozen)}, ids, types,
-                                    mask)
-    return jnp.sum(logits * weights), logits
+    logits = outputs(setup.eval_model.apply({"params": setup.partition.combine(p, frozen)},
+                                            ids, types, mask))
+    logits = logits if isinstance(logits, tuple) else (logits,)
+    weights = [rs_weights(x.shape) for x in logits]
+    return sum(jnp.sum(x * w) for x, w in zip(logits, weights)), logits
+
+  weights_cache = {}
+
+  def rs_weights(shape):  # one fixed weight per output shape, shared with the torch side;
+    # divided by the output's size as a mean loss is (float32 sums of ~100 terms of ~10 differ
+    # by more than 1e-5 between any two implementations)
+    return weights_cache.setdefault(
+        shape, (rs.normal(size=shape) / np.prod(shape)).astype(np.float32))
 
   (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
-  out = peft_model(input_ids=torch.tensor(ids, dtype=torch.long),
-                   token_type_ids=torch.tensor(types, dtype=torch.long),
-                   attention_mask=torch.tensor(mask, dtype=torch.long)).logits
-  np.testing.assert_allclose(np.asarray(logits), out.detach().numpy(), atol=1e-5, rtol=1e-5)
+  # Through peft's LoraModel: PeftModelForQuestionAnswering.forward (peft 0.21.2) drops
+  # token_type_ids before calling it.
+  out = peft_model.base_model(input_ids=torch.tensor(ids, dtype=torch.long),
+                              token_type_ids=torch.tensor(types, dtype=torch.long),
+                              attention_mask=torch.tensor(mask, dtype=torch.long))
+  theirs = ((out.start_logits, out.end_logits) if head == "qa" else (out.logits,))
+  for o, t in zip(logits, theirs):
+    np.testing.assert_allclose(np.asarray(o), t.detach().numpy(), atol=1e-5, rtol=1e-5)
   # The adapters change the output (B is not zero here), so equality is not the base's.
-  plain = setup.head.build_model(setup.bert_config).apply(
-      {"params": _jax(lora_lib.without_adapters(params))}, ids, types, mask)
-  assert np.abs(np.asarray(plain) - np.asarray(logits)).max() > 1e-3
-  (out * torch.tensor(weights)).sum().backward()
+  plain = outputs(setup.head.build_model(setup.bert_config).apply(
+      {"params": _jax(lora_lib.without_adapters(params))}, ids, types, mask))
+  plain = plain if isinstance(plain, tuple) else (plain,)
+  assert np.abs(np.asarray(plain[0]) - np.asarray(logits[0])).max() > 1e-3
+  sum((t * torch.tensor(weights_cache[tuple(t.shape)])).sum() for t in theirs).backward()
   g = lora_lib._flat(grads)  # pylint: disable=protected-access
   checked = 0
   for name, p in peft_trainable.items():
@@ -167,10 +201,11 @@ def test_counts_forward_and_gradients_equal_peft(files, scan_layers):
       where = "layers" if scan_layers else f"layer_{layer}"
       ours = g[f"bert/encoder/{where}/attention/{module}/kernel_lora_{kind}"]
       ours = ours[layer] if scan_layers else ours
-    else:  # the classifier (peft's modules_to_save copy)
-      ours = g["classifier/" + ("kernel" if name.endswith("weight") else "bias")]
+    else:  # the head (peft's modules_to_save copy)
+      ours = g[f"{heads_lib.for_spec(setup.head.spec).param_key}/"
+               + ("kernel" if name.endswith("weight") else "bias")]
     theirs = p.grad.numpy().T
-    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-6, rtol=1e-5, err_msg=name)
     checked += 1
   assert checked == len(peft_trainable) == 4 * 2 + 2
 
@@ -188,3 +223,114 @@ def test_merge_equals_adapters_and_transformers_reads_it(files):
       setup.head.build_model(setup.bert_config).apply({"params": merged}, ids, types, mask),
       atol=1e-5, rtol=1e-5)
   del transformers
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _logits_hf(hf_dir, ids, types, mask):
+  import transformers  # pylint: disable=g-import-not-at-top
+  model = transformers.BertForSequenceClassification.from_pretrained(hf_dir).eval()
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(ids, dtype=torch.long),
+                 token_type_ids=torch.tensor(types, dtype=torch.long),
+                 attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+
+
+@pytest.mark.slow
+def test_run_exports_merged_best_that_transformers_reads_and_adapters_alone(files, tmp_path):
+  workdir = str(tmp_path / "run")
+  result = train.train_and_evaluate(_local(files, export_hf=True), workdir)
+  assert result["step"] == 6 and "eval_accuracy" in result
+  best = convert.from_pretrained(os.path.join(workdir, "best"))
+  assert not lora_lib.has_adapters(best.params)  # a plain model
+  base = convert.from_pretrained(files["hf"]).params
+  flat_best, flat_base = (lora_lib._flat(t) for t in (best.params, base))  # pylint: disable=protected-access
+  # The encoder was frozen: only the adapted kernels moved (by the merge), the rest is the
+  # checkpoint's bit for bit; the head was trained.
+  for name, value in flat_base.items():
+    if name.startswith("bert/") and not name.endswith(("query/kernel", "value/kernel")):
+      np.testing.assert_array_equal(flat_best[name], value, err_msg=name)
+  assert not np.allclose(flat_best["bert/encoder/layer_0/attention/query/kernel"],
+                         flat_base["bert/encoder/layer_0/attention/query/kernel"])
+  assert not np.allclose(flat_best["classifier/kernel"], flat_base["classifier/kernel"])
+  # best_lora/: adapters + head, with what they mean; put back on the base they give best/.
+  doc = json.loads((tmp_path / "run" / "best_lora" / "lora.json").read_text())
+  assert {k: doc[k] for k in ("rank", "alpha", "targets")} == {
+      "rank": RANK, "alpha": ALPHA, "targets": r"attention/(query|value)/kernel$"}
+  assert doc["base_model"] == files["hf"] and doc["best"]["step"] == 6
+  assert len(doc["target_modules"]) == 4
+  again = lora_lib._flat(lora_lib.apply_adapters(os.path.join(workdir, "best_lora"), base))  # pylint: disable=protected-access
+  assert set(again) == set(flat_best)
+  for name, value in again.items():
+    np.testing.assert_allclose(value, flat_best[name], atol=1e-6, err_msg=name)
+  # The merged export in transformers gives the logits of the adapted model.
+  ids, types, mask = _batch()
+  setup, _ = _ours(files)
+  trainable = _restore(os.path.join(workdir, "best_lora", "params"))
+  frozen = setup.partition.split(base)[1]
+  adapted = setup.eval_model.apply({"params": _jax(setup.partition.combine(trainable, frozen))},
+                                   ids, types, mask)
+  np.testing.assert_allclose(_logits_hf(os.path.join(workdir, "best_hf"), ids, types, mask),
+                             np.asarray(adapted), atol=1e-5, rtol=1e-5)
+
+
+def _restore(path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp.StandardCheckpointer().restore(os.path.abspath(path))
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_is_bit_identical(files, tmp_path):
+  # Adapter dropout on: the resumed run must also draw the same dropout masks.
+  c = _local(files, num_train_steps=8, eval_every_steps=4, checkpoint_every_steps=4,
+             **{"lora.dropout": 0.1})
+  whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+  train.train_and_evaluate(c, whole)
+
+  def sigterm_at_3(step):
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  first = train.train_and_evaluate(c, cut, step_hook=sigterm_at_3)
+  assert first["preempted"] and first["step"] == 3
+  train.train_and_evaluate(c, cut)
+  timing = ("seq_per_sec", "tokens_per_sec", "real_tokens_per_sec", "padding_fraction", "mfu")
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in timing}  # noqa: E731
+                        for r in rows]
+  assert strip(read_rows(cut)) == strip(read_rows(whole))
+  for d in ("best", "best_lora"):
+    a, b = (_restore(os.path.join(w, d, "params")) for w in (whole, cut))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The checkpoint holds adapters, their optimizer state and nothing for the frozen encoder.
+  state = _restore(os.path.join(whole, "checkpoints", "8", "train_state"))
+  mu = lora_lib._flat(state["opt_state"][1][0]["mu"])  # pylint: disable=protected-access
+  assert mu and all(lora_lib.is_trainable(k) for k in mu)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_settings_name_the_key(files, tmp_path):
+  spec = Spec(task="local", head="classifier", kind="classification", max_seq_length=32,
+              vocab_size=len(hf_fixtures.VOCAB), labels=LABELS)
+
+  def setup(**overrides):
+    c = _local(files, **overrides)
+    return train._setup(c, heads_lib.for_spec(spec), spec)  # pylint: disable=protected-access
+
+  with pytest.raises(UserError, match=r"config.lora.targets='attention/nothing' matches no "
+                     r"encoder kernel \(paths look like bert/"):
+    setup(**{"lora.targets": "attention/nothing"})
+  with pytest.raises(UserError, match=r"config.lora.rank=-1 must be an integer >= 0"):
+    setup(**{"lora.rank": -1})
+  with pytest.raises(UserError, match=r"config.lora.targets='\(' is not a regular expression"):
+    setup(**{"lora.targets": "("})
+  with pytest.raises(UserError, match=r"config.lora.dropout=1.5 must be in \[0, 1\)"):
+    setup(**{"lora.dropout": 1.5})
+  with pytest.raises(UserError, match=r"config.lora.rank=4 freezes the encoder, so it needs "
+                     r"config.init_checkpoint"):
+    setup(**{"init_checkpoint": "", "model.preset": "tiny"})
+  # Off by default: the plain setup, everything trainable.
+  assert setup(**{"lora.rank": 0}).partition is lora_lib.FULL
