@@ -210,19 +210,27 @@ def test_counts_forward_and_gradients_equal_peft(files, head, scan_layers):
   assert checked == len(peft_trainable) == 4 * 2 + 2
 
 
-def test_merge_equals_adapters_and_transformers_reads_it(files):
-  import transformers  # pylint: disable=g-import-not-at-top
-  setup, params = _ours(files)
-  params = _copy_peft_adapters(params, _peft_model(files["hf"]), 2, False)
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_merge_equals_the_adapted_model_on_every_kernel_shape(files, scan_layers):
+  # q/k/v kernels are [embed, heads, kv], the attention output [heads, kv, embed], the
+  # feed-forward ones [embed, mlp] and [mlp, embed]: the merge folds each back.
+  setup, params = _ours(files, scan_layers, **{
+      "lora.targets": r"encoder/.*(query|key|value|output|intermediate)/kernel$"})
+  assert len(setup.lora_modules) == (1 if scan_layers else 2) * 6
+  rs = np.random.default_rng(5)
+  params = _jax(lora_lib._unflat({  # pylint: disable=protected-access
+      k: 0.3 * rs.normal(size=v.shape).astype(np.float32) if lora_lib.is_adapter(k) else v
+      for k, v in lora_lib._flat(params).items()}))  # pylint: disable=protected-access
   ids, types, mask = _batch()
   adapted = setup.eval_model.apply({"params": params}, ids, types, mask)
   merged = _jax(lora_lib.merge(params, ALPHA / RANK))
   assert not lora_lib.has_adapters(merged)
-  np.testing.assert_allclose(
-      np.asarray(adapted),
-      setup.head.build_model(setup.bert_config).apply({"params": merged}, ids, types, mask),
-      atol=1e-5, rtol=1e-5)
-  del transformers
+  plain_model = setup.head.build_model(setup.bert_config)
+  np.testing.assert_allclose(np.asarray(adapted),
+                             plain_model.apply({"params": merged}, ids, types, mask),
+                             atol=1e-5, rtol=1e-5)
+  base = plain_model.apply({"params": _jax(lora_lib.without_adapters(params))}, ids, types, mask)
+  assert np.abs(np.asarray(base) - np.asarray(adapted)).max() > 1e-2
 
 
 # --------------------------------------------------------------------------- end to end
@@ -334,3 +342,39 @@ def test_bad_settings_name_the_key(files, tmp_path):
     setup(**{"init_checkpoint": "", "model.preset": "tiny"})
   # Off by default: the plain setup, everything trainable.
   assert setup(**{"lora.rank": 0}).partition is lora_lib.FULL
+
+
+# Every other head: (task, sample_tasks.write key, max_seq_length, extra config).
+TASKS = {
+    "conll": ("ner", 32, {}),
+    "squad_json": ("squad", 64, {"qa.doc_stride": 16, "qa.max_query_length": 16}),
+    "multiple_choice": ("mc", 128, {}),
+    "extractive_summary": ("summary", 128, {}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_head_trains_adapters_and_its_head_only(task, tmp_path):
+  from bert_jax.data import sample_tasks  # pylint: disable=g-import-not-at-top
+  key, length, extra = TASKS[task]
+  paths = sample_tasks.write(str(tmp_path / "data"), num_train=16, num_eval=8)[key]
+  init = hf_fixtures.save_hf_dir(hf_fixtures.make_model("BertModel", seed=2,
+                                                        max_position_embeddings=128),
+                                 str(tmp_path / "hf"))
+  c = lora_config(task=task, init_checkpoint=init, train_file=paths["train"],
+                  validation_file=paths["validation"], max_seq_length=length,
+                  num_train_steps=3, eval_every_steps=3, checkpoint_every_steps=3,
+                  **{"lora.targets": r"attention/(query|key|value|output)/kernel$", **extra})
+  workdir = str(tmp_path / "run")
+  assert train.train_and_evaluate(c, workdir)["step"] == 3
+  best = lora_lib._flat(convert.from_pretrained(os.path.join(workdir, "best")).params)  # pylint: disable=protected-access
+  base = lora_lib._flat(convert.from_pretrained(init).params)  # pylint: disable=protected-access
+  assert not any(lora_lib.is_adapter(k) for k in best)
+  moved = sorted(k for k, v in base.items()
+                 if k in best and not np.array_equal(best[k], v))
+  # Exactly the targeted kernels moved (merged adapters); the rest of the encoder is frozen.
+  assert moved == sorted(f"bert/encoder/layer_{i}/attention/{m}/kernel"
+                         for i in range(2) for m in ("query", "key", "value", "output"))
+  doc = json.loads((tmp_path / "run" / "best_lora" / "lora.json").read_text())
+  assert len(doc["target_modules"]) == 8
