@@ -20,6 +20,10 @@ Why it looks like this:
 - Exports are plain models: `merge` folds `scale * A @ B` into each kernel;
   `save_adapters` writes the trainable part alone with the settings that give it
   its meaning (lora.json), and `apply_adapters` puts it back on a base model.
+- qwix recognises a kernel by identity among the module's jax.Array params: a
+  wrapped model applied to numpy params would silently skip the adapters (the jitted
+  steps always pass jax arrays; tests convert), and applied to params without
+  adapters it fails (it would try to create them).
 """
 
 from __future__ import annotations
@@ -183,6 +187,17 @@ def merge(params: Any, scale: float) -> dict:
       value = (value.astype(np.float32) + delta.reshape(value.shape)).astype(value.dtype)
     out[name] = value
   return _unflat(out)
+
+
+def merged_for_reading(directory: str, params: Any) -> Any:
+  """`params` read from DIRECTORY (a LoRA training workdir's checkpoint) as a plain tree:
+  merged with the scale of DIRECTORY/lora.json; a tree without adapters is returned as is."""
+  if not has_adapters(params):
+    return params
+  doc = read_settings(directory)
+  if doc is None:
+    raise UserError(f"{directory} holds LoRA adapters but no {SETTINGS_FILE} (their scale)")
+  return merge(params, float(doc["scale"]))
 
 
 def write_settings(directory: str, s: Settings, modules: tuple[str, ...],

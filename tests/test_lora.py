@@ -272,6 +272,11 @@ def test_run_exports_merged_best_that_transformers_reads_and_adapters_alone(file
   assert set(again) == set(flat_best)
   for name, value in again.items():
     np.testing.assert_allclose(value, flat_best[name], atol=1e-6, err_msg=name)
+  # The workdir's last checkpoint (step 6, the best) read as a model, merged, is best/ too.
+  from_workdir = lora_lib._flat(lora_lib.merged_for_reading(  # pylint: disable=protected-access
+      workdir, convert.from_pretrained(workdir).params))
+  for name, value in from_workdir.items():
+    np.testing.assert_array_equal(value, flat_best[name], err_msg=name)
   # The merged export in transformers gives the logits of the adapted model.
   ids, types, mask = _batch()
   setup, _ = _ours(files)
