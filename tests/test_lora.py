@@ -211,6 +211,43 @@ def test_counts_forward_and_gradients_equal_peft(files, head, scan_layers):
   assert checked == len(peft_trainable) == 4 * 2 + 2
 
 
+def _dot_output_shapes(jaxpr) -> set:
+  """Output shapes of every dot_general in a jaxpr, sub-jaxprs (pjit, custom_vjp) included."""
+  shapes = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      shapes.update(tuple(v.aval.shape) for v in eqn.outvars)
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", None)
+      if inner is not None:
+        shapes |= _dot_output_shapes(getattr(inner, "jaxpr", inner))
+  return shapes
+
+
+def test_no_weight_gradient_is_formed_for_the_frozen_encoder(files):
+  setup, params = _ours(files)
+  params = _jax(params)
+  ids, types, mask = _batch()
+  trainable, frozen = setup.partition.split(params)
+  frozen_kernels = {tuple(v.shape) for k, v in lora_lib._flat(frozen).items()  # pylint: disable=protected-access
+                    if k.endswith("kernel") and v.ndim >= 2 and k.startswith("bert/encoder/")}
+
+  def lora_loss(p):  # as the train step differentiates: the trainable part only
+    return jnp.sum(setup.eval_model.apply({"params": setup.partition.combine(p, frozen)}, ids,
+                                          types, mask))
+
+  def full_loss(p):
+    return jnp.sum(setup.head.build_model(setup.bert_config).apply({"params": p}, ids, types,
+                                                                   mask))
+
+  lora_dots = _dot_output_shapes(jax.make_jaxpr(jax.grad(lora_loss))(trainable).jaxpr)
+  full_dots = _dot_output_shapes(jax.make_jaxpr(jax.grad(full_loss))(
+      lora_lib.without_adapters(params)).jaxpr)
+  # Full fine-tuning forms each kernel's gradient (a dot of the kernel's shape); LoRA none.
+  assert frozen_kernels <= full_dots
+  assert not frozen_kernels & lora_dots
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_merge_equals_the_adapted_model_on_every_kernel_shape(files, scan_layers):
   # q/k/v kernels are [embed, heads, kv], the attention output [heads, kv, embed], the
@@ -317,6 +354,10 @@ def test_sigterm_then_resume_is_bit_identical(files, tmp_path):
     a, b = (_restore(os.path.join(w, d, "params")) for w in (whole, cut))
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Started again with other LoRA settings (or none), the workdir is refused, not resumed.
+  with pytest.raises(UserError, match=r"was trained with LoRA .*'rank': 4.*the config asks for "
+                     r"off \(config.lora\)"):
+    train.train_and_evaluate(override(c, **{"lora.rank": 0}), cut)
   # The checkpoint holds adapters, their optimizer state and nothing for the frozen encoder.
   state = _restore(os.path.join(whole, "checkpoints", "8", "train_state"))
   mu = lora_lib._flat(state["opt_state"][1][0]["mu"])  # pylint: disable=protected-access
