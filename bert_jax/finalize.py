@@ -42,7 +42,7 @@ def after_training(config: ml_collections.ConfigDict, workdir: str, head,
     return
   if lora is not None:
     merge_lora_export(best, os.path.join(workdir, BEST_LORA_DIR), lora, lora_modules,
-                      config.init_checkpoint)
+                      config.init_checkpoint, head)
   if config.export_hf:
     from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
     convert.convert(best, os.path.join(workdir, "best_hf"), "hf", overwrite=True)
@@ -55,8 +55,9 @@ def after_training(config: ml_collections.ConfigDict, workdir: str, head,
 
 
 def merge_lora_export(best: str, adapters_dir: str, lora: lora_lib.Settings,
-                      modules: tuple[str, ...], base_model: str) -> None:
-  """best/ with adapters -> ADAPTERS_DIR (adapters + head, lora.json) and a merged best/.
+                      modules: tuple[str, ...], base_model: str, head) -> None:
+  """best/ with adapters -> ADAPTERS_DIR (adapters + head, lora.json, and peft's files when
+  the head has a transformers class) and a merged best/.
 
   Each output is replaced whole (Orbax saves to a temporary name and renames); a best/
   already merged (a finished run started again) is left as it is.
@@ -66,8 +67,14 @@ def merge_lora_export(best: str, adapters_dir: str, lora: lora_lib.Settings,
   if not lora_lib.has_adapters(params):
     return
   best_record = files.read_json(os.path.join(best, loop_lib.BEST_FILE))
+  also = None
+  if head.architecture is not None:
+    from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
+    config = convert.read_model_config(best)
+    also = lambda tmp: lora_lib.write_peft_adapter(  # pylint: disable=g-long-lambda
+        tmp, params, lora, config, head, head.spec.num_labels, base_model)
   lora_lib.save_adapters(adapters_dir, params, lora, modules,
-                         {"base_model": base_model, "best": best_record})
+                         {"base_model": base_model, "best": best_record}, also)
   merged_dir, old_dir = params_dir + ".merged", params_dir + ".old"
   for stale in (merged_dir, old_dir):
     if os.path.exists(stale):

@@ -20,6 +20,10 @@ Why it looks like this:
 - Exports are plain models: `merge` folds `scale * A @ B` into each kernel;
   `save_adapters` writes the trainable part alone with the settings that give it
   its meaning (lora.json), and `apply_adapters` puts it back on a base model.
+- The adapter save is also peft's (`adapter_config.json` + `adapter_model.safetensors`,
+  `write_peft_adapter`), for heads with a transformers class: `peft.PeftModel.from_pretrained`
+  on the Hugging Face base model reads it. A and B are peft's lora_A / lora_B transposed
+  whatever the kernel's layout, since every kernel is [in..., out...].
 - qwix recognises a kernel by identity among the module's jax.Array params: a
   wrapped model applied to numpy params would silently skip the adapters (the jitted
   steps always pass jax arrays; tests convert), and applied to params without
@@ -225,9 +229,10 @@ def check_resume(workdir: str, s: Optional[Settings]) -> None:
 
 
 def save_adapters(directory: str, params: Any, s: Settings, modules: tuple[str, ...],
-                  extra: Optional[dict] = None) -> None:
+                  extra: Optional[dict] = None,
+                  also: Optional[Callable[[str], None]] = None) -> None:
   """DIRECTORY (replaced atomically): params/ (Orbax: the trainable part, adapters and head)
-  and lora.json."""
+  and lora.json; `also(tmp_dir)` adds files (peft's) before the rename."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   trainable, _ = LORA.split(params)
 
@@ -237,6 +242,8 @@ def save_adapters(directory: str, params: Any, s: Settings, modules: tuple[str, 
     checkpointer.wait_until_finished()
     checkpointer.close()
     write_settings(tmp, s, modules, extra)
+    if also is not None:
+      also(tmp)
 
   files.write_dir_atomically(directory, write, overwrite=True)
 
@@ -251,3 +258,47 @@ def apply_adapters(directory: str, base_params: Any) -> dict:
   saved = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(directory, PARAMS_DIR)))
   flat = {**_flat(base_params), **_flat(saved)}
   return merge(_unflat(flat), float(doc["scale"]))
+
+
+# peft's task type for the transformers class of a head (None: peft's generic PeftModel).
+PEFT_TASK_TYPES = {"BertForSequenceClassification": "SEQ_CLS",
+                   "BertForTokenClassification": "TOKEN_CLS",
+                   "BertForQuestionAnswering": "QUESTION_ANS"}
+
+
+def write_peft_adapter(directory: str, params: Any, s: Settings, config, head,
+                       num_labels: Optional[int], base_model: str) -> None:
+  """DIRECTORY/adapter_config.json + adapter_model.safetensors: the adapters and the head in
+  peft's LoRA format, for `head` (a class of bert_jax.heads with a transformers
+  architecture) on the Hugging Face form of the base model."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from bert_jax.formats import weight_names  # pylint: disable=g-import-not-at-top
+  from bert_jax.model import to_layout  # pylint: disable=g-import-not-at-top
+  unrolled = to_layout({k: jax.tree_util.tree_map(np.asarray, v) for k, v in params.items()},
+                       config.replace(scan_layers=False))
+  flat = _flat(unrolled)
+  table = weight_names._table(config, (head.name,), "pooler" in unrolled[ENCODER_KEY],  # pylint: disable=protected-access
+                              num_labels)
+  hf_module = {"/".join(e.path[:-1]): e.hf[:-len(".weight")] for e in table
+               if e.path[-1] == "kernel"}
+  tensors, targets = {}, []
+  for name, value in flat.items():
+    if name.endswith("kernel" + A_SUFFIX):
+      module = ENCODER_KEY + "." + hf_module[name[:-len("/kernel" + A_SUFFIX)]]
+      targets.append(module)
+      for suffix, kind in ((A_SUFFIX, "lora_A"), (B_SUFFIX, "lora_B")):
+        tensors[f"base_model.model.{module}.{kind}.weight"] = np.ascontiguousarray(
+            flat[name[:-len(A_SUFFIX)] + suffix].T)
+  state = weight_names.params_to_state(merge(unrolled, s.scale), config, (head.name,),
+                                       num_labels)
+  tensors.update({f"base_model.model.{k}": v for k, v in state.items()
+                  if k.startswith(head.hf_prefix)})
+  doc = {"peft_type": "LORA", "task_type": PEFT_TASK_TYPES.get(head.architecture),
+         "r": s.rank, "lora_alpha": s.alpha, "lora_dropout": s.dropout, "bias": "none",
+         "fan_in_fan_out": False, "inference_mode": True, "target_modules": sorted(targets),
+         "modules_to_save": [head.hf_prefix.rstrip(".")], "base_model_name_or_path": base_model}
+  save_file({k: np.asarray(v, np.float32) for k, v in tensors.items()},
+            os.path.join(directory, "adapter_model.safetensors"))
+  text = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+  files.write_file_atomically(os.path.join(directory, "adapter_config.json"),
+                              lambda f: f.write(text))

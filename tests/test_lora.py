@@ -285,6 +285,7 @@ def _logits_hf(hf_dir, ids, types, mask):
 
 @pytest.mark.slow
 def test_run_exports_merged_best_that_transformers_reads_and_adapters_alone(files, tmp_path):
+  import transformers  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
   result = train.train_and_evaluate(_local(files, export_hf=True), workdir)
   assert result["step"] == 6 and "eval_accuracy" in result
@@ -315,8 +316,19 @@ def test_run_exports_merged_best_that_transformers_reads_and_adapters_alone(file
       workdir, convert.from_pretrained(workdir).params))
   for name, value in from_workdir.items():
     np.testing.assert_array_equal(value, flat_best[name], err_msg=name)
-  # The merged export in transformers gives the logits of the adapted model.
+  # The merged export in transformers gives the logits of the adapted model, and so does
+  # peft's own LoRA reading best_lora/ onto the base model.
   ids, types, mask = _batch()
+  import peft  # pylint: disable=g-import-not-at-top
+  peft_config = json.loads((tmp_path / "run" / "best_lora" / "adapter_config.json").read_text())
+  assert peft_config["r"] == RANK and peft_config["lora_alpha"] == ALPHA
+  assert peft_config["task_type"] == "SEQ_CLS" and peft_config["modules_to_save"] == ["classifier"]
+  loaded = peft.PeftModel.from_pretrained(transformers.BertForSequenceClassification.from_pretrained(
+      files["hf"]), os.path.join(workdir, "best_lora")).eval()
+  with torch.no_grad():
+    peft_logits = loaded(input_ids=torch.tensor(ids, dtype=torch.long),
+                         token_type_ids=torch.tensor(types, dtype=torch.long),
+                         attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
   setup, _ = _ours(files)
   trainable = _restore(os.path.join(workdir, "best_lora", "params"))
   frozen = setup.partition.split(base)[1]
@@ -324,6 +336,7 @@ def test_run_exports_merged_best_that_transformers_reads_and_adapters_alone(file
                                    ids, types, mask)
   np.testing.assert_allclose(_logits_hf(os.path.join(workdir, "best_hf"), ids, types, mask),
                              np.asarray(adapted), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(peft_logits, np.asarray(adapted), atol=1e-5, rtol=1e-5)
 
 
 def _restore(path):
@@ -425,6 +438,13 @@ def test_every_head_trains_adapters_and_its_head_only(task, tmp_path):
                          for i in range(2) for m in ("query", "key", "value", "output"))
   doc = json.loads((tmp_path / "run" / "best_lora" / "lora.json").read_text())
   assert len(doc["target_modules"]) == 8
+  # peft's files where the head has a transformers class (the summary head has none).
+  peft_file = tmp_path / "run" / "best_lora" / "adapter_config.json"
+  assert peft_file.exists() == (task != "extractive_summary")
+  if peft_file.exists():
+    peft_doc = json.loads(peft_file.read_text())
+    assert peft_doc["task_type"] == {"conll": "TOKEN_CLS", "squad_json": "QUESTION_ANS"}.get(task)
+    assert len(peft_doc["target_modules"]) == 8
 
 
 @pytest.mark.slow
