@@ -18,7 +18,6 @@ from typing import Optional
 from absl import logging
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from bert_jax import files
 from bert_jax import lora as lora_lib
@@ -60,10 +59,10 @@ def merge_lora_export(best: str, adapters_dir: str, lora: lora_lib.Settings,
   the head has a transformers class) and a merged best/.
 
   Each output is replaced whole (Orbax saves to a temporary name and renames); a best/
-  already merged (a finished run started again) is left as it is.
+  already merged (a finished run started again) is left as it is. Process 0 only.
   """
   params_dir = os.path.abspath(os.path.join(best, model_dir.PARAMS_DIR))
-  params = ocp.StandardCheckpointer().restore(params_dir)
+  params = lora_lib.process0_checkpointer().restore(params_dir)
   if not lora_lib.has_adapters(params):
     return
   best_record = files.read_json(os.path.join(best, loop_lib.BEST_FILE))
@@ -79,7 +78,7 @@ def merge_lora_export(best: str, adapters_dir: str, lora: lora_lib.Settings,
   for stale in (merged_dir, old_dir):
     if os.path.exists(stale):
       shutil.rmtree(stale)
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = lora_lib.process0_checkpointer()
   checkpointer.save(merged_dir, lora_lib.merge(params, lora.scale))
   checkpointer.wait_until_finished()
   checkpointer.close()

@@ -228,16 +228,23 @@ def check_resume(workdir: str, s: Optional[Settings]) -> None:
                     f"for {now or 'off'} (config.lora): use a new --workdir or the same settings")
 
 
+def process0_checkpointer():
+  """An Orbax checkpointer for saves and restores that only process 0 makes (the exports
+  after training): no barrier waits for the other processes."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=0, active_processes={0}))
+
+
 def save_adapters(directory: str, params: Any, s: Settings, modules: tuple[str, ...],
                   extra: Optional[dict] = None,
                   also: Optional[Callable[[str], None]] = None) -> None:
   """DIRECTORY (replaced atomically): params/ (Orbax: the trainable part, adapters and head)
   and lora.json; `also(tmp_dir)` adds files (peft's) before the rename."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   trainable, _ = LORA.split(params)
 
   def write(tmp):
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = process0_checkpointer()
     checkpointer.save(os.path.join(tmp, PARAMS_DIR), trainable)
     checkpointer.wait_until_finished()
     checkpointer.close()
@@ -251,11 +258,10 @@ def save_adapters(directory: str, params: Any, s: Settings, modules: tuple[str, 
 def apply_adapters(directory: str, base_params: Any) -> dict:
   """A plain (merged) tree: `base_params` (a frozen base, plain) with the adapters and head
   saved in DIRECTORY by `save_adapters`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   doc = read_settings(directory)
   if doc is None:
     raise UserError(f"{directory} holds no {SETTINGS_FILE}: not a LoRA adapter dir")
-  saved = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(directory, PARAMS_DIR)))
+  saved = process0_checkpointer().restore(os.path.abspath(os.path.join(directory, PARAMS_DIR)))
   flat = {**_flat(base_params), **_flat(saved)}
   return merge(_unflat(flat), float(doc["scale"]))
 
