@@ -33,6 +33,7 @@ import ml_collections
 import optax
 
 from bert_jax import checkpoint as ckpt_lib
+from bert_jax import lora as lora_lib
 from bert_jax import loop as loop_lib
 from bert_jax import optim
 from bert_jax import platform as platform_lib
@@ -94,12 +95,14 @@ def auto_grad_accum_steps(rows_per_device: int, length: int, platform: str) -> i
 def make_train_step(head, model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum_steps: int = 1,
                     nonfinite: str = "stop", mesh: Optional[jax.sharding.Mesh] = None,
-                    flops_per_row: Optional[Callable[[int], float]] = None) -> StepFn:
+                    flops_per_row: Optional[Callable[[int], float]] = None,
+                    partition: lora_lib.Partition = lora_lib.FULL) -> StepFn:
   """The pure `train_step(state, batch, rng)` of `head`; `rng` is the run's base key.
 
   `grad_accum_steps=0` picks the number per batch shape when the step is traced
   (`auto_grad_accum_steps`), so each length bucket gets its own. `mesh` (optional) pins
-  micro-batches to the batch axes when accumulating.
+  micro-batches to the batch axes when accumulating. `partition` (LoRA) names the
+  trainable params: gradients, clipping and the optimizer see only those.
   """
   if nonfinite not in NONFINITE_MODES:
     raise UserError(f"config.nonfinite={nonfinite!r} is not one of {NONFINITE_MODES}")
@@ -118,24 +121,26 @@ def make_train_step(head, model: nn.Module, tx: optax.GradientTransformation,
     logging.info("train step for batches of %d x %d: %d micro-batch(es) of %d rows per device",
                  rows, length, num_micro, rows // shards // num_micro)
 
+    trainable, frozen = partition.split(state.params)
+
     def grad_fn(params, micro, micro_rng):
       def loss_fn(p):
-        sums = head.sums(model, p, micro, micro_rng)
+        sums = head.sums(model, partition.combine(p, frozen), micro, micro_rng)
         return combine_loss(sums, head.loss_terms, dens), sums
       (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       return grads, sums
 
     if num_micro == 1:
-      grads, sums = grad_fn(state.params, batch, step_rng)
+      grads, sums = grad_fn(trainable, batch, step_rng)
     else:
       micro = _micro_batches(batch, num_micro, mesh)
       first = jax.tree_util.tree_map(lambda x: x[0], micro)
       zeros = jax.tree_util.tree_map(
-          jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, step_rng))
+          jnp.zeros_like, jax.eval_shape(grad_fn, trainable, first, step_rng))
 
       def body(carry, xs):
         micro_batch, i = xs
-        g, s = grad_fn(state.params, micro_batch, jax.random.fold_in(step_rng, i))
+        g, s = grad_fn(trainable, micro_batch, jax.random.fold_in(step_rng, i))
         return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
 
       (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_micro)))
@@ -143,8 +148,8 @@ def make_train_step(head, model: nn.Module, tx: optax.GradientTransformation,
     loss = combine_loss(sums, head.loss_terms, dens)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
+    updates, new_opt_state = tx.update(grads, state.opt_state, trainable)
+    new_params = partition.combine(optax.apply_updates(trainable, updates), frozen)
     # A non-finite step leaves params and optimizer state untouched ('skip'; with 'stop' the
     # host raises before anything of it is saved).
     keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
@@ -197,7 +202,8 @@ class _Setup:
   """Everything static about a run: model, optimizer, mesh and the state's shardings."""
 
   head: Any
-  model: nn.Module
+  model: nn.Module  # what the train step applies (with LoRA: adapters, their dropout)
+  eval_model: nn.Module  # what evaluation and init apply (no adapter dropout)
   bert_config: BertConfig
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -206,6 +212,9 @@ class _Setup:
   init_params: Callable[[jax.Array], Any]  # rng -> boxed params
   state_sharding: TrainState
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+  lora: Optional[lora_lib.Settings] = None
+  lora_modules: tuple[str, ...] = ()  # the adapted encoder modules
+  partition: lora_lib.Partition = lora_lib.FULL  # trainable vs frozen params
 
 
 def resolve_schedule(config: ml_collections.ConfigDict, num_train_examples: Optional[int]
@@ -243,7 +252,16 @@ def _setup(config: ml_collections.ConfigDict, head, spec: Spec) -> _Setup:
   if bert_config.vocab_size < spec.vocab_size:
     raise UserError(f"the tokenizer has {spec.vocab_size} tokens but the model only "
                     f"{bert_config.vocab_size} embeddings")
-  model = head.build_model(bert_config)
+  model = eval_model = head.build_model(bert_config)
+  inputs = head.init_inputs(config)
+  lora = lora_lib.settings(config) if "lora" in config else None
+  lora_modules, partition = (), lora_lib.FULL
+  if lora is not None:  # adapters on the matched encoder kernels; only they and the head train
+    plain = jax.eval_shape(lambda r: nn.unbox(head.init(model, r, inputs)["params"]),
+                           jax.random.PRNGKey(0))
+    lora_modules, partition = lora_lib.target_modules(plain, lora), lora_lib.LORA
+    eval_model = lora_lib.wrap(model, lora, lora_modules, train=False)
+    model = lora_lib.wrap(model, lora, lora_modules, train=True)
   mesh = sharding_lib.make_mesh(config.mesh_shape)
   rules = sharding_lib.normalize_rules(config.logical_axis_rules)
   if config.grad_accum_steps < 0:
@@ -254,24 +272,24 @@ def _setup(config: ml_collections.ConfigDict, head, spec: Spec) -> _Setup:
     sharding_lib.check_batch_size(config.eval_batch_size, mesh, name="config.eval_batch_size")
   tx, schedule = optim.make_optimizer(config)
   rep = sharding_lib.replicated(mesh)
-  inputs = head.init_inputs(config)
 
   def init_params(rng):
-    return head.init(model, rng, inputs)["params"]
+    return head.init(eval_model, rng, inputs)["params"]
 
   # Abstract state and its shardings: nothing is materialised yet.
   boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
   param_sh = sharding_lib.logical_to_sharding(boxed, mesh, rules)
   abs_params = ckpt_lib.abstract_like(nn.unbox(boxed), param_sh)
-  abs_opt = jax.eval_shape(tx.init, abs_params)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
+  # The optimizer state covers the trainable params only (with LoRA: adapters and head).
+  abs_opt = jax.eval_shape(tx.init, partition.split(abs_params)[0])
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, partition.split(param_sh)[0],
                                  transform_non_params=lambda _: rep)
   state_sh = TrainState(step=rep, params=param_sh, opt_state=opt_sh)
   abs_state = ckpt_lib.abstract_like(
       TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abs_params, opt_state=abs_opt),
       state_sh)
-  return _Setup(head, model, bert_config, tx, schedule, mesh, rules, init_params, state_sh,
-                abs_state)
+  return _Setup(head, model, eval_model, bert_config, tx, schedule, mesh, rules, init_params,
+                state_sh, abs_state, lora, lora_modules, partition)
 
 
 def fresh_params(setup: _Setup, rng: jax.Array) -> Any:
@@ -302,13 +320,21 @@ def _initial_state(config, setup: _Setup, checkpointer: ckpt_lib.Checkpointer,
     return state, train_item["rng"], latest
   init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
   fresh = lambda: fresh_params(s, init_rng)  # pylint: disable=g-long-lambda
-  if config.init_checkpoint:
+  if config.init_checkpoint and s.lora is not None:  # the checkpoint's model, fresh adapters
+    init = fresh()
+    params = lora_lib.with_adapters(initialize.load_init_params(
+        config.init_checkpoint, s.bert_config, lora_lib.without_adapters(s.abstract_state.params),
+        lambda: lora_lib.without_adapters(init), s.head.spec.to_record()), init)
+    logging.info("initialised from %s; LoRA rank %d on %d modules", config.init_checkpoint,
+                 s.lora.rank, len(s.lora_modules))
+  elif config.init_checkpoint:
     params = initialize.load_init_params(config.init_checkpoint, s.bert_config,
                                          s.abstract_state.params, fresh, s.head.spec.to_record())
     logging.info("initialised from %s", config.init_checkpoint)
   else:
     params = fresh()
-  opt_state = jax.jit(s.tx.init, out_shardings=s.state_sharding.opt_state)(params)
+  opt_state = jax.jit(lambda p: s.tx.init(s.partition.split(p)[0]),
+                      out_shardings=s.state_sharding.opt_state)(params)
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params,
                      opt_state=opt_state)
   return state, jax.device_put(rng, rep), None
@@ -339,9 +365,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     if checkpointer.latest_step() is not None:
       model_dir.check_resume_compatible(workdir, setup.bert_config, head.recorded_heads, spec)
+      lora_lib.check_resume(workdir, setup.lora)
     state, rng, restored = _initial_state(config, setup, checkpointer, data)
     model_dir.write_model_files(workdir, setup.bert_config, head.recorded_heads,
                                 data.tokenizer_dir, spec.to_record())
+    if setup.lora is not None and jax.process_index() == 0:
+      lora_lib.write_settings(workdir, setup.lora, setup.lora_modules,
+                              {"base_model": config.init_checkpoint})
     mesh, rules = setup.mesh, setup.rules
     # The global mesh turns the model's logical activation constraints on.
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -352,17 +382,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                           grad_accum_steps=config.grad_accum_steps,
                           nonfinite=config.nonfinite, mesh=mesh,
                           flops_per_row=functools.partial(head.flops_per_sequence,
-                                                          setup.bert_config, config=config)),
+                                                          setup.bert_config, config=config),
+                          partition=setup.partition),
           in_shardings=(setup.state_sharding, batch_sh, rep),
           out_shardings=(setup.state_sharding, rep), donate_argnums=(0,))
-      p_eval_step = jax.jit(make_eval_step(head, setup.model),
+      p_eval_step = jax.jit(make_eval_step(head, setup.eval_model),
                             in_shardings=(setup.state_sharding.params, batch_sh),
                             out_shardings=rep)
       with loop_lib.Loop(config, head, setup.bert_config, workdir, checkpointer, mesh,
                          restored, data.tokenizer_dir) as loop:
         result = loop.run(state, rng, data, p_train_step, p_eval_step, preemption, step_hook)
     if not result["preempted"]:
-      finalize.after_training(config, workdir, head)
+      finalize.after_training(config, workdir, head, setup.lora, setup.lora_modules)
     return result
   finally:
     preemption.uninstall()

@@ -109,4 +109,16 @@ def get_config():
   c.qa.null_score_diff_threshold = 0.0
   # Also write WORKDIR/best_hf, a Hugging Face dir (BertFor<head> with id2label).
   c.export_hf = False
+  # --- LoRA (Hu et al. 2021): the encoder frozen, low-rank adapters and the head trained. ---
+  c.lora = ml_collections.ConfigDict()
+  # Adapter rank (0 = off: full fine-tuning). Needs init_checkpoint; best/ is exported merged,
+  # WORKDIR/best_lora/ holds the adapters and head alone.
+  c.lora.rank = 0
+  # The adapters' update is scaled by alpha / rank (peft's lora_alpha).
+  c.lora.alpha = 16.0
+  # Dropout on the adapters' input during training (peft's lora_dropout).
+  c.lora.dropout = 0.0
+  # Regex searched in encoder kernel paths (bert/encoder/layer_0/attention/query/kernel): the
+  # kernels that get adapters. Default: the attention query and value projections.
+  c.lora.targets = r"attention/(query|value)/kernel$"
   return c

@@ -238,6 +238,8 @@ def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
               else model_dir.latest_params_dir(path))
     params = model_lib.to_layout(model_dir._load_orbax_params(source), config.replace(scan_layers=False))
     params = jax.tree_util.tree_map(np.asarray, params)
+    from bert_jax import lora  # pylint: disable=g-import-not-at-top
+    params = lora.merged_for_reading(path, params)  # a LoRA workdir reads as its merged model
     heads = heads_lib.ordered(doc.get("heads", []))
     num_labels, task = doc.get("num_labels"), doc.get("task")
     labelled = heads_lib.labelled_head(heads)
