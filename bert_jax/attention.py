@@ -27,6 +27,13 @@ kernels run in training. On the tiny CPU pretraining run in BENCHMARKS.md
 run-to-run noise; set `--config.model.attention_dropout_rate=0.1` to train
 exactly as the paper (at xla speed).
 
+Sliding windows (`local_window=W`, ModernBERT's local layers): a query sees the keys
+within W // 2 positions either side (Hugging Face's `local_attention`). xla: a band
+ANDed into the mask. splash: its `LocalMask`. cuDNN in this jax has only left
+(causal) windows, so local layers fall back to xla with a one-time warning. A scanned
+stack of alternating layers (one compiled layer for both kinds) passes the band as a
+dense mask instead: cuDNN takes it as a mask, splash falls back to xla.
+
 Padding semantics are those of BERT / Hugging Face: padding keys are masked,
 padding queries still attend (their outputs are never used). Kernels may differ
 at padding query positions only; every real position agrees.
@@ -134,14 +141,16 @@ def _warn_once(message: str) -> None:
 
 
 def select_implementation(requested: str, *, platform: str, dtype, length: int, head_dim: int,
-                          dropout: bool, num_devices: int = 1) -> str:
+                          dropout: bool, num_devices: int = 1, local_window: int = 0) -> str:
   """The kernel that will actually run (pure: platform and shapes are arguments).
 
   `auto` never warns; a kernel asked for by name that cannot serve the call
   falls back to xla with a one-time warning saying why. `auto` takes splash on
   one TPU chip only: the Pallas call has no partitioning rule here (no
   shard_map wrapper yet), so on a sharded mesh XLA would have to gather its
-  inputs; cuDNN's call partitions over the batch by itself.
+  inputs; cuDNN's call partitions over the batch by itself. A sliding-window layer
+  (`local_window` > 0) that its kernel cannot serve falls back to xla, with a warning
+  once (also under `auto`: the stack chose that kernel for its global layers).
   """
   if requested not in IMPLEMENTATIONS:
     raise UserError(f"attention_impl={requested!r} is not one of {IMPLEMENTATIONS}")
@@ -150,6 +159,14 @@ def select_implementation(requested: str, *, platform: str, dtype, length: int, 
       "cudnn": _cudnn_unsupported(platform, dtype, head_dim, dropout),
       "splash": _splash_unsupported(platform, length, dropout),
   }
+  if local_window:
+    chosen = select_implementation(requested, platform=platform, dtype=dtype, length=length,
+                                   head_dim=head_dim, dropout=dropout, num_devices=num_devices)
+    why = _window_unsupported(chosen)
+    if why is not None:
+      _warn_once(f"sliding-window attention: {why}; using the XLA kernel for those layers.")
+      return "xla"
+    return chosen
   if requested == "auto":
     if platform == "gpu" and why_not["cudnn"] is None:
       return "cudnn"
@@ -173,6 +190,20 @@ def _cudnn_unsupported(platform: str, dtype, head_dim: int, dropout: bool) -> Op
     return ("cuDNN attention has no attention-probability dropout here (training with "
             "attention_dropout_rate > 0; set it to 0 to use the fused kernel)")
   return None
+
+
+def _window_unsupported(implementation: str) -> Optional[str]:
+  # jax 0.10.2's `jax.nn.dot_product_attention(implementation="cudnn")` raises for a right
+  # window without a causal mask; splash's LocalMask and the xla band take both sides.
+  if implementation == "cudnn":
+    return "cuDNN in this jax supports only causal (left) windows, not two-sided ones"
+  return None
+
+
+def window_mask(length: int, local_window: int) -> jax.Array:
+  """[1, 1, L, L] True where |query - key| <= local_window // 2."""
+  positions = jnp.arange(length)
+  return (jnp.abs(positions[:, None] - positions[None, :]) <= local_window // 2)[None, None]
 
 
 def _splash_unsupported(platform: str, length: int, dropout: bool) -> Optional[str]:
@@ -298,24 +329,30 @@ def _cudnn_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask: AttentionMask,
 
 
 @functools.lru_cache(maxsize=None)
-def _splash_kernel(length: int, num_heads: int, interpret: bool):
+def _splash_kernel(length: int, num_heads: int, interpret: bool, local_window: int = 0):
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash  # pylint: disable=g-import-not-at-top
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask  # pylint: disable=g-import-not-at-top
   block = 128
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                             block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                             block_q_dq=block, block_kv_dq=block)
-  heads = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * num_heads)
+  if local_window:
+    half = local_window // 2
+    one = splash_mask.LocalMask((length, length), window_size=(half, half), offset=0)
+  else:
+    one = splash_mask.FullMask((length, length))
+  heads = splash_mask.MultiHeadMask([one] * num_heads)
   kernel = splash.make_splash_mha(heads, block_sizes=sizes, head_shards=1, q_seq_shards=1,
                                   interpret=interpret)
   return kernel, splash.SegmentIds
 
 
-def _splash_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask: AttentionMask, interpret: bool):
+def _splash_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask: AttentionMask, interpret: bool,
+                      local_window: int = 0):
   _, length, heads, head_dim = q_BxLxHxD.shape
   if length % 128:
     raise UserError(f"splash attention needs a length that is a multiple of 128, not {length}")
-  kernel, segment_ids_cls = _splash_kernel(length, heads, interpret)
+  kernel, segment_ids_cls = _splash_kernel(length, heads, interpret, local_window)
   # Padding as segments: real tokens are segment 1, padding segment 0. Padding
   # queries then see padding keys only, which changes nothing at real positions.
   segments_BxL = mask.segment_ids_BxL
@@ -344,6 +381,7 @@ def dot_product_attention(
     deterministic: bool = True,
     max_segments: Optional[int] = None,
     return_weights: bool = False,
+    local_window: int = 0,
 ) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
   """Scaled dot-product attention, [B, L, H, D] in and out.
 
@@ -354,6 +392,7 @@ def dot_product_attention(
     return_weights: also return the softmax probabilities [B, H, Lq, Lk] (float32, before
       dropout), for the attention viewer. The fused kernels never materialise them, so this
       always runs the xla kernel.
+    local_window: W > 0 = sliding-window attention, keys within W // 2 positions.
   """
   if return_weights:
     implementation = "xla"
@@ -363,10 +402,11 @@ def dot_product_attention(
   implementation = select_implementation(implementation, platform=platform,
                                          dtype=q_BxLxHxD.dtype, length=length,
                                          head_dim=head_dim, dropout=uses_dropout,
-                                         num_devices=jax.device_count())
+                                         num_devices=jax.device_count(),
+                                         local_window=local_window)
   if mask is not None and not isinstance(mask, AttentionMask):
     dense_Bx1xLxL = mask
-    if implementation == "cudnn":
+    if implementation == "cudnn":  # a scanned stack's band mask comes this way too
       return jax.nn.dot_product_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask=dense_Bx1xLxL,
                                           implementation="cudnn")
     if implementation == "splash":
@@ -380,8 +420,11 @@ def dot_product_attention(
     return _cudnn_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask, max_segments)
   if implementation == "splash":
     return _splash_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask,
-                             interpret=platform != "tpu")
+                             interpret=platform != "tpu", local_window=local_window)
   if dense_Bx1xLxL is None:
     dense_Bx1xLxL = mask.dense(length)
+  if local_window:
+    band_1x1xLxL = window_mask(length, local_window)
+    dense_Bx1xLxL = band_1x1xLxL if dense_Bx1xLxL is None else dense_Bx1xLxL & band_1x1xLxL
   return _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, dense_Bx1xLxL, dropout_rng,
                         dropout_rate, deterministic, return_weights)

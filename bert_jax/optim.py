@@ -17,7 +17,7 @@ import optax
 from bert_jax.errors import UserError
 
 OPTIMIZERS = ("adamw", "lamb")
-SCHEDULES = ("linear", "polynomial", "cosine", "constant")
+SCHEDULES = ("linear", "polynomial", "cosine", "constant", "wsd")
 
 # Leaf names that never get weight decay (BERT: "LayerNorm", "layer_norm", "bias").
 _NO_DECAY = ("bias", "scale", "output_bias")
@@ -32,6 +32,11 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   total = int(config.num_train_steps)
   end = peak * float(config.end_learning_rate_ratio)
   decay_steps = max(total - warmup, 1)
+  if config.schedule == "wsd":
+    if "wsd_decay_fraction" not in config:
+      raise UserError("config.schedule='wsd' needs config.wsd_decay_fraction (the fraction of "
+                      "num_train_steps spent decaying, e.g. 0.1)")
+    return warmup_stable_decay(peak, warmup, total, float(config.wsd_decay_fraction), end)
   if config.schedule == "linear":
     decay = optax.linear_schedule(peak, end, decay_steps)
   elif config.schedule == "polynomial":
@@ -43,6 +48,22 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   if warmup <= 0:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def warmup_stable_decay(peak: float, warmup_steps: int, total_steps: int,
+                        decay_fraction: float, end: float = 0.0) -> optax.Schedule:
+  """Warmup-stable-decay (the "trapezoidal" schedule of ModernBERT and MiniCPM): linear
+  warmup 0 -> peak, `peak` held, then a linear decay to `end` over the last
+  `decay_fraction` of `total_steps`. A run can branch off the stable phase and decay at
+  any point, so one long run serves several budgets."""
+  if not 0.0 <= decay_fraction <= 1.0:
+    raise UserError(f"config.wsd_decay_fraction={decay_fraction} must be in [0, 1]")
+  decay = int(round(total_steps * decay_fraction))
+  stable = max(total_steps - warmup_steps - decay, 0)
+  parts = [optax.linear_schedule(0.0, peak, max(warmup_steps, 1)),
+           optax.constant_schedule(peak),
+           optax.linear_schedule(peak, end, max(decay, 1))]
+  return optax.join_schedules(parts, [max(warmup_steps, 0), max(warmup_steps, 0) + stable])
 
 
 def weight_decay_mask(params: Any) -> Any:

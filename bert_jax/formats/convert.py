@@ -32,6 +32,7 @@ from bert_jax import tokenization
 from bert_jax.formats import torch_pickle
 from bert_jax import heads as heads_lib
 from bert_jax.formats import model_dir
+from bert_jax.formats import modernbert
 from bert_jax.formats import weight_names
 from bert_jax.errors import UserError
 from bert_jax.model import BertConfig
@@ -104,8 +105,11 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 def _hf_config(path: str) -> tuple[BertConfig, dict]:
   config_path = os.path.join(path, "config.json")
   hf = files.read_json(config_path)
+  if modernbert.is_modernbert(hf):
+    return modernbert.config_from_hf(hf, config_path), hf
   if hf.get("model_type", "bert") != "bert":
-    raise UserError(f"{config_path}: model_type={hf['model_type']!r}, expected 'bert'")
+    raise UserError(f"{config_path}: model_type={hf['model_type']!r}, expected 'bert' or "
+                    f"{modernbert.MODEL_TYPE!r}")
   try:
     return BertConfig.from_hf_dict(hf), hf
   except (ValueError, TypeError) as exc:
@@ -141,8 +145,11 @@ def _load_hf(path: str) -> tuple[BertConfig, dict, tuple, Optional[int], Optiona
                  else torch_pickle.load_state_dict(file))
   num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels")
   architecture = (hf.get("architectures") or [None])[0]
-  params, heads, num_labels = weight_names.state_to_params(
-      state, config, weights, num_labels=num_labels, architecture=architecture)
+  if modernbert.is_modernbert(hf):
+    params, heads, num_labels = modernbert.state_to_params(state, config, hf, weights)
+  else:
+    params, heads, num_labels = weight_names.state_to_params(
+        state, config, weights, num_labels=num_labels, architecture=architecture)
   return config, params, heads, num_labels, _hf_task(hf, heads, num_labels)
 
 
@@ -201,8 +208,11 @@ def read_model_task(path: str) -> Optional[dict]:
   if fmt == "hf":
     _, hf = _hf_config(path)
     names = hf.get("architectures") or []
+    architecture = names[0] if names else ""
+    if modernbert.is_modernbert(hf):  # ModernBertFor... -> BertFor...
+      architecture = architecture[len("Modern"):]
     head = {h.architecture: h.name for h in heads_lib.HEADS.values()
-            if h.labelled}.get(names[0] if names else "")
+            if h.labelled}.get(architecture)
     num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels")
     return _hf_task(hf, (head,), num_labels) if head else None
   return None
@@ -256,9 +266,22 @@ def from_pretrained(path: str, *, with_tokenizer: bool = True) -> Pretrained:
 # --- Writers. ---
 
 def save_hf(pre: Pretrained, directory: str) -> None:
-  """Hugging Face dir: config.json + model.safetensors + vocab.txt (from_pretrained-ready)."""
-  hf = pre.config.to_hf_dict()
-  hf["architectures"] = [heads_lib.architecture(pre.heads)]
+  """Hugging Face dir: config.json + model.safetensors + vocab.txt (from_pretrained-ready).
+
+  A ModernBERT-switched model is written as transformers' ModernBERT
+  (`formats/modernbert.py`); switches no transformers class has are refused.
+  """
+  modernbert.check_exportable(pre.config)
+  if modernbert.is_modern_config(pre.config):
+    state, classifier_bias = modernbert.params_to_state(pre.params, pre.config, pre.heads,
+                                                        pre.num_labels)
+    hf = modernbert.config_to_hf(
+        pre.config, modernbert.architecture_of(modernbert.export_head(pre.heads)),
+        classifier_bias, pre.tokenizer)
+  else:
+    state = weight_names.params_to_state(pre.params, pre.config, pre.heads, pre.num_labels)
+    hf = pre.config.to_hf_dict()
+    hf["architectures"] = [heads_lib.architecture(pre.heads)]
   if pre.num_labels is not None:
     labels = pre.labels or [f"LABEL_{i}" for i in range(pre.num_labels)]
     hf["id2label"] = {str(i): label for i, label in enumerate(labels)}
@@ -270,7 +293,6 @@ def save_hf(pre: Pretrained, directory: str) -> None:
       hf["problem_type"] = "single_label_classification"
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf, f, indent=2)
-  state = weight_names.params_to_state(pre.params, pre.config, pre.heads, pre.num_labels)
   weights = os.path.join(directory, "model.safetensors")
   safetensors.numpy.save_file(state, weights, metadata={"format": "pt"})
   os.chmod(weights, 0o666 & ~files.umask())  # safetensors writes it 0600

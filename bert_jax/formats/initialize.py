@@ -19,6 +19,12 @@ from bert_jax.errors import UserError
 from bert_jax.model import DTYPES, BertConfig, to_layout
 
 SIZE_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+# The architecture switches of BertConfig a config may set under config.model (configs/
+# modernbert_base.py, modern_tiny.py); unset = BERT's.
+ARCH_KEYS = ("type_vocab_size", "hidden_act", "layer_norm_eps", "position_embedding",
+             "rope_theta", "rope_local_theta", "feed_forward", "norm_placement",
+             "first_layer_attn_norm", "use_bias", "norm_bias", "local_window", "global_every",
+             "tie_decoder", "pooler", "pooling", "pooler_bias")
 RUN_KEYS = ("max_position_embeddings", "hidden_dropout_rate", "attention_dropout_rate",
              "attention_impl", "scan_layers", "remat_policy")
 
@@ -45,7 +51,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
       raise UserError("config.model.preset is empty and there is no config.init_checkpoint to "
                       "take the model's size from")
     overrides = {k: m[k] for k in SIZE_KEYS if m.get(k) is not None}
-    overrides.update({k: m[k] for k in RUN_KEYS if k in m and m[k] is not None})
+    overrides.update({k: m[k] for k in RUN_KEYS + ARCH_KEYS if k in m and m[k] is not None})
     cfg = BertConfig.preset(m.preset, vocab_size=int(vocab_size), dtype=dtype,
                             **overrides)
   if config.max_seq_length > cfg.max_position_embeddings:
@@ -54,12 +60,22 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
   return cfg.for_platform()  # the run's platform defaults, made concrete once, here
 
 
-def run_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> BertConfig:
-  """The architecture of config.init_checkpoint when config.model.preset is empty."""
+def run_model_config(config: ml_collections.ConfigDict, vocab_size: int,
+                     head: Any = None) -> BertConfig:
+  """The architecture of config.init_checkpoint when config.model.preset is empty.
+
+  `head` (the run's `heads.Head`): a head that reads every token (token classification,
+  QA) on a ModernBERT-style encoder (`pooler='head'`) gets the per-token prediction head
+  (`token_head`) that transformers' ModernBertFor{Token,QuestionAnswering} have.
+  """
   if config.model.get("preset") or not config.init_checkpoint:
-    return model_config(config, vocab_size)
-  from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
-  return model_config(config, vocab_size, base=convert.read_model_config(config.init_checkpoint))
+    cfg = model_config(config, vocab_size)
+  else:
+    from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
+    cfg = model_config(config, vocab_size, base=convert.read_model_config(config.init_checkpoint))
+  if head is not None and cfg.pooler == "head" and head.predicts and not head.uses_pooler:
+    cfg = cfg.replace(token_head=True)
+  return cfg
 
 
 def load_init_params(path: str, bert_config: BertConfig, abstract_params: Any,
@@ -82,7 +98,9 @@ def load_init_params(path: str, bert_config: BertConfig, abstract_params: Any,
   labels_differ = bool(want_labels and have_labels and list(want_labels) != list(have_labels))
   out, fresh = {}, []
   for name, want in flat_want.items():
-    encoder = name.startswith("bert/") and not name.startswith("bert/pooler/")
+    # The pooler (BERT's dense, ModernBERT's dense + norm) is fresh when the checkpoint has none.
+    encoder = name.startswith("bert/") and not name.startswith(("bert/pooler/",
+                                                                 "bert/pooler_norm/"))
     have = flat_have.get(name)
     if have is None or (not encoder and (tuple(have.shape) != tuple(want.shape)
                                          or (labels_differ and not name.startswith("bert/")))):

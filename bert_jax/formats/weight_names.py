@@ -35,7 +35,7 @@ from bert_jax.model import BertConfig
 # --- The rename table: canonical (HF) names <-> bert_jax tree paths. ---
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
+class Entry:
   hf: str  # without the 'bert.' prefix
   path: tuple[str, ...]
   kind: str  # copy | dense | qkv | qkv_bias | attn_out
@@ -43,7 +43,7 @@ class _Entry:
 
 
 def _table(config: BertConfig, heads: tuple[str, ...], pooler: bool,
-           num_labels: Optional[int]) -> list[_Entry]:
+           num_labels: Optional[int]) -> list[Entry]:
   e, m, v = config.hidden_size, config.intermediate_size, config.vocab_size
   rows: list[head_base.Row] = []
   for name, n in (("word_embeddings", v), ("position_embeddings", config.max_position_embeddings),
@@ -67,7 +67,7 @@ def _table(config: BertConfig, heads: tuple[str, ...], pooler: bool,
     rows += head_base.dense_rows("pooler.dense", ("bert", "pooler"), e, e)
   for head in heads:
     rows += heads_lib.HEADS[head].rows(config, num_labels)
-  return [_Entry(*row) for row in rows]
+  return [Entry(*row) for row in rows]
 
 
 _HEAD_PREFIXES = tuple(sorted({h.hf_prefix for h in heads_lib.HEADS.values()}))
@@ -155,34 +155,56 @@ def state_to_params(state: dict[str, np.ndarray], config: BertConfig, source: st
     num_labels = None
   pooler = any(k.startswith("pooler.") for k in flat) or heads_lib.uses_pooler(heads)
   table = _table(config, heads, pooler, num_labels)
-  known = {entry.hf for entry in table}
   prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
-  missing = [entry.hf if entry.hf.startswith(_HEAD_PREFIXES) else prefix + entry.hf
-             for entry in table if entry.hf not in flat]
-  if tf_names:
-    missing = [_tf_name(name) for name in missing]
-  extra = sorted(names[k] for k in flat if k not in known and not _HARMLESS.search(k))
+
+  def shown(name):
+    name = name if name.startswith(_HEAD_PREFIXES) else prefix + name
+    return _tf_name(name) if tf_names else name
+
+  params = build_params(flat, table, config, source, names, shown,
+                        f"a BERT with {config.num_layers} layers and heads {list(heads)}")
+  return params, heads, num_labels
+
+
+def build_params(flat: dict[str, np.ndarray], table: list[Entry], config: BertConfig,
+                 source: str, names: dict[str, str], shown, described: str) -> dict:
+  """The bert_jax tree of a canonical flat dict, after every check: missing and unexpected
+  tensors (named by `shown(canonical)` and `names`), shapes and dtypes."""
+  known = {entry.hf for entry in table}
+  missing = list(dict.fromkeys(shown(entry.hf) for entry in table if entry.hf not in flat))
+  extra = sorted(names.get(k, k) for k in flat if k not in known and not _HARMLESS.search(k))
   if missing or extra:
     parts = []
     if missing:
       parts.append(f"missing tensors {missing[:20]}" + (" ..." if len(missing) > 20 else ""))
     if extra:
       parts.append(f"unexpected tensors {extra[:20]}" + (" ..." if len(extra) > 20 else ""))
-    raise UserError(f"{source} does not match a BERT with {config.num_layers} layers and heads "
-                    f"{list(heads)}: " + "; ".join(parts))
+    raise UserError(f"{source} does not match {described}: " + "; ".join(parts))
   params: dict = {}
   for entry in table:
     x = flat[entry.hf]
+    name = names.get(entry.hf, entry.hf)
     if tuple(x.shape) != entry.shape:
-      raise UserError(f"{source}: tensor {names[entry.hf]} has shape {list(x.shape)}, expected "
+      raise UserError(f"{source}: tensor {name} has shape {list(x.shape)}, expected "
                       f"{list(entry.shape)} from the model config")
     if not (np.issubdtype(x.dtype, np.floating) or x.dtype == ml_dtypes.bfloat16):
-      raise UserError(f"{source}: tensor {names[entry.hf]} has dtype {x.dtype}, expected floats")
+      raise UserError(f"{source}: tensor {name} has dtype {x.dtype}, expected floats")
     node = params
     for key in entry.path[:-1]:
       node = node.setdefault(key, {})
     node[entry.path[-1]] = _to_jax(np.asarray(x, np.float32), entry.kind, config)
-  return params, heads, num_labels
+  return params
+
+
+def state_from_params(params: dict, table: list[Entry], shown) -> dict[str, np.ndarray]:
+  """The flat state dict of a bert_jax tree under `shown(canonical name)`."""
+  state = {}
+  for entry in table:
+    node = params
+    for key in entry.path:
+      node = node[key]
+    state[shown(entry.hf)] = _to_hf(np.asarray(node), entry.kind)
+  return state
 
 
 def params_to_state(params: dict, config: BertConfig, heads: tuple[str, ...],
@@ -190,14 +212,9 @@ def params_to_state(params: dict, config: BertConfig, heads: tuple[str, ...],
   """bert_jax params (unrolled) -> Hugging Face state dict (prefixed when heads exist)."""
   pooler = "pooler" in params.get("bert", {})
   prefix = "bert." if heads else ""
-  state = {}
-  for entry in _table(config, heads, pooler, num_labels):
-    node = params
-    for key in entry.path:
-      node = node[key]
-    name = entry.hf if entry.hf.startswith(_HEAD_PREFIXES) else prefix + entry.hf
-    state[name] = _to_hf(np.asarray(node), entry.kind)
-  return state
+  return state_from_params(
+      params, _table(config, heads, pooler, num_labels),
+      lambda name: name if name.startswith(_HEAD_PREFIXES) else prefix + name)
 
 
 # --- Google (TF) names -> canonical names, as transformers' load_tf_weights_in_bert. ---

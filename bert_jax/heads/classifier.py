@@ -65,6 +65,11 @@ class Classifier(base.Head):
     return base.dense_rows("classifier", ("classifier",), num_labels, config.hidden_size)
 
   @classmethod
+  def modern_rows(cls, config, num_labels):
+    """ModernBertForSequenceClassification's own tensors (its `head.*` is the pooler)."""
+    return cls.rows(config, num_labels)
+
+  @classmethod
   def hf_kind(cls, hf, num_labels):
     return ("regression" if hf.get("problem_type") == "regression" or num_labels == 1
             else "classification")

@@ -64,6 +64,11 @@ class MultipleChoice(base.Head):
     return base.dense_rows("classifier", ("classifier",), 1, config.hidden_size)
 
   @classmethod
+  def modern_rows(cls, config, num_labels):
+    """ModernBertForMultipleChoice's own tensors (its `head.*` is the pooler)."""
+    return cls.rows(config, num_labels)
+
+  @classmethod
   def hf_kind(cls, hf, num_labels):
     return "multiple_choice"
 

@@ -99,6 +99,16 @@ class MaskedLM(base.Head):
             + base.norm_rows("cls.predictions.transform.LayerNorm", ("mlm", "layer_norm"), e)
             + [("cls.predictions.bias", ("mlm", "output_bias"), "copy", (config.vocab_size,))])
 
+  @classmethod
+  def modern_rows(cls, config, num_labels):
+    """ModernBertForMaskedLM's `head` (the transform) and decoder bias."""
+    e = config.hidden_size
+    norm = [("head.norm.weight", ("mlm", "layer_norm", "scale"), "copy", (e,))]
+    if config.norm_bias:
+      norm.append(("head.norm.bias", ("mlm", "layer_norm", "bias"), "copy", (e,)))
+    return (base.dense_rows("head.dense", ("mlm", "transform"), e, e) + norm
+            + [("decoder.bias", ("mlm", "output_bias"), "copy", (config.vocab_size,))])
+
 
 class NextSentence(base.Head):
   """The NSP head as a checkpoint holds it (trained by `Pretraining`)."""

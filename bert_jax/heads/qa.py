@@ -66,6 +66,11 @@ class QuestionAnswering(base.Head):
     return base.dense_rows("qa_outputs", ("qa_outputs",), 2, config.hidden_size)
 
   @classmethod
+  def modern_rows(cls, config, num_labels):
+    """ModernBertForQuestionAnswering names its start/end layer `classifier`."""
+    return base.dense_rows("classifier", ("qa_outputs",), 2, config.hidden_size)
+
+  @classmethod
   def hf_kind(cls, hf, num_labels):
     return "qa"
 

@@ -67,6 +67,11 @@ class TokenClassifier(base.Head):
     return base.dense_rows("classifier", ("classifier",), num_labels, config.hidden_size)
 
   @classmethod
+  def modern_rows(cls, config, num_labels):
+    """ModernBertForTokenClassification's own tensors (`head.*`: the encoder's token head)."""
+    return cls.rows(config, num_labels)
+
+  @classmethod
   def hf_kind(cls, hf, num_labels):
     return "tagging"
 
