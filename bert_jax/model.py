@@ -294,9 +294,25 @@ def dense(features, axes, config: BertConfig, name: str, **kwargs) -> nn.Module:
       name=name, **kwargs)
 
 
-def _dense(features, axes, config: BertConfig, name: str, **kwargs) -> nn.Module:
-  """An encoder layer: `dense` with a bias iff `config.use_bias`."""
-  return dense(features, axes, config, name, use_bias=config.use_bias, **kwargs)
+def _dense(features, axes, config: BertConfig, name: str, **kwargs):
+  """An encoder layer: `dense` with a bias iff `config.use_bias`.
+
+  Without a bias the input's leading (batch, length) axes are merged first: XLA's CPU
+  backend ran the gradient of a bias-less [B, L, E] dense followed by GELU about 2x
+  slower than the same on [B * L, E] (measured: 126 vs 49 ms), which made bias-less
+  (ModernBERT) layers ~1.6x slower per layer on CPU. The result is the same matmul.
+  """
+  layer = dense(features, axes, config, name, use_bias=config.use_bias, **kwargs)
+  if config.use_bias:
+    return layer
+  contracted = len(kwargs.get("axis", (-1,))) if isinstance(kwargs.get("axis"), tuple) else 1
+
+  def apply(x):
+    lead = x.shape[:-contracted]
+    y = layer(x.reshape((-1,) + x.shape[len(lead):]))
+    return y.reshape(lead + y.shape[1:])
+
+  return apply
 
 
 class LayerNorm(nn.Module):
