@@ -248,7 +248,7 @@ def resolve_schedule(config: ml_collections.ConfigDict, num_train_examples: Opti
 
 
 def _setup(config: ml_collections.ConfigDict, head, spec: Spec) -> _Setup:
-  bert_config = initialize.run_model_config(config, spec.vocab_size)
+  bert_config = initialize.run_model_config(config, spec.vocab_size, head=head)
   if bert_config.vocab_size < spec.vocab_size:
     raise UserError(f"the tokenizer has {spec.vocab_size} tokens but the model only "
                     f"{bert_config.vocab_size} embeddings")

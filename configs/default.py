@@ -99,10 +99,13 @@ def training() -> ml_collections.ConfigDict:
   c.adam_eps = 1e-6
   # Decoupled weight decay, not applied to LayerNorm parameters or biases.
   c.weight_decay = 0.01
-  # Decay after warmup: 'linear' (BERT), 'polynomial', 'cosine' or 'constant'.
+  # Decay after warmup: 'linear' (BERT), 'polynomial', 'cosine', 'constant' or 'wsd'
+  # (warmup-stable-decay: flat at the peak, then linear decay over the last steps).
   c.schedule = "linear"
   # Exponent of the 'polynomial' schedule (1.0 = linear).
   c.schedule_power = 1.0
+  # 'wsd': fraction of the steps spent decaying at the end.
+  c.wsd_decay_fraction = 0.1
   # Final learning rate as a fraction of the peak.
   c.end_learning_rate_ratio = 0.0
   # Micro-batches per step (gradient accumulation); must divide the per-device batch. 0 = per

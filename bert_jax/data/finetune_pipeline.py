@@ -74,14 +74,26 @@ class Packing:
   pad_id: int = 0
 
 
+def _packed_lengths(data: Encoded, rows_all: np.ndarray, weights_all: np.ndarray) -> np.ndarray:
+  """[S] tokens per sequence of a global batch (0 for padding examples: nothing packed)."""
+  real = (weights_all > 0).reshape((-1,) + (1,) * (data.lengths.ndim - 1))
+  return (data.lengths[rows_all] * real).reshape(-1)
+
+
+def packed_view_length(data: Encoded, max_seq_length: int) -> int:
+  """The padded-view width of every packed batch of `data`: the bucket of its longest
+  example, so only the row count varies between batches (fewer compiled shapes)."""
+  return bucket_length(int(data.lengths.max(initial=1)), max_seq_length)
+
+
 def _packed_batch(data: Encoded, rows_all: np.ndarray, weights_all: np.ndarray, length: int,
-                  packing: Packing, process_index: int, process_count: int) -> dict:
+                  packing: Packing, process_index: int, process_count: int,
+                  rows: int = 0) -> dict:
   """This host's block of the global batch `rows_all`, packed (see `Packing`)."""
   groups = packing.groups
   mine = slice(process_index * len(rows_all) // process_count,
                (process_index + 1) * len(rows_all) // process_count)
-  lengths = data.lengths[rows_all] * (weights_all > 0).reshape(
-      (-1,) + (1,) * (data.lengths.ndim - 1))  # padding examples pack nothing
+  lengths = _packed_lengths(data, rows_all, weights_all)
   count = lengths.size
   seq = {k: data.seq_fields[k][rows_all].reshape(count, -1)
          for k in ("input_ids", "token_type_ids")}
@@ -89,7 +101,7 @@ def _packed_batch(data: Encoded, rows_all: np.ndarray, weights_all: np.ndarray, 
   packed = packing_lib.pack(
       seq, lengths.reshape(-1), groups=groups, row_length=max(packing.row_length, length),
       unpack_length=length, pad_id=packing.pad_id,
-      keep=(process_index * per_host, (process_index + 1) * per_host))
+      keep=(process_index * per_host, (process_index + 1) * per_host), rows=rows)
   out = _batch(data, rows_all[mine], length, weights_all[mine])
   out.update(packed)  # the encoder's rows replace the padded input_ids / token_type_ids
   return out
@@ -119,8 +131,9 @@ class TrainStream:
     everyone, _ = self.order.host_rows(step)  # the global batch, for the shared bucket
     length = bucket_length(int(self.data.lengths[everyone].max()), self.max_seq_length,
                            self.buckets)
-    if self.packing is not None:
-      return _packed_batch(self.data, everyone, np.ones(len(everyone)), length, self.packing,
+    if self.packing is not None:  # one view width per run: only the row count varies
+      return _packed_batch(self.data, everyone, np.ones(len(everyone)),
+                           packed_view_length(self.data, self.max_seq_length), self.packing,
                            self.process_index, self.process_count)
     rows, _ = self.order.host_rows(step, self.process_index, self.process_count)
     return _batch(self.data, rows, length, np.ones(len(rows)))
@@ -143,7 +156,8 @@ def eval_batches(data: Encoded, *, global_batch_size: int, max_seq_length: int,
                  process_index: int = 0, process_count: int = 1,
                  buckets: Sequence[int] = BUCKETS,
                  packing: Optional[Packing] = None) -> Iterator[dict[str, np.ndarray]]:
-  """One exact pass in length order; every host yields the same number of equal-size batches.
+  """One exact pass (padded: in length order; packed: in input order, one shape); every host
+  yields the same number of equal-size batches.
 
   Rows carry `example_index` (their position in `data`), so gathered predictions
   can be put back in input order.
@@ -152,18 +166,32 @@ def eval_batches(data: Encoded, *, global_batch_size: int, max_seq_length: int,
     raise UserError(f"eval batch size {global_batch_size} must be divisible by the "
                     f"{process_count} processes")
   per_host = global_batch_size // process_count
-  order = np.argsort(data.lengths.reshape(len(data), -1).max(-1), kind="stable")
-  n = len(order)
+  n = len(data)
+  if packing is None:  # padded: length order, fewer padded tokens
+    order = np.argsort(data.lengths.reshape(len(data), -1).max(-1), kind="stable")
+  else:  # packed: input order, so every batch has about the same tokens (one row count)
+    order = np.arange(n)
+    view = packed_view_length(data, max_seq_length)
+    rows = 0
+    for start in range(0, n, global_batch_size):
+      batch = order[start:start + global_batch_size]
+      weights = np.zeros(global_batch_size, np.float32)
+      weights[:len(batch)] = 1
+      batch = np.concatenate([batch, np.zeros(global_batch_size - len(batch), np.int64)])
+      rows = max(rows, packing_lib.rows_needed(
+          _packed_lengths(data, batch, weights), groups=packing.groups,
+          row_length=max(packing.row_length, view)))
   for start in range(0, n, global_batch_size):
     rows_all = order[start:start + global_batch_size]
-    length = bucket_length(int(data.lengths[rows_all].max()), max_seq_length, buckets)
+    length = (view if packing is not None else
+              bucket_length(int(data.lengths[rows_all].max()), max_seq_length, buckets))
     real = np.zeros(global_batch_size, bool)
     real[:len(rows_all)] = True
     padded = np.concatenate([rows_all, np.zeros(global_batch_size - len(rows_all), np.int64)])
     mine = slice(process_index * per_host, (process_index + 1) * per_host)
     if packing is not None:
       out = _packed_batch(data, padded, real.astype(np.float32), length, packing, process_index,
-                          process_count)
+                          process_count, rows=rows)
     else:
       out = _batch(data, padded[mine], length, real[mine])
     out["example_index"] = np.where(real[mine], padded[mine], -1).astype(np.int32)

@@ -66,9 +66,25 @@ def row_count(n: int, counts: Sequence[int] = ROW_COUNTS) -> int:
   return next((c for c in counts if c >= n), n)
 
 
+def _plans(lengths_S: np.ndarray, groups: int, row_length: int) -> list[list[np.ndarray]]:
+  per = len(lengths_S) // groups
+  plans = []
+  for g in range(groups):
+    block = lengths_S[g * per:(g + 1) * per]
+    real = np.flatnonzero(block > 0)
+    plans.append([real[r] for r in pack_rows(block[real], row_length)])
+  return plans
+
+
+def rows_needed(lengths_S: np.ndarray, *, groups: int, row_length: int) -> int:
+  """The rows per group `pack` gives these sequences (before any `rows` floor)."""
+  plans = _plans(np.asarray(lengths_S, np.int64), groups, row_length)
+  return row_count(max(1, max(len(p) for p in plans)))
+
+
 def pack(seq_fields: dict[str, np.ndarray], lengths_S: np.ndarray, *, groups: int,
          row_length: int, unpack_length: int, pad_id: int = 0,
-         keep: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+         keep: tuple[int, int] | None = None, rows: int = 0) -> dict[str, np.ndarray]:
   """Packed encoder inputs for S sequences in `groups` equal blocks (block g: sequences
   g*S/G ... (g+1)*S/G - 1), of groups `keep` = [first, end) (default all: a host keeps its
   own groups; the row count is still the most any group of the batch needs).
@@ -86,7 +102,8 @@ def pack(seq_fields: dict[str, np.ndarray], lengths_S: np.ndarray, *, groups: in
     `input_ids`, `token_type_ids`, `position_ids`, `packing_ids` [G*R, row_length] int32;
     `unpack_rows` [G, S/G] (row of each sequence within its group) and
     `unpack_positions` [G, S/G, Lb] (its token positions in that row, clipped to the row);
-    with `keep`, only those groups' rows and entries.
+    with `keep`, only those groups' rows and entries. `rows`: at least this many rows per
+    group (one shape for a whole evaluation pass).
   """
   lengths_S = np.asarray(lengths_S, np.int64)
   count = len(lengths_S)
@@ -95,12 +112,8 @@ def pack(seq_fields: dict[str, np.ndarray], lengths_S: np.ndarray, *, groups: in
   if lengths_S.max(initial=0) > row_length:
     raise ValueError(f"a sequence of {lengths_S.max()} tokens exceeds row_length={row_length}")
   per = count // groups
-  plans = []
-  for g in range(groups):
-    block = lengths_S[g * per:(g + 1) * per]
-    real = np.flatnonzero(block > 0)
-    plans.append([real[r] for r in pack_rows(block[real], row_length)])
-  rows = row_count(max(1, max(len(p) for p in plans)))
+  plans = _plans(lengths_S, groups, row_length)
+  rows = max(rows, row_count(max(1, max(len(p) for p in plans))))
   first, end = keep or (0, groups)
   plans = plans[first:end]
   shape = (len(plans) * rows, row_length)
