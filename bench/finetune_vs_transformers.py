@@ -3,6 +3,7 @@ r"""Fine-tuning, side by side: `launch/finetune.py` against a plain torch loop (
   python bench/finetune_vs_transformers.py                     # short single sentences
   python bench/finetune_vs_transformers.py --data=pairs --runs=3
   python bench/finetune_vs_transformers.py --model=HF_DIR --data=sample_pairs --trainer
+  python bench/finetune_vs_transformers.py --modern           # ModernBERT on both sides
 
 The headline is what users run against what transformers users run at their best: the
 user's command, `launch/finetune.py --config=configs/finetune.py --config.task=local ...`
@@ -69,7 +70,7 @@ def encode(rows):
 if mode == "trainer":  # transformers' own loop: Trainer + DataCollatorWithPadding
   rows = lambda enc, y: [dict({k: v[i] for k, v in enc.items()}, labels=int(y[i]))
                          for i in range(len(y))]
-  model = transformers.BertForSequenceClassification.from_pretrained(
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(
       model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
       label2id={l: i for i, l in enumerate(labels)})
   args = transformers.TrainingArguments(
@@ -89,14 +90,17 @@ if mode == "trainer":  # transformers' own loop: Trainer + DataCollatorWithPaddi
   sys.exit(0)
 import finetune_common as fc  # a plain torch loop, timed around its steps (bench/ on PYTHONPATH)
 fc.RECIPE.update(learning_rate=float(lr), batch_size=int(batch), seed=int(seed))
-def inputs(enc, y, rows):
-  ids = fc.pad([enc["input_ids"][i] for i in rows])
-  return dict(input_ids=ids, token_type_ids=fc.pad([enc["token_type_ids"][i] for i in rows]),
-              attention_mask=fc.pad([[1] * len(enc["input_ids"][i]) for i in rows]),
-              labels=torch.tensor(y[rows]))
 fc.seed_torch()
-model = transformers.BertForSequenceClassification.from_pretrained(model_dir,
-                                                                   num_labels=len(labels))
+model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir,
+                                                                        num_labels=len(labels))
+types = model.config.model_type != "modernbert"  # ModernBERT has no token types
+def inputs(enc, y, rows):
+  ids = fc.pad([enc["input_ids"][i] for i in rows], tok.pad_token_id)
+  out = dict(input_ids=ids, attention_mask=fc.pad([[1] * len(enc["input_ids"][i]) for i in rows]),
+             labels=torch.tensor(y[rows]))
+  if types:
+    out["token_type_ids"] = fc.pad([enc["token_type_ids"][i] for i in rows])
+  return out
 stats = {}
 speed = fc.torch_train(model, lambda rows: inputs(etr, ytr, rows), len(train),
                        fc.steps_for(len(train), float(epochs)), stats)
@@ -174,6 +178,28 @@ def random_model(source: str, spec: str, out: str) -> str:
   return out
 
 
+def modern_model(source: str, out: str) -> str:
+  """A random-weight ModernBERT (6 layers, 384 wide, GeGLU 576, 6 heads, window 128, global
+  every 3rd layer) with `source`'s WordPiece vocabulary, as a Hugging Face dir."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(out, "config.json")):
+    return out
+  with open(os.path.join(source, "vocab.txt"), encoding="utf-8") as f:
+    vocab = {t: i for i, t in enumerate(f.read().split("\n")[:-1])}
+  config = transformers.ModernBertConfig(
+      vocab_size=len(vocab), hidden_size=384, intermediate_size=576, num_hidden_layers=6,
+      num_attention_heads=6, max_position_embeddings=512, local_attention=128,
+      global_attn_every_n_layers=3, pad_token_id=vocab["[PAD]"], cls_token_id=vocab["[CLS]"],
+      bos_token_id=vocab["[CLS]"], sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"])
+  torch.manual_seed(0)
+  transformers.ModernBertModel(config).eval().save_pretrained(out)
+  # The tokenizer as transformers 5 saves it: tokenizer.json + tokenizer_config.json only.
+  transformers.BertTokenizerFast(vocab_file=os.path.join(source, "vocab.txt"),
+                                 do_lower_case=True).save_pretrained(out)
+  return out
+
+
 def run_ours(args, model: str, workdir: str, **extra) -> dict:
   overrides = {"task": "local", "init_checkpoint": model, "train_file": args.train,
                "validation_file": args.validation, "learning_rate": args.lr,
@@ -233,6 +259,8 @@ def main():
   parser.add_argument("--model", default="", help="Hugging Face BERT dir (default: MiniLM-sized "
                       "random BERT, see the docstring).")
   parser.add_argument("--random_init", default="", help="LxH: random weights of this size.")
+  parser.add_argument("--modern", action="store_true", help="A random ModernBERT (6 x 384, "
+                      "GeGLU, local windows) with the default model's vocabulary, both sides.")
   parser.add_argument("--data", default="short", help="short | pairs | sample_pairs")
   parser.add_argument("--train", default="", help="Own train.jsonl (overrides --data).")
   parser.add_argument("--validation", default="")
@@ -255,6 +283,8 @@ def main():
     _, _, model, _ = common.embedding_inputs(os.path.join(args.cache, "minilm"), 20000)
   if args.random_init:
     model = random_model(model, args.random_init, os.path.join(workdir, "random_model"))
+  if args.modern:
+    model = modern_model(model, os.path.join(args.cache, "modernbert_6x384"))
   if not args.train:
     paths = write_task(args.data, os.path.join(workdir, "data"), args.num_train, args.num_eval)
     args.train, args.validation = paths["train"], paths["validation"]
