@@ -3,7 +3,6 @@ heads loaded or fresh, predictions against transformers' text-classification pip
 
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from bert_jax.data.readers import sequences
 from bert_jax.errors import UserError
 from bert_jax.formats import convert
 from bert_jax.heads import classifier as classification
-from conftest import load_config, override, read_rows
+from conftest import load_config, override, read_rows, sigterm_then_resume
 
 
 def tiny_finetune_config(**overrides):
@@ -119,24 +118,13 @@ def test_local_pairs_train_evaluate_export_and_predict(files, tmp_path):
 
 def test_sigterm_then_resume_is_bit_identical(files, tmp_path):
   c = _local(files, num_train_steps=8, eval_every_steps=4, checkpoint_every_steps=4)
-  whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
-  train.train_and_evaluate(c, whole)
 
-  def sigterm_at_3(step):
-    if step == 3:
-      os.kill(os.getpid(), signal.SIGTERM)
+  def iterator_state_at_3(cut):
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "3" / "data_iterator" /
+                        "process_0-of-1.json").read_text())
+    assert state == {"step": 3}
 
-  first = train.train_and_evaluate(c, cut, step_hook=sigterm_at_3)
-  assert first["preempted"] and first["step"] == 3
-  state = json.loads((tmp_path / "cut" / "checkpoints" / "3" / "data_iterator" /
-                      "process_0-of-1.json").read_text())
-  assert state == {"step": 3}
-  train.train_and_evaluate(c, cut)
-  timing = ("seq_per_sec", "tokens_per_sec", "real_tokens_per_sec", "padding_fraction",
-            "mfu")  # absent after a restart: no window yet
-  strip = lambda rows: [{k: v for k, v in r.items() if k not in timing}  # noqa: E731
-                        for r in rows]
-  assert strip(read_rows(cut)) == strip(read_rows(whole))  # every loss and eval metric, bit for bit
+  whole, cut = sigterm_then_resume(c, tmp_path, after_cut=iterator_state_at_3)
   a = convert.from_pretrained(os.path.join(whole, "best")).params
   b = convert.from_pretrained(os.path.join(cut, "best")).params
   for x, y in zip(*(jax_leaves(t) for t in (a, b))):

@@ -3,7 +3,6 @@ BertForSequenceClassification; merged exports transformers reads; resume; bad in
 
 import json
 import os
-import signal
 import sys
 
 import jax
@@ -21,7 +20,7 @@ from bert_jax.data.contract import Spec
 from bert_jax.errors import UserError
 from bert_jax.formats import convert
 from bert_jax import heads as heads_lib
-from conftest import load_config, override, read_rows
+from conftest import load_config, override, read_rows, sigterm_then_resume
 
 LABELS = ("a", "b", "c")
 RANK, ALPHA = 4, 8.0
@@ -349,20 +348,7 @@ def test_sigterm_then_resume_is_bit_identical(files, tmp_path):
   # Adapter dropout on: the resumed run must also draw the same dropout masks.
   c = _local(files, num_train_steps=8, eval_every_steps=4, checkpoint_every_steps=4,
              **{"lora.dropout": 0.1})
-  whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
-  train.train_and_evaluate(c, whole)
-
-  def sigterm_at_3(step):
-    if step == 3:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  first = train.train_and_evaluate(c, cut, step_hook=sigterm_at_3)
-  assert first["preempted"] and first["step"] == 3
-  train.train_and_evaluate(c, cut)
-  timing = ("seq_per_sec", "tokens_per_sec", "real_tokens_per_sec", "padding_fraction", "mfu")
-  strip = lambda rows: [{k: v for k, v in r.items() if k not in timing}  # noqa: E731
-                        for r in rows]
-  assert strip(read_rows(cut)) == strip(read_rows(whole))
+  whole, cut = sigterm_then_resume(c, tmp_path)
   for d in ("best", "best_lora"):
     a, b = (_restore(os.path.join(w, d, "params")) for w in (whole, cut))
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):

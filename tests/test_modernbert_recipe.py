@@ -3,7 +3,6 @@ configs/modern_tiny.py pretraining MLM-only at 30% on prepared packed rows, its 
 exported to transformers' ModernBertForMaskedLM with the same logits."""
 
 import json
-import os
 
 import jax.numpy as jnp
 import ml_collections
@@ -13,7 +12,7 @@ import pytest
 from bert_jax import optim
 from bert_jax.errors import UserError
 
-from conftest import load_config, read_rows
+from conftest import load_config, prepare_sample_data, read_rows
 
 
 def _schedule_config(**overrides):
@@ -37,25 +36,6 @@ def test_warmup_stable_decay():
     optim.make_schedule(_schedule_config(wsd_decay_fraction=1.5))
 
 
-def _packed_sample(base) -> str:
-  from bert_jax import vocab_training  # pylint: disable=g-import-not-at-top
-  from bert_jax.data import prepare_pretraining, sample_corpus, text_corpus  # pylint: disable=g-import-not-at-top
-  with open(sample_corpus.shipped_path(), encoding="utf-8") as f:
-    lines = [next(f) for _ in range(3000)]
-  corpus = os.path.join(base, "corpus.txt")
-  with open(corpus, "w", encoding="utf-8") as f:
-    f.writelines(lines)
-  vocab = os.path.join(base, "vocab")
-  vocab_training.train_wordpiece(corpus, vocab, 300, lowercase=True)
-  stats = text_corpus.ReadStats()
-  out = os.path.join(base, "prepared")
-  options = prepare_pretraining.PrepareOptions(max_seq_length=32, mode="packed",
-                                               eval_fraction=0.1)
-  prepare_pretraining.prepare(text_corpus.read_documents([corpus], stats), stats, vocab, out,
-                              options)
-  return out
-
-
 @pytest.mark.slow
 def test_modern_tiny_pretrains_mlm_only_and_exports_to_transformers(tmp_path):
   import torch  # pylint: disable=g-import-not-at-top
@@ -65,7 +45,8 @@ def test_modern_tiny_pretrains_mlm_only_and_exports_to_transformers(tmp_path):
   from bert_jax.heads import pretraining  # pylint: disable=g-import-not-at-top
   c = load_config("modern_tiny.py")
   c.model.update(hidden_size=32, intermediate_size=48, num_heads=2, local_window=8)
-  c.update(train_data=_packed_sample(str(tmp_path)), max_seq_length=32,
+  c.update(train_data=prepare_sample_data(tmp_path, num_lines=3000, num_shards=1,
+                                             mode="packed"), max_seq_length=32,
            max_predictions_per_seq=10, batch_size=8, num_train_steps=12, warmup_steps=2,
            learning_rate=3e-3, log_every_steps=3, eval_every_steps=12,
            checkpoint_every_steps=12, num_eval_batches=2)

@@ -117,6 +117,8 @@ class TrainStream:
       raise UserError("the training set is empty")
     self.data = data
     self.packing = packing
+    if packing is not None:  # one view width per run: only the row count varies
+      self.view_length = packed_view_length(data, max_seq_length)
     self.order = GlobalOrder(len(data), global_batch_size, seed)
     self.max_seq_length = max_seq_length
     self.process_index, self.process_count = process_index, process_count
@@ -131,10 +133,9 @@ class TrainStream:
     everyone, _ = self.order.host_rows(step)  # the global batch, for the shared bucket
     length = bucket_length(int(self.data.lengths[everyone].max()), self.max_seq_length,
                            self.buckets)
-    if self.packing is not None:  # one view width per run: only the row count varies
-      return _packed_batch(self.data, everyone, np.ones(len(everyone)),
-                           packed_view_length(self.data, self.max_seq_length), self.packing,
-                           self.process_index, self.process_count)
+    if self.packing is not None:
+      return _packed_batch(self.data, everyone, np.ones(len(everyone)), self.view_length,
+                           self.packing, self.process_index, self.process_count)
     rows, _ = self.order.host_rows(step, self.process_index, self.process_count)
     return _batch(self.data, rows, length, np.ones(len(rows)))
 
