@@ -277,6 +277,8 @@ def main():
   parser.add_argument("--workdir", default="")
   parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "bert_jax_bench"))
   args = parser.parse_args()
+  if args.runs < 1 or args.num_train < 1 or args.num_eval < 1:
+    parser.error("--runs, --num_train and --num_eval must be >= 1")
   workdir = args.workdir or tempfile.mkdtemp(prefix="bench_finetune_")
   model = args.model
   if not model:

@@ -125,6 +125,10 @@ def main():
   parser.add_argument("--workdir", default="")
   parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "bert_jax_bench"))
   args = parser.parse_args()
+  if args.task not in ("classification", "ner", "both"):
+    parser.error(f"--task={args.task!r} is not one of classification, ner, both")
+  if args.lines < 1 or args.repeats < 1:
+    parser.error("--lines and --repeats must be >= 1")
   work = args.workdir or tempfile.mkdtemp(prefix="bench_predict_")
   os.makedirs(work, exist_ok=True)
   _, _, base, _ = common.embedding_inputs(os.path.join(args.cache, "minilm"), 20000)
