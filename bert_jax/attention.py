@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bert_jax import dropout as dropout_lib
 from bert_jax.errors import UserError
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
@@ -232,8 +233,7 @@ def _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL, dropout_rng,
   probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1)
   weights_BxHxLxL = probs_BxHxLxL
   if not deterministic and dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxLxL.shape)
-    probs_BxHxLxL = jnp.where(keep, probs_BxHxLxL / (1.0 - dropout_rate), 0.0)
+    probs_BxHxLxL = dropout_lib.dropout(probs_BxHxLxL, dropout_rate, dropout_rng)
   probs_BxHxLxL = probs_BxHxLxL.astype(v_BxLxHxD.dtype)
   ctx_BxLxHxD = jnp.einsum("bhqk,bkhd->bqhd", probs_BxHxLxL, v_BxLxHxD)
   return (ctx_BxLxHxD, weights_BxHxLxL) if return_weights else ctx_BxLxHxD

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax import attention as attention_lib
+from bert_jax import dropout as dropout_lib
 from bert_jax.errors import UserError
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -368,7 +369,7 @@ class BertEmbeddings(nn.Module):
       x_BxLxE = x_BxLxE + table("token_type_embeddings", cfg.type_vocab_size,
                                 None)(token_type_ids_BxL)
     x_BxLxE = LayerNorm(cfg, name="layer_norm")(x_BxLxE)
-    x_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(x_BxLxE, deterministic=deterministic)
+    x_BxLxE = dropout_lib.Dropout(cfg.hidden_dropout_rate)(x_BxLxE, deterministic=deterministic)
     if cfg.tie_decoder:
       return x_BxLxE, word.embedding
     # An untied MLM decoder: the matrix the MLM head multiplies by, [V, E].
@@ -458,7 +459,7 @@ def _feed_forward(cfg: BertConfig, x_BxLxE, deterministic):
   h_BxLxM = nn.with_logical_constraint(
       h_BxLxM, ("activation_batch", "activation_length", "activation_mlp"))
   h_BxLxE = _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "output")(h_BxLxM)
-  return nn.Dropout(cfg.hidden_dropout_rate)(h_BxLxE, deterministic=deterministic)
+  return dropout_lib.Dropout(cfg.hidden_dropout_rate)(h_BxLxE, deterministic=deterministic)
 
 
 class BertLayer(nn.Module):
@@ -498,13 +499,13 @@ class BertLayer(nn.Module):
       else:
         h_BxLxE = x_BxLxE
       attn_BxLxE = attention(h_BxLxE, mask, deterministic, rope)
-      x_BxLxE = x_BxLxE + nn.Dropout(cfg.hidden_dropout_rate)(attn_BxLxE,
+      x_BxLxE = x_BxLxE + dropout_lib.Dropout(cfg.hidden_dropout_rate)(attn_BxLxE,
                                                                deterministic=deterministic)
       h_BxLxE = LayerNorm(cfg, name="output_layer_norm")(x_BxLxE)
       x_BxLxE = x_BxLxE + _feed_forward(cfg, h_BxLxE, deterministic)
     else:
       attn_BxLxE = attention(x_BxLxE, mask, deterministic, rope)
-      attn_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(attn_BxLxE, deterministic=deterministic)
+      attn_BxLxE = dropout_lib.Dropout(cfg.hidden_dropout_rate)(attn_BxLxE, deterministic=deterministic)
       x_BxLxE = LayerNorm(cfg, name="attention_layer_norm")(x_BxLxE + attn_BxLxE)
       h_BxLxE = _feed_forward(cfg, x_BxLxE, deterministic)
       x_BxLxE = LayerNorm(cfg, name="output_layer_norm")(x_BxLxE + h_BxLxE)

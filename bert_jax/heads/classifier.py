@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bert_jax import dropout as dropout_lib
 from bert_jax import model as model_lib
 from bert_jax.errors import UserError
 from bert_jax.heads import base
@@ -44,7 +45,7 @@ class BertForSequenceClassification(nn.Module):
         input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
         packing_ids_BxL, deterministic=deterministic, unpack_rows_GxS=unpack_rows_GxS,
         unpack_positions_GxSxT=unpack_positions_GxSxT)
-    pooled_BxE = nn.Dropout(cfg.hidden_dropout_rate)(out.pooled_output,
+    pooled_BxE = dropout_lib.Dropout(cfg.hidden_dropout_rate)(out.pooled_output,
                                                      deterministic=deterministic)
     return model_lib.dense(self.num_labels, ("embed", None), cfg, "classifier")(
         pooled_BxE).astype(jnp.float32)

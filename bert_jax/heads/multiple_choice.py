@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bert_jax import dropout as dropout_lib
 from bert_jax import model as model_lib
 from bert_jax.errors import UserError
 from bert_jax.heads import base
@@ -55,7 +56,7 @@ class BertForMultipleChoice(nn.Module):
     out = model_lib.BertModel(cfg, name="bert")(
         ids, types, mask, positions, packing, deterministic=deterministic,
         unpack_rows_GxS=unpack_rows_GxS, unpack_positions_GxSxT=unpack_positions_GxSxT)
-    pooled_NxE = nn.Dropout(cfg.hidden_dropout_rate)(out.pooled_output,
+    pooled_NxE = dropout_lib.Dropout(cfg.hidden_dropout_rate)(out.pooled_output,
                                                      deterministic=deterministic)
     scores_Nx1 = model_lib.dense(1, ("embed", None), cfg, "classifier")(pooled_NxE)
     return scores_Nx1.astype(jnp.float32).reshape(-1, choices)

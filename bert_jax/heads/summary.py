@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bert_jax import dropout as dropout_lib
 from bert_jax import model as model_lib
 from bert_jax.data.readers import summaries
 from bert_jax.data.sentences import split_sentences
@@ -63,7 +64,7 @@ class BertForExtractiveSummary(nn.Module):
         input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
         packing_ids_BxL, deterministic=deterministic)
     cls_BxSxE = jnp.take_along_axis(out.sequence_output, cls_positions_BxS[..., None], axis=1)
-    cls_BxSxE = nn.Dropout(cfg.hidden_dropout_rate)(cls_BxSxE, deterministic=deterministic)
+    cls_BxSxE = dropout_lib.Dropout(cfg.hidden_dropout_rate)(cls_BxSxE, deterministic=deterministic)
     logits_BxSx1 = model_lib.dense(1, ("embed", None), cfg, "summary_classifier")(cls_BxSxE)
     return logits_BxSx1[..., 0].astype(jnp.float32)
 

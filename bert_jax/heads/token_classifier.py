@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bert_jax import dropout as dropout_lib
 from bert_jax import model as model_lib
 from bert_jax.errors import UserError
 from bert_jax.heads import base
@@ -46,7 +47,7 @@ class BertForTokenClassification(nn.Module):
         input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
         packing_ids_BxL, deterministic=deterministic, unpack_rows_GxS=unpack_rows_GxS,
         unpack_positions_GxSxT=unpack_positions_GxSxT)
-    x_BxLxE = nn.Dropout(cfg.hidden_dropout_rate)(out.sequence_output,
+    x_BxLxE = dropout_lib.Dropout(cfg.hidden_dropout_rate)(out.sequence_output,
                                                   deterministic=deterministic)
     return model_lib.dense(self.num_labels, ("embed", None), cfg, "classifier")(
         x_BxLxE).astype(jnp.float32)
