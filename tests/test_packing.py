@@ -206,3 +206,56 @@ def test_train_stream_packs_the_same_examples_on_any_number_of_hosts():
       np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), v, err_msg=k)
     # Fewer tokens computed than the padded batch.
     assert whole["input_ids"].size <= 8 * fp.bucket_length(int(data.lengths.max()), L)
+
+
+def _plan_cost(chosen, values, weights, shape_cost):
+  rows = [min(c for c in chosen if c >= v) for v in values]
+  return len(chosen) * shape_cost + sum(w * (r - v) for w, r, v in zip(weights, rows, values))
+
+
+def test_row_count_plan_is_the_cheapest_split():
+  import itertools  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  for _ in range(30):
+    needed = rng.choice([3, 4, 5, 6, 8, 10], size=int(rng.integers(1, 60)))
+    steps = int(rng.choice([10, 100, 5000]))
+    chosen = packing.plan_row_counts(needed, steps)
+    values, counts = np.unique(needed, return_counts=True)
+    weights = counts * max(steps, len(needed)) / len(needed)
+    shape_cost = packing.COMPILE_STEPS * np.average(values, weights=weights)
+    # Brute force over every subset holding the largest count.
+    best = min(_plan_cost(set(s) | {values[-1]}, values, weights, shape_cost)
+               for k in range(len(values)) for s in itertools.combinations(values[:-1], k))
+    assert chosen[-1] == values[-1] and set(chosen) <= set(values)
+    np.testing.assert_allclose(_plan_cost(chosen, values, weights, shape_cost), best)
+  # A short run compiles one shape; a long one each common count.
+  needed = [4] * 15 + [5] * 33 + [6] * 2
+  assert packing.plan_row_counts(needed, 50) == (6,)
+  assert packing.plan_row_counts(needed, 6000) == (4, 5, 6)
+
+
+@pytest.mark.parametrize("num_steps", [None, 100_000])
+def test_train_stream_compiles_the_planned_row_counts(num_steps):
+  rng = np.random.default_rng(4)
+  data = _data("classifier", 200, rng)
+  p = fp.Packing(groups=2, row_length=32)
+  stream = fp.TrainStream(data, global_batch_size=16, seed=5, max_seq_length=L, packing=p,
+                          num_steps=num_steps)
+  rows = [stream.batch_at(s)["input_ids"].shape[0] // 2 for s in range(40)]
+  needed = [packing.rows_needed(fp._packed_lengths(data, stream.order.host_rows(s)[0],  # pylint: disable=protected-access
+                                                   np.ones(16)), groups=2, row_length=32)
+            for s in range(40)]
+  if num_steps is None:  # one epoch, 13 steps: one compiled shape, the most any batch needs
+    assert set(rows[:13]) == {max(needed[:13])}, (rows, needed)
+    assert all(r >= n for r, n in zip(rows, needed))
+  else:  # a long run: every batch at the rows it needs
+    assert rows == needed and len(set(rows)) > 1
+  # A resumed stream (a new one, as after a restart, on 2 hosts) plans and packs alike.
+  again = [fp.TrainStream(data, global_batch_size=16, seed=5, max_seq_length=L, packing=p,
+                          num_steps=num_steps, process_index=h, process_count=2)
+           for h in range(2)]
+  for s in (0, 7, 39):
+    whole = stream.batch_at(s)
+    for k, v in whole.items():
+      np.testing.assert_array_equal(
+          np.concatenate([h.batch_at(s)[k] for h in again]), v, err_msg=k)

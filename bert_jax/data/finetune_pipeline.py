@@ -24,6 +24,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -33,6 +34,9 @@ from bert_jax.data.buckets import BUCKETS, bucket_length  # pylint: disable=unus
 from bert_jax.data.stream import GlobalOrder
 from bert_jax.errors import UserError
 
+# Batches whose packing plans a run's row length and row counts (`TrainStream`): under a
+# second of host time, once per run.
+PLAN_SAMPLE_STEPS = 128
 
 
 @dataclasses.dataclass
@@ -88,7 +92,7 @@ def packed_view_length(data: Encoded, max_seq_length: int) -> int:
 
 def _packed_batch(data: Encoded, rows_all: np.ndarray, weights_all: np.ndarray, length: int,
                   packing: Packing, process_index: int, process_count: int,
-                  rows: int = 0) -> dict:
+                  rows: int = 0, counts: Sequence[int] = packing_lib.ROW_COUNTS) -> dict:
   """This host's block of the global batch `rows_all`, packed (see `Packing`)."""
   groups = packing.groups
   mine = slice(process_index * len(rows_all) // process_count,
@@ -101,7 +105,7 @@ def _packed_batch(data: Encoded, rows_all: np.ndarray, weights_all: np.ndarray, 
   packed = packing_lib.pack(
       seq, lengths.reshape(-1), groups=groups, row_length=max(packing.row_length, length),
       unpack_length=length, pad_id=packing.pad_id,
-      keep=(process_index * per_host, (process_index + 1) * per_host), rows=rows)
+      keep=(process_index * per_host, (process_index + 1) * per_host), rows=rows, counts=counts)
   out = _batch(data, rows_all[mine], length, weights_all[mine])
   out.update(packed)  # the encoder's rows replace the padded input_ids / token_type_ids
   return out
@@ -112,7 +116,8 @@ class TrainStream:
 
   def __init__(self, data: Encoded, *, global_batch_size: int, seed: int, max_seq_length: int,
                process_index: int = 0, process_count: int = 1,
-               buckets: Sequence[int] = BUCKETS, packing: Optional[Packing] = None):
+               buckets: Sequence[int] = BUCKETS, packing: Optional[Packing] = None,
+               num_steps: Optional[int] = None):
     if len(data) == 0:
       raise UserError("the training set is empty")
     self.data = data
@@ -124,6 +129,24 @@ class TrainStream:
     self.process_index, self.process_count = process_index, process_count
     self.buckets = buckets
     self.step = 0
+    self.row_counts = packing_lib.ROW_COUNTS
+    if packing is not None:
+      width, self.row_counts = self._plan(num_steps or -(-len(data) // global_batch_size))
+      self.packing = dataclasses.replace(packing, row_length=width)
+
+  def _plan(self, num_steps: int) -> tuple[int, tuple[int, ...]]:
+    """The run's row length and compiled row counts (`packing.plan_packing`) from the rows
+    its first `PLAN_SAMPLE_STEPS` batches need at each candidate length (the view width up
+    to `Packing.row_length`, on the bucket grid): a function of (seed, data, devices), so
+    a resumed run and every host plan alike."""
+    top = max(self.packing.row_length, self.view_length)
+    widths = [self.view_length] + [b for b in BUCKETS if self.view_length < b <= top]
+    batches = [_packed_lengths(self.data, self.order.host_rows(s)[0],
+                               np.ones(self.order.global_batch_size))
+               for s in range(min(num_steps, PLAN_SAMPLE_STEPS))]
+    needed = {w: [packing_lib.rows_needed(lengths, groups=self.packing.groups, row_length=w)
+                  for lengths in batches] for w in widths}
+    return packing_lib.plan_packing(needed, num_steps)
 
   def __iter__(self):
     return self
@@ -135,7 +158,8 @@ class TrainStream:
                            self.buckets)
     if self.packing is not None:
       return _packed_batch(self.data, everyone, np.ones(len(everyone)), self.view_length,
-                           self.packing, self.process_index, self.process_count)
+                           self.packing, self.process_index, self.process_count,
+                           counts=self.row_counts)
     rows, _ = self.order.host_rows(step, self.process_index, self.process_count)
     return _batch(self.data, rows, length, np.ones(len(rows)))
 
@@ -237,6 +261,10 @@ def make_streams(config, train: Encoded, evals: dict[str, Encoded], *, pad_id: i
   eval_sets = {infix: functools.partial(eval_batches, data, global_batch_size=eval_batch,
                                         max_seq_length=length, packing=packing, **where)
                for infix, data in evals.items()}
+  # The run's length, for the packed stream's compiled row counts (train.resolve_schedule's
+  # rule: num_train_steps, else num_epochs of the training set).
+  steps = (config.num_train_steps if (config.num_train_steps or 0) > 0 else
+           max(1, math.ceil((config.get("num_epochs") or 1) * len(train) / config.batch_size)))
   stream = TrainStream(train, global_batch_size=config.batch_size, seed=config.seed,
-                       max_seq_length=length, packing=packing, **where)
+                       max_seq_length=length, packing=packing, num_steps=steps, **where)
   return stream, eval_sets

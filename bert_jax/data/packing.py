@@ -16,7 +16,9 @@ Why it looks like this:
   per batch shard (device), and each block is packed into its own rows. Every
   group has the same number of rows (the most any group needs, rounded up to a
   few compiled sizes, `ROW_COUNTS`), so each device holds its own examples' rows
-  and the gather back to examples never crosses devices. The packing is a pure
+  and the gather back to examples never crosses devices. A training run narrows
+  those sizes to the ones worth a compile (`plan_row_counts`, from a sample of its
+  batches): a short run compiles one shape, a long one each common row count. The packing is a pure
   function of the examples in the batch (so of (seed, step) in training) and the
   group count: any number of hosts over the same devices packs identically.
 - A multiple-choice example is several sequences (`[C]` lengths); each is its own
@@ -61,9 +63,73 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[np.ndarray]:
   return [np.asarray(r, np.int64) for r in rows]
 
 
+# What compiling one more train-step shape costs, in steps of the typical row count: a
+# MiniLM-sized step compiles in ~7 s and runs in ~0.45 s on 2 CPU cores (BENCHMARKS.md).
+COMPILE_STEPS = 25
+
+
 def row_count(n: int, counts: Sequence[int] = ROW_COUNTS) -> int:
-  """The smallest of `counts` >= n (n itself beyond the table)."""
-  return next((c for c in counts if c >= n), n)
+  """The smallest of `counts` >= n (`ROW_COUNTS`' beyond the table's last)."""
+  return next((c for c in counts if c >= n), None) or next(
+      (c for c in ROW_COUNTS if c >= n), n)
+
+
+def _cheapest_counts(needed: np.ndarray, total_steps: int, row_length: int,
+                     shape_cost: float) -> tuple[float, tuple[int, ...]]:
+  """(tokens computed + `shape_cost` per shape, the counts) of the cheapest plan."""
+  values, counts = np.unique(needed, return_counts=True)
+  weights = counts * (max(total_steps, needed.size) / needed.size)
+  best = [0.0] + [np.inf] * len(values)  # best[j]: values[:j] planned
+  cut = [0] * (len(values) + 1)
+  for j in range(1, len(values) + 1):
+    for i in range(j):  # values[i:j] run at values[j-1]
+      cost = best[i] + shape_cost + float(np.sum(weights[i:j])) * values[j - 1] * row_length
+      if cost < best[j]:
+        best[j], cut[j] = cost, i
+  chosen, j = [], len(values)
+  while j:
+    chosen.append(int(values[j - 1]))
+    j = cut[j]
+  return best[-1], tuple(sorted(chosen))
+
+
+def plan_row_counts(needed: Sequence[int], total_steps: int,
+                    compile_steps: float = COMPILE_STEPS) -> tuple[int, ...]:
+  """The row counts a run compiles, from the counts a sample of its batches needs.
+
+  Each distinct count needed (already on the `ROW_COUNTS` grid) either gets its own
+  compiled shape or runs at the next larger one chosen: padding rows cost steps x rows,
+  a shape costs `compile_steps` typical steps. The cheapest split of the sorted counts
+  into runs of neighbours (each run compiled at its largest) is exact by dynamic
+  programming. A short run (a benchmark's epoch) then compiles one shape, a long one
+  (GLUE's thousands of steps) each common count. `needed` counts are scaled from the
+  sample to `total_steps`.
+  """
+  return plan_packing({1: needed}, total_steps, compile_steps)[1]
+
+
+def plan_packing(needed_by_length: dict[int, Sequence[int]], total_steps: int,
+                 compile_steps: float = COMPILE_STEPS) -> tuple[int, tuple[int, ...]]:
+  """(row length, row counts) of the cheapest plan over candidate row lengths.
+
+  `needed_by_length[W]`: the rows a sample of the run's batches needs at row length W.
+  A longer row packs tighter but rounds up by more tokens: with BERT-like short
+  sentences (~560 tokens a batch) 5-6 rows of 128 against 7 rows of 96. The cost is the
+  tokens computed over the run plus `compile_steps` x the typical step's tokens per shape
+  (`plan_row_counts`); ties go to the shorter row.
+  """
+  typical = min(float(np.mean(np.asarray(v) * w)) for w, v in needed_by_length.items() if len(v))
+  best = None
+  for width in sorted(needed_by_length):
+    needed = np.asarray(needed_by_length[width], np.int64)
+    if not needed.size:
+      continue
+    cost, counts = _cheapest_counts(needed, total_steps, width, compile_steps * typical)
+    if best is None or cost < best[0]:
+      best = (cost, width, counts)
+  if best is None:
+    return min(needed_by_length), ()
+  return best[1], best[2]
 
 
 def _plans(lengths_S: np.ndarray, groups: int, row_length: int) -> list[list[np.ndarray]]:
@@ -76,15 +142,17 @@ def _plans(lengths_S: np.ndarray, groups: int, row_length: int) -> list[list[np.
   return plans
 
 
-def rows_needed(lengths_S: np.ndarray, *, groups: int, row_length: int) -> int:
+def rows_needed(lengths_S: np.ndarray, *, groups: int, row_length: int,
+                counts: Sequence[int] = ROW_COUNTS) -> int:
   """The rows per group `pack` gives these sequences (before any `rows` floor)."""
   plans = _plans(np.asarray(lengths_S, np.int64), groups, row_length)
-  return row_count(max(1, max(len(p) for p in plans)))
+  return row_count(max(1, max(len(p) for p in plans)), counts)
 
 
 def pack(seq_fields: dict[str, np.ndarray], lengths_S: np.ndarray, *, groups: int,
          row_length: int, unpack_length: int, pad_id: int = 0,
-         keep: tuple[int, int] | None = None, rows: int = 0) -> dict[str, np.ndarray]:
+         keep: tuple[int, int] | None = None, rows: int = 0,
+         counts: Sequence[int] = ROW_COUNTS) -> dict[str, np.ndarray]:
   """Packed encoder inputs for S sequences in `groups` equal blocks (block g: sequences
   g*S/G ... (g+1)*S/G - 1), of groups `keep` = [first, end) (default all: a host keeps its
   own groups; the row count is still the most any group of the batch needs).
@@ -103,7 +171,8 @@ def pack(seq_fields: dict[str, np.ndarray], lengths_S: np.ndarray, *, groups: in
     `unpack_rows` [G, S/G] (row of each sequence within its group) and
     `unpack_positions` [G, S/G, Lb] (its token positions in that row, clipped to the row);
     with `keep`, only those groups' rows and entries. `rows`: at least this many rows per
-    group (one shape for a whole evaluation pass).
+    group (one shape for a whole evaluation pass). `counts`: the row counts allowed (a run's
+    `plan_row_counts`; `ROW_COUNTS` beyond its last).
   """
   lengths_S = np.asarray(lengths_S, np.int64)
   count = len(lengths_S)
@@ -113,7 +182,7 @@ def pack(seq_fields: dict[str, np.ndarray], lengths_S: np.ndarray, *, groups: in
     raise ValueError(f"a sequence of {lengths_S.max()} tokens exceeds row_length={row_length}")
   per = count // groups
   plans = _plans(lengths_S, groups, row_length)
-  rows = max(rows, row_count(max(1, max(len(p) for p in plans))))
+  rows = max(rows, row_count(max(1, max(len(p) for p in plans)), counts))
   first, end = keep or (0, groups)
   plans = plans[first:end]
   shape = (len(plans) * rows, row_length)
