@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from absl import flags
 from absl import logging
@@ -68,16 +68,41 @@ def peak_flops_per_device(device_kind: str, override: Optional[float] = None) ->
 
 
 def pretraining_flops_per_sequence(config: BertConfig, seq_len: int, num_predictions: int,
-                                   with_nsp: bool = True) -> float:
-  """Training FLOPs (forward + backward = 3x forward) of one sequence, matmuls only."""
+                                   with_nsp: bool = True, lora_rank: int = 0,
+                                   lora_modules: Sequence[str] = ()) -> float:
+  """Training FLOPs of one sequence (model FLOPs: matmuls only, forward + backward).
+
+  What the model needs, not what a kernel happens to compute:
+  - the feed-forward has three [embed, mlp] matmuls with `feed_forward='glu'`, two without;
+  - a local layer (`layer_windows`) attends to the 2 * (W // 2) + 1 keys of its window, a
+    global one to all `seq_len` (the XLA kernel computes the masked rest too);
+  - backward is 2x forward for every matmul, except that LoRA (`lora_rank` > 0) computes no
+    weight gradients for the frozen encoder kernels (1x instead of 2x) and adds its
+    adapters (`lora_modules`: [in -> rank -> out] per adapted module, trained: 3x).
+  """
   e, m, n = config.hidden_size, config.intermediate_size, config.num_layers
-  per_layer = 2 * seq_len * (4 * e * e + 2 * e * m)  # q, k, v, out + the two FFN matmuls
-  per_layer += 2 * 2 * seq_len * seq_len * e  # q.k^T and probs.v
-  forward = n * per_layer
-  forward += 2 * num_predictions * (e * e + e * config.vocab_size)  # MLM transform + decoder
+  ffn = 3 if config.feed_forward == "glu" else 2
+  kernels = n * 2 * seq_len * (4 * e * e + ffn * e * m)  # q, k, v, out + the FFN matmuls
+  keys = [min(seq_len, 2 * (w // 2) + 1) if w else seq_len for w in config.layer_windows]
+  scores = sum(2 * 2 * seq_len * k * e for k in keys)  # q.k^T and probs.v
+  head = 2 * num_predictions * (e * e + e * config.vocab_size)  # MLM transform + decoder
   if with_nsp:
-    forward += 2 * (e * e + 2 * e)  # pooler + NSP
-  return 3.0 * forward
+    head += 2 * (e * e + 2 * e)  # pooler + NSP
+  if not lora_rank:
+    return 3.0 * (kernels + scores + head)
+  adapters = sum(2 * seq_len * lora_rank * sum(_module_dims(config, p)) for p in lora_modules)
+  return 2.0 * kernels + 3.0 * (scores + head + adapters)
+
+
+def _module_dims(config: BertConfig, path: str) -> tuple[int, int]:
+  """(in, out) features of an encoder module's kernel; x num_layers for a scanned stack."""
+  e, m = config.hidden_size, config.intermediate_size
+  name = path.rsplit("/", 1)[-1]
+  dims = {"intermediate": (e, m), "gate": (e, m)}.get(name, (e, e))
+  if name == "output" and "/attention/" not in path + "/":
+    dims = (m, e)  # the feed-forward's output (the attention's is [embed, embed])
+  copies = config.num_layers if "/layer_" not in path else 1
+  return dims[0] * copies, dims[1] * copies
 
 
 def _summary_writer_class():

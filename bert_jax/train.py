@@ -381,8 +381,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           make_train_step(head, setup.model, setup.tx, setup.schedule,
                           grad_accum_steps=config.grad_accum_steps,
                           nonfinite=config.nonfinite, mesh=mesh,
-                          flops_per_row=functools.partial(head.flops_per_sequence,
-                                                          setup.bert_config, config=config),
+                          flops_per_row=functools.partial(
+                              head.flops_per_sequence, setup.bert_config, config=config,
+                              lora_modules=setup.lora_modules),
                           partition=setup.partition),
           in_shardings=(setup.state_sharding, batch_sh, rep),
           out_shardings=(setup.state_sharding, rep), donate_argnums=(0,))

@@ -57,7 +57,20 @@ def pytest_configure(config):
   tempfile.tempdir = tmp  # tfds' mkdtemp("tfds") and every other library temp dir
   os.environ["TMPDIR"] = tmp
   os.environ["BERT_JAX_CACHE_DIR"] = CACHE_ENV["BERT_JAX_CACHE_DIR"]
+  if getattr(config, "workerinput", None) is None:
+    _seed_cpu_peak(CACHE_ENV["BERT_JAX_CACHE_DIR"])
   _guard_gc_callbacks()
+
+
+def _seed_cpu_peak(directory: str) -> None:
+  """Measures the CPU peak once, before the workers load the machine: on a busy CPU runs
+  measure it again each time instead of caching it (platform.cpu_peak_flops)."""
+  from bert_jax import platform  # pylint: disable=g-import-not-at-top
+  path = os.path.join(directory, platform.PEAK_CACHE_FILE)
+  if not os.path.exists(path):
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({platform.cpu_key(): platform.measure_matmul_flops()}, f)
 
 
 def pytest_sessionfinish(session, exitstatus):

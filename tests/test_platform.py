@@ -49,6 +49,7 @@ def test_every_flag_is_known_to_this_xla():
 
 
 def test_cpu_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+  monkeypatch.setattr(platform, "cpu_busy", lambda: False)
   first = platform.cpu_peak_flops(str(tmp_path))
   assert first > 0
   cached = json.loads((tmp_path / platform.PEAK_CACHE_FILE).read_text())
@@ -78,3 +79,15 @@ def test_mfu_peak_on_cpu_is_measured_and_the_config_overrides(tmp_path, monkeypa
   assert metrics.peak_flops_per_device("cpu") == 8e10 / devices
   assert metrics.peak_flops_per_device("cpu", override=5e9) == 5e9
   assert metrics.peak_flops_per_device("TPU v4") == 275e12
+
+
+def test_a_peak_measured_on_a_busy_cpu_is_not_cached(tmp_path, monkeypatch):
+  monkeypatch.setattr(platform, "cpu_busy", lambda: True)
+  monkeypatch.setattr(platform, "measure_matmul_flops", lambda: 7e10)
+  assert platform.cpu_peak_flops(str(tmp_path)) == 7e10
+  assert not (tmp_path / platform.PEAK_CACHE_FILE).exists()
+  monkeypatch.setattr(platform, "cpu_busy", lambda: False)  # measured again, idle: cached
+  monkeypatch.setattr(platform, "measure_matmul_flops", lambda: 2.5e11)
+  assert platform.cpu_peak_flops(str(tmp_path)) == 2.5e11
+  monkeypatch.setattr(platform, "measure_matmul_flops", lambda: 1.0)
+  assert platform.cpu_peak_flops(str(tmp_path)) == 2.5e11

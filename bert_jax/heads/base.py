@@ -115,10 +115,14 @@ class Head:
     return {}
 
   def flops_per_sequence(self, bert_config: Any, length: int,
-                         config: ml_collections.ConfigDict) -> float:
-    """Training FLOPs of one encoder row of `length` tokens (for MFU of the rows run)."""
+                         config: ml_collections.ConfigDict,
+                         lora_modules: Sequence[str] = ()) -> float:
+    """Training FLOPs of one encoder row of `length` tokens (for MFU of the rows run);
+    `lora_modules`: the adapted modules of a LoRA run (frozen base, no weight gradients)."""
     from bert_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-    return metrics_lib.pretraining_flops_per_sequence(bert_config, length, 0, with_nsp=False)
+    return metrics_lib.pretraining_flops_per_sequence(
+        bert_config, length, 0, with_nsp=False,
+        lora_rank=int(config.lora.rank) if lora_modules else 0, lora_modules=lora_modules)
 
   # --- Prediction (launch/predict.py): class methods on a loaded model. ---
 

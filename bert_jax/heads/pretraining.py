@@ -183,7 +183,8 @@ class Pretraining(base.Head):
       out["nsp_accuracy"] = base.ratio(sums, "nsp_correct", "nsp_count")
     return out
 
-  def flops_per_sequence(self, bert_config, length, config) -> float:
+  def flops_per_sequence(self, bert_config, length, config, lora_modules=()) -> float:
+    del lora_modules  # pretraining trains every parameter
     from bert_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
     return metrics_lib.pretraining_flops_per_sequence(
         bert_config, length, config.max_predictions_per_seq, self.with_nsp)
