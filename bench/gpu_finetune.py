@@ -24,7 +24,10 @@ finetune_vs_transformers.py's `write_task`: about 16 tokens with [CLS] and [SEP]
 lexical rule); the models: random-weight HF dirs of BERT-base and ModernBERT-base sizes (tiny
 with --smoke) whose vocabulary is the words of that text, saved by transformers.
 No evaluation is run (its compile would be most of a line's time): the sanity figure is the
-last logged training loss of each side.
+last logged training loss of each side (the fresh heads differ, so early losses do too).
+MFU counts the real tokens only, at full fine-tuning's FLOPs per token (`flops_per_real_token`,
+3x forward), against the suite's measured bf16 and datasheet peaks; a LoRA step skips the
+frozen weights' gradients (about a third), so its MFU is a full-fine-tuning equivalent.
 """
 
 from __future__ import annotations
@@ -241,9 +244,10 @@ def worker_torch_finetune(smoke: bool, workdir: str, index: int) -> dict:
   sync()
   seconds = time.perf_counter() - start
   last = torch.stack(losses[-sizes["log_every"]:]).float().mean()
+  attention = model.config._attn_implementation  # pylint: disable=protected-access
   return dict(seq_per_sec=(sizes["steps"] - 1) * RECIPE["batch_size"] / seconds,
               real_tokens_per_sec=real / seconds, padding_fraction=1 - real / computed,
-              loss=float(last), attention=model.config._attn_implementation,  # pylint: disable=protected-access
+              loss=float(last), attention=attention,
               peak_bytes=torch.cuda.max_memory_allocated() if device == "cuda" else None)
 
 
@@ -280,11 +284,28 @@ def _gib(x: Optional[float]) -> str:
   return "n/a" if x is None else f"{x / 2**30:.2f} GiB"
 
 
+def flops_per_real_token(model_dir: str, mean_tokens: float) -> float:
+  """Training FLOPs (matmuls, 3x forward) per real token of an example `mean_tokens` long,
+  attending to its own tokens only: what a padding-free step must compute. GLU feed-forwards
+  (ModernBERT's GeGLU) have three e x m matmuls, BERT's two; the classifier is negligible."""
+  with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+    c = json.load(f)
+  e, m, n = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+  ffn = 3 if c.get("model_type") == "modernbert" else 2
+  per_token = n * (2 * (4 * e * e + ffn * e * m) + 2 * 2 * mean_tokens * e)
+  return 3.0 * per_token
+
+
+def _mfu(real_tokens_per_sec: float, flops: float, peak: Optional[float]) -> str:
+  return "n/a" if not peak else f"{real_tokens_per_sec * flops / peak:.1%}"
+
+
 def rows(smoke: bool, unpacked: bool, workdir: str, run_worker: Callable[..., dict],
-         echo: Callable[[tuple], None]) -> list[tuple[str, ...]]:
+         echo: Callable[[tuple], None], peak: dict) -> list[tuple[str, ...]]:
   """The suite's table rows of the fine-tuning lines; `run_worker(name, smoke, *args)` is the
-  suite's, `echo(row)` prints a finished row. The peer of a pack=False line is its packed
-  line's (the same torch loop)."""
+  suite's, `echo(row)` prints a finished row, `peak` is the suite's (bf16_peak, datasheet_peak
+  FLOP/s). MFU counts real tokens only (`flops_per_real_token`). The peer of a pack=False line
+  is its packed line's (the same torch loop)."""
   prepare(workdir, smoke)
   sizes = finetune_sizes(smoke)
   peers: dict[tuple, dict] = {}
@@ -297,12 +318,17 @@ def rows(smoke: bool, unpacked: bool, workdir: str, run_worker: Callable[..., di
     if key not in peers:
       peers[key] = run_worker("torch_finetune", smoke, workdir, str(index))
     theirs = peers[key]
+    tokens = theirs["real_tokens_per_sec"] / theirs["seq_per_sec"]  # per example
+    flops = flops_per_real_token(_model_dir(workdir, case), tokens)
     out.append((
         f"{case.name} ({sizes['steps']} steps of {RECIPE['batch_size']}"
         f"{', tiny' if smoke else ''})",
         f"{ours['seq_per_sec']:,.1f} seq/s", f"{theirs['seq_per_sec']:,.1f} seq/s",
-        f"{ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x", "", "", case.target,
-        f"real tok/s {ours['real_tokens_per_sec']:,.0f} vs {theirs['real_tokens_per_sec']:,.0f}; "
+        f"{ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x",
+        _mfu(ours["real_tokens_per_sec"], flops, peak["bf16_peak"]),
+        _mfu(ours["real_tokens_per_sec"], flops, peak["datasheet_peak"]), case.target,
+        f"{tokens:.1f} tokens/example; transformers MFU "
+        f"{_mfu(theirs['real_tokens_per_sec'], flops, peak['bf16_peak'])} meas.; real tok/s {ours['real_tokens_per_sec']:,.0f} vs {theirs['real_tokens_per_sec']:,.0f}; "
         f"padding {ours['padding_fraction']:.0%} vs {theirs['padding_fraction']:.0%}; "
         f"peak memory {_gib(ours['peak_bytes'])} vs {_gib(theirs['peak_bytes'])}; "
         f"loss {ours['loss']:.3f} vs {theirs['loss']:.3f}; torch attention "

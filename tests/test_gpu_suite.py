@@ -87,6 +87,30 @@ def test_finetune_peer_decays_matrices_only(family):
   np.testing.assert_allclose(lrs, [float(ours(k)) for k in range(30)], rtol=1e-6, atol=1e-12)
 
 
+def test_finetune_mfu_flops_are_the_models_matmuls(tmp_path):
+  # BERT: bert_jax's own training-FLOP count per token; ModernBERT (GeGLU, no biases): 6 x the
+  # encoder layers' Linear weights (what transformers' model holds), plus the attention term.
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from bert_jax import metrics  # pylint: disable=g-import-not-at-top
+  from bert_jax.model import BertConfig  # pylint: disable=g-import-not-at-top
+  _gpu_suite()
+  import gpu_finetune  # pylint: disable=g-import-not-at-top
+  sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+               intermediate_size=48)
+  bert = transformers.BertConfig(**sizes)
+  bert.save_pretrained(tmp_path / "bert")
+  ref = metrics.pretraining_flops_per_sequence(BertConfig.from_hf_dict(bert.to_dict()), 17, 0,
+                                               with_nsp=False) / 17
+  assert gpu_finetune.flops_per_real_token(str(tmp_path / "bert"), 17) == pytest.approx(ref)
+  modern = transformers.ModernBertConfig(pad_token_id=0, **sizes)
+  modern.save_pretrained(tmp_path / "modern")
+  layers = transformers.ModernBertModel(modern).layers
+  weights = sum(m.weight.numel() for m in layers.modules() if isinstance(m, torch.nn.Linear))
+  got = gpu_finetune.flops_per_real_token(str(tmp_path / "modern"), 17)
+  assert got == pytest.approx(6 * weights + 3 * 3 * 2 * 2 * 17 * 32)
+
+
 def test_a_failing_gpu_test_stops_the_suite_and_is_named(monkeypatch, capsys):
   gpu_suite = _gpu_suite()
   calls = []
