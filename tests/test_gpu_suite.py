@@ -111,6 +111,49 @@ def test_finetune_mfu_flops_are_the_models_matmuls(tmp_path):
   assert got == pytest.approx(6 * weights + 3 * 3 * 2 * 2 * 17 * 32)
 
 
+@pytest.mark.parametrize("unpacked", [False, True])
+def test_finetune_rows_share_a_peer_and_skip_pack_false_unless_asked(tmp_path, monkeypatch,
+                                                                     unpacked):
+  import transformers  # pylint: disable=g-import-not-at-top
+  _gpu_suite()
+  import gpu_finetune  # pylint: disable=g-import-not-at-top
+  sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+               intermediate_size=48)
+
+  def fake_prepare(workdir, smoke):
+    transformers.BertConfig(**sizes).save_pretrained(os.path.join(workdir, "ft_bert"))
+    transformers.ModernBertConfig(pad_token_id=0, **sizes).save_pretrained(
+        os.path.join(workdir, "ft_modern"))
+
+  calls = []
+
+  def fake_worker(name, smoke, workdir, index):
+    calls.append((name, int(index)))
+    jax_side = name == "jax_finetune"
+    return dict(seq_per_sec=200.0 if jax_side else 100.0,
+                real_tokens_per_sec=3400.0 if jax_side else 1700.0,
+                padding_fraction=0.05 if jax_side else 0.4, loss=0.69,
+                peak_bytes=2 ** 30 if jax_side else None, attention="sdpa")
+
+  monkeypatch.setattr(gpu_finetune, "prepare", fake_prepare)
+  shown = []
+  peak = dict(bf16_peak=1e12, datasheet_peak=None)
+  got = gpu_finetune.rows(True, unpacked, str(tmp_path), fake_worker, shown.append, peak)
+  expect = [("jax_finetune", 0), ("torch_finetune", 0)] + [("jax_finetune", 1)] * unpacked + [
+      ("jax_finetune", 2), ("torch_finetune", 2), ("jax_finetune", 3), ("torch_finetune", 3)]
+  assert calls == expect  # pack=False reuses the packed line's torch loop
+  assert shown == got and len(got) == 3 + unpacked
+  names = [r[0].split(" (6 steps")[0] for r in got]
+  assert names == [c.name for c in gpu_finetune.FINETUNE_CASES if unpacked or not c.optional]
+  for row, (_, index) in zip(got, [c for c in expect if c[0] == "jax_finetune"]):
+    case = gpu_finetune.FINETUNE_CASES[index]
+    flops = gpu_finetune.flops_per_real_token(str(tmp_path / f"ft_{case.model}"), 17.0)
+    assert row[1:4] == ("200.0 seq/s", "100.0 seq/s", "2.00x")
+    assert row[4] == f"{3400 * flops / 1e12:.1%}" and row[5] == "n/a"
+    assert "17.0 tokens/example" in row[7] and "padding 5% vs 40%" in row[7]
+    assert "peak memory 1.00 GiB vs n/a" in row[7]
+
+
 def test_a_failing_gpu_test_stops_the_suite_and_is_named(monkeypatch, capsys):
   gpu_suite = _gpu_suite()
   calls = []
