@@ -328,7 +328,8 @@ def rows(smoke: bool, unpacked: bool, workdir: str, run_worker: Callable[..., di
         _mfu(ours["real_tokens_per_sec"], flops, peak["bf16_peak"]),
         _mfu(ours["real_tokens_per_sec"], flops, peak["datasheet_peak"]), case.target,
         f"{tokens:.1f} tokens/example; transformers MFU "
-        f"{_mfu(theirs['real_tokens_per_sec'], flops, peak['bf16_peak'])} meas.; real tok/s {ours['real_tokens_per_sec']:,.0f} vs {theirs['real_tokens_per_sec']:,.0f}; "
+        f"{_mfu(theirs['real_tokens_per_sec'], flops, peak['bf16_peak'])} meas.; real tok/s "
+        f"{ours['real_tokens_per_sec']:,.0f} vs {theirs['real_tokens_per_sec']:,.0f}; "
         f"padding {ours['padding_fraction']:.0%} vs {theirs['padding_fraction']:.0%}; "
         f"peak memory {_gib(ours['peak_bytes'])} vs {_gib(theirs['peak_bytes'])}; "
         f"loss {ours['loss']:.3f} vs {theirs['loss']:.3f}; torch attention "

@@ -31,7 +31,8 @@ Then throughput, both sides on the same GPU in the same run, each in its own pro
     AutoModelForSequenceClassification (peft's LoRA for the LoRA line) with
     dynamic padding, bf16 autocast, fused AdamW and clipping at 1.0; real
     (non-padding) tokens/s, padding fraction, peak device memory of both
-    sides and MFU of the real tokens only (what a padding-free step computes). `--unpacked` adds bert_jax with `--config.pack=False` (same peer).
+    sides and MFU of the real tokens only (what a padding-free step computes).
+    `--unpacked` adds bert_jax with `--config.pack=False` (same peer).
 
 Targets on one H100/H200 (reported, not asserted): BERT-base seq 128 >= 6,000
 seq/s; BERT-large seq 128 >= 1,800; BERT-large seq 512 packed >= 380;
