@@ -3,6 +3,7 @@ r"""GPU suite: the GPU correctness tests, then bert_jax vs transformers + torch 
   python bench/gpu_suite.py            # one NVIDIA GPU; jax[cuda], torch, transformers
   python bench/gpu_suite.py --smoke    # CPU, tiny sizes, a few steps: the suite's own test
   python bench/gpu_suite.py --skip_tests   # timing only
+  python bench/gpu_suite.py --unpacked     # also fine-tuning with --config.pack=False
 
 Prints one table. First the correctness tests, `pytest -m gpu tests/test_gpu.py` in a
 child process (cuDNN attention equals the XLA kernel with padding and with packed rows
@@ -20,13 +21,24 @@ Then throughput, both sides on the same GPU in the same run, each in its own pro
     measured bf16 matmul peak and against the datasheet peak;
   - embedding tokens/s on variable-length text: bert_jax's Embedder against
     transformers' BertModel (SDPA, bf16 autocast, length-sorted batches), the
-    second pass of each timed; the timed vectors must agree (min cosine > 0.99).
-Fine-tuning is not in the suite (its step is the pretraining step with a
-smaller head; no separate row).
+    second pass of each timed; the timed vectors must agree (min cosine > 0.99);
+  - fine-tuning seq/s on short single sentences (~16 tokens, batch 32, max
+    length 128, 300 steps; bench/gpu_finetune.py): the user's command
+    (`launch/finetune.py --config=configs/finetune.py --config.task=local`,
+    packed rows by default) on a random BERT-base HF dir, on a random
+    ModernBERT-base-sized dir, and with LoRA (rank 8, alpha 16, query+value),
+    each against a plain torch loop over transformers'
+    AutoModelForSequenceClassification (peft's LoRA for the LoRA line) with
+    dynamic padding, bf16 autocast, fused AdamW and clipping at 1.0; real
+    (non-padding) tokens/s, padding fraction, peak device memory of both
+    sides and MFU of the real tokens only (what a padding-free step computes).
+    `--unpacked` adds bert_jax with `--config.pack=False` (same peer).
 
 Targets on one H100/H200 (reported, not asserted): BERT-base seq 128 >= 6,000
 seq/s; BERT-large seq 128 >= 1,800; BERT-large seq 512 packed >= 380;
-embeddings >= 2x transformers. The whole suite is sized to finish in < 8 min.
+embeddings >= 2x transformers; fine-tuning BERT-base on short single sentences
+>= 1.5x the torch loop (issue 16's goal). The whole suite is sized to finish in
+< 8 min (the fine-tuning lines about 2-3 min of it, not yet measured on a GPU).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from typing import Any, Optional
 from xml.etree import ElementTree
 
 import common  # bench/common.py: puts this checkout's bert_jax first on the path
+import gpu_finetune  # pylint: disable=g-bad-import-order
 from bert_jax import platform as platform_lib  # pylint: disable=g-bad-import-order
 
 REPO = common.REPO
@@ -239,7 +252,7 @@ def worker_torch_embed(smoke: bool, workdir: str) -> dict:
 
 WORKERS = {"peak": worker_peak, "jax_pretrain": worker_jax_pretrain,
            "torch_pretrain": worker_torch_pretrain, "jax_embed": worker_jax_embed,
-           "torch_embed": worker_torch_embed}
+           "torch_embed": worker_torch_embed, **gpu_finetune.WORKERS}
 
 
 # -------------------------------------------------------------------- driver
@@ -295,6 +308,8 @@ def main(argv=None) -> int:
   parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, a few steps")
   parser.add_argument("--skip_tests", action="store_true",
                       help=f"timing only: do not run `pytest -m gpu {GPU_TESTS}` first")
+  parser.add_argument("--unpacked", action="store_true",
+                      help="also the fine-tuning line with --config.pack=False (about 1 min)")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   parser.add_argument("--arg", action="append", default=[], help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -366,6 +381,10 @@ def main(argv=None) -> int:
                   f"{gap['min_cosine']:.4f} (bert_jax {ours['dtype']})"))
     if not gap["min_cosine"] > 0.99:  # timing a wrong answer means nothing
       raise SuiteFailure(f"the timed embeddings disagree: min cosine {gap['min_cosine']:.4f}")
+    with tempfile.TemporaryDirectory() as workdir:
+      table.extend(gpu_finetune.rows(
+          args.smoke, args.unpacked, workdir, _run_worker,
+          lambda row: print(f"  {row[0]}: {row[1]} vs {row[2]}", flush=True), peak))
   except (SuiteFailure, subprocess.TimeoutExpired) as e:
     show()
     print(f"FAILED: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 GPU tests' code (tests/test_gpu.py) run on CPU, where `cudnn` falls back to XLA."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,9 @@ import test_gpu
 SUITE = os.path.join(conftest.ROOT, "bench", "gpu_suite.py")
 GPU_TESTS = ("test_cudnn_attention_equals_xla[padding]", "test_cudnn_attention_equals_xla[packed]",
              "test_bf16_train_step_tracks_fp32", "test_bf16_embeddings_match_transformers")
+FINETUNE_ROWS = ("finetune BERT-base short sentences (packed)",
+                 "finetune BERT-base short sentences (pack=False)",
+                 "finetune ModernBERT-base-sized (packed)", "LoRA BERT-base (rank 8, q+v)")
 
 
 def _gpu_suite():
@@ -24,8 +28,8 @@ def _gpu_suite():
 
 @pytest.mark.slow
 def test_gpu_suite_smoke_prints_every_row_and_skips_the_gpu_tests_by_name():
-  proc = subprocess.run([sys.executable, SUITE, "--smoke"], env=conftest.child_env(),
-                        capture_output=True, text=True, timeout=900)
+  proc = subprocess.run([sys.executable, SUITE, "--smoke", "--unpacked"],
+                        env=conftest.child_env(), capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   rows = {line.split("  ")[0]: line for line in proc.stdout.splitlines()}
   for name in GPU_TESTS:  # the suite ran pytest, which collected each and skipped it on CPU
@@ -34,10 +38,120 @@ def test_gpu_suite_smoke_prints_every_row_and_skips_the_gpu_tests_by_name():
   for case in ("BERT-base seq 128", "BERT-large seq 128", "BERT-large seq 512 packed"):
     line = next(line for name, line in rows.items() if name.startswith(f"pretrain {case} "))
     assert line.count("seq/s") == 2 and "x " in line, line
+  padding = {}
+  for case in FINETUNE_ROWS:  # the user's command against the torch loop, each with its ratio
+    line = next(line for name, line in rows.items() if name.startswith(f"{case} ("))
+    assert line.count("seq/s") == 2 and "x " in line and "padding " in line, line
+    assert "peak memory n/a vs n/a" in line, line  # no device memory stats on CPU
+    padding[case] = [float(x) for x in re.search(r"padding (\d+)% vs (\d+)%", line).groups()]
+  for case in FINETUNE_ROWS[:1] + FINETUNE_ROWS[2:]:  # packed rows: (almost) no padding computed
+    assert padding[case][0] < 0.5 * padding[case][1], (case, padding[case])
+  packed, unpacked = padding[FINETUNE_ROWS[0]][0], padding[FINETUNE_ROWS[1]][0]
+  assert unpacked > 2 * packed, padding  # the same command with pack=False computes padding
   embed = next(line for name, line in rows.items() if name.startswith("embed "))
   assert embed.count("tok/s") == 2 and "min cosine 1.0000" in embed, embed
   assert "measured bf16 matmul peak" in proc.stdout
   assert "FAIL" not in proc.stdout
+
+
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_finetune_peer_decays_matrices_only(family):
+  # The torch loop's AdamW: weight decay on the kernels and embeddings, none on biases and
+  # norms (bert_jax's rule), for both model families of the fine-tuning lines.
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  _gpu_suite()
+  import gpu_finetune  # pylint: disable=g-import-not-at-top
+  sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+               intermediate_size=48)
+  config = (transformers.BertConfig(**sizes) if family == "bert" else
+            transformers.ModernBertConfig(pad_token_id=0, **sizes))
+  torch.manual_seed(0)
+  model = transformers.AutoModelForSequenceClassification.from_config(config)
+  opt, schedule = gpu_finetune._torch_optimizer(model, 1e-3, steps=30, fused=False)
+  by_id = {id(p): p for p in model.parameters()}
+  decay, flat = ({id(p) for p in g["params"]} for g in opt.param_groups)
+  assert decay | flat == set(by_id) and not decay & flat
+  assert {i for i in by_id if by_id[i].ndim >= 2} == decay
+  assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+  lrs = []
+  for _ in range(30):
+    lrs.append(schedule.get_last_lr()[0])
+    opt.step()
+    schedule.step()
+  # bert_jax's schedule of the same run (configs/finetune.py: 10% warmup, linear decay).
+  from bert_jax import optim  # pylint: disable=g-import-not-at-top
+  c = conftest.load_config("finetune.py")
+  c.update(learning_rate=1e-3, num_train_steps=30, warmup_steps=int(round(c.warmup_ratio * 30)))
+  ours = optim.make_schedule(c)
+  np.testing.assert_allclose(lrs, [float(ours(k)) for k in range(30)], rtol=1e-6, atol=1e-12)
+
+
+def test_finetune_mfu_flops_are_the_models_matmuls(tmp_path):
+  # BERT: bert_jax's own training-FLOP count per token; ModernBERT (GeGLU, no biases): 6 x the
+  # encoder layers' Linear weights (what transformers' model holds), plus the attention term.
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from bert_jax import metrics  # pylint: disable=g-import-not-at-top
+  from bert_jax.model import BertConfig  # pylint: disable=g-import-not-at-top
+  _gpu_suite()
+  import gpu_finetune  # pylint: disable=g-import-not-at-top
+  sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+               intermediate_size=48)
+  bert = transformers.BertConfig(**sizes)
+  bert.save_pretrained(tmp_path / "bert")
+  ref = metrics.pretraining_flops_per_sequence(BertConfig.from_hf_dict(bert.to_dict()), 17, 0,
+                                               with_nsp=False) / 17
+  assert gpu_finetune.flops_per_real_token(str(tmp_path / "bert"), 17) == pytest.approx(ref)
+  modern = transformers.ModernBertConfig(pad_token_id=0, **sizes)
+  modern.save_pretrained(tmp_path / "modern")
+  layers = transformers.ModernBertModel(modern).layers
+  weights = sum(m.weight.numel() for m in layers.modules() if isinstance(m, torch.nn.Linear))
+  got = gpu_finetune.flops_per_real_token(str(tmp_path / "modern"), 17)
+  assert got == pytest.approx(6 * weights + 3 * 3 * 2 * 2 * 17 * 32)
+
+
+@pytest.mark.parametrize("unpacked", [False, True])
+def test_finetune_rows_share_a_peer_and_skip_pack_false_unless_asked(tmp_path, monkeypatch,
+                                                                     unpacked):
+  import transformers  # pylint: disable=g-import-not-at-top
+  _gpu_suite()
+  import gpu_finetune  # pylint: disable=g-import-not-at-top
+  sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+               intermediate_size=48)
+
+  def fake_prepare(workdir, smoke):
+    transformers.BertConfig(**sizes).save_pretrained(os.path.join(workdir, "ft_bert"))
+    transformers.ModernBertConfig(pad_token_id=0, **sizes).save_pretrained(
+        os.path.join(workdir, "ft_modern"))
+
+  calls = []
+
+  def fake_worker(name, smoke, workdir, index):
+    calls.append((name, int(index)))
+    jax_side = name == "jax_finetune"
+    return dict(seq_per_sec=200.0 if jax_side else 100.0,
+                real_tokens_per_sec=3400.0 if jax_side else 1700.0,
+                padding_fraction=0.05 if jax_side else 0.4, loss=0.69,
+                peak_bytes=2 ** 30 if jax_side else None, attention="sdpa")
+
+  monkeypatch.setattr(gpu_finetune, "prepare", fake_prepare)
+  shown = []
+  peak = dict(bf16_peak=1e12, datasheet_peak=None)
+  got = gpu_finetune.rows(True, unpacked, str(tmp_path), fake_worker, shown.append, peak)
+  expect = [("jax_finetune", 0), ("torch_finetune", 0)] + [("jax_finetune", 1)] * unpacked + [
+      ("jax_finetune", 2), ("torch_finetune", 2), ("jax_finetune", 3), ("torch_finetune", 3)]
+  assert calls == expect  # pack=False reuses the packed line's torch loop
+  assert shown == got and len(got) == 3 + unpacked
+  names = [r[0].split(" (6 steps")[0] for r in got]
+  assert names == [c.name for c in gpu_finetune.FINETUNE_CASES if unpacked or not c.optional]
+  for row, (_, index) in zip(got, [c for c in expect if c[0] == "jax_finetune"]):
+    case = gpu_finetune.FINETUNE_CASES[index]
+    flops = gpu_finetune.flops_per_real_token(str(tmp_path / f"ft_{case.model}"), 17.0)
+    assert row[1:4] == ("200.0 seq/s", "100.0 seq/s", "2.00x")
+    assert row[4] == f"{3400 * flops / 1e12:.1%}" and row[5] == "n/a"
+    assert "17.0 tokens/example" in row[7] and "padding 5% vs 40%" in row[7]
+    assert "peak memory 1.00 GiB vs n/a" in row[7]
 
 
 def test_a_failing_gpu_test_stops_the_suite_and_is_named(monkeypatch, capsys):
