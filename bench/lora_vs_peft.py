@@ -155,6 +155,7 @@ def main():
   parser.add_argument("--workdir", default="")
   args = parser.parse_args()
   workdir = args.workdir or tempfile.mkdtemp(prefix="bench_lora_")
+  os.makedirs(workdir, exist_ok=True)
   if not args.train:
     from bert_jax.data import sample_pairs  # pylint: disable=g-import-not-at-top
     paths = sample_pairs.write(os.path.join(workdir, "data"))
