@@ -98,14 +98,21 @@ def torch_optimizer(model, steps: int):
   opt = torch.optim.AdamW([{"params": decay, "weight_decay": RECIPE["weight_decay"]},
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=RECIPE["learning_rate"], betas=(0.9, 0.999), eps=1e-6)
-  warmup = int(round(RECIPE["warmup_ratio"] * steps))
+  return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_then_decay(steps))
+
+
+def warmup_then_decay(steps: int, warmup_ratio: float = RECIPE["warmup_ratio"]
+                      ) -> Callable[[int], float]:
+  """The lr factor of step `step`: linear warmup over `warmup_ratio` of the steps, then linear
+  decay to 0 (bert_jax's schedule), for torch's LambdaLR."""
+  warmup = int(round(warmup_ratio * steps))
 
   def factor(step):
     if step < warmup:
       return step / max(warmup, 1)
     return max(0.0, (steps - step) / max(steps - warmup, 1))
 
-  return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+  return factor
 
 
 def shuffled_batches(num_rows: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:

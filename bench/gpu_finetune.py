@@ -264,14 +264,9 @@ def _torch_optimizer(model, lr: float, steps: int, fused: bool):
                            {"params": no_decay, "weight_decay": 0.0}], lr=lr,
                           betas=(0.9, 0.999), eps=RECIPE["adam_eps"],
                           **({"fused": True} if fused else {}))
-  warmup = int(round(RECIPE["warmup_ratio"] * steps))
-
-  def factor(step):
-    if step < warmup:
-      return step / max(warmup, 1)
-    return max(0.0, (steps - step) / max(steps - warmup, 1))
-
-  return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+  import finetune_common as fc  # pylint: disable=g-import-not-at-top
+  return opt, torch.optim.lr_scheduler.LambdaLR(
+      opt, fc.warmup_then_decay(steps, RECIPE["warmup_ratio"]))
 
 
 WORKERS = {"jax_finetune": worker_jax_finetune, "torch_finetune": worker_torch_finetune}
