@@ -127,6 +127,16 @@ def shuffled_batches(num_rows: int, batch_size: int, seed: int) -> Iterator[np.n
     pending = pending[batch_size:]
 
 
+def update(model, loss, opt, schedule) -> None:
+  """One optimizer step of the recipe: backward, clip at `max_grad_norm`, AdamW, schedule."""
+  import torch  # pylint: disable=g-import-not-at-top
+  loss.backward()
+  torch.nn.utils.clip_grad_norm_(model.parameters(), RECIPE["max_grad_norm"])
+  opt.step()
+  schedule.step()
+  opt.zero_grad(set_to_none=True)
+
+
 def torch_train(model, make_inputs: Callable[[np.ndarray], dict], num_rows: int,
                 steps: int, stats: Optional[dict] = None) -> float:
   """Trains `steps` steps; returns seq/s over steps 2..N. `stats` (optional) receives
@@ -145,12 +155,7 @@ def torch_train(model, make_inputs: Callable[[np.ndarray], dict], num_rows: int,
     if step >= 1 and "attention_mask" in inputs:
       computed += int(inputs["attention_mask"].numel())
       real += int(inputs["attention_mask"].sum())
-    loss = model(**inputs).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), RECIPE["max_grad_norm"])
-    opt.step()
-    schedule.step()
-    opt.zero_grad(set_to_none=True)
+    update(model, model(**inputs).loss, opt, schedule)
   model.eval()
   seconds = time.perf_counter() - start
   if stats is not None:

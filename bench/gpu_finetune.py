@@ -235,11 +235,7 @@ def worker_torch_finetune(smoke: bool, workdir: str, index: int) -> dict:
       computed, real = computed + ids.size, real + int(mask.sum())
     with torch.autocast(device, dtype=torch.bfloat16, enabled=not smoke):
       loss = model(**inputs).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), RECIPE["max_grad_norm"])
-    opt.step()
-    schedule.step()
-    opt.zero_grad(set_to_none=True)
+    fc.update(model, loss, opt, schedule)
     losses.append(loss.detach())
   sync()
   seconds = time.perf_counter() - start

@@ -306,7 +306,8 @@ def _dense(features, axes, config: BertConfig, name: str, **kwargs):
   layer = dense(features, axes, config, name, use_bias=config.use_bias, **kwargs)
   if config.use_bias:
     return layer
-  contracted = len(kwargs.get("axis", (-1,))) if isinstance(kwargs.get("axis"), tuple) else 1
+  axis = kwargs.get("axis", -1)
+  contracted = len(axis) if isinstance(axis, tuple) else 1
 
   def apply(x):
     lead = x.shape[:-contracted]

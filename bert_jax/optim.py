@@ -8,7 +8,8 @@ both are a function of the config only and are tested on their own.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -21,6 +22,18 @@ SCHEDULES = ("linear", "polynomial", "cosine", "constant", "wsd")
 
 # Leaf names that never get weight decay (BERT: "LayerNorm", "layer_norm", "bias").
 _NO_DECAY = ("bias", "scale", "output_bias")
+
+
+def run_steps(config: ml_collections.ConfigDict,
+              num_train_examples: Optional[int]) -> Optional[int]:
+  """The run's optimizer steps: `num_train_steps` when > 0, else `num_epochs` of
+  `num_train_examples` at `batch_size` (None when neither gives a number)."""
+  if config.num_train_steps and config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  epochs = config.get("num_epochs")
+  if epochs and epochs > 0 and num_train_examples:
+    return max(1, math.ceil(epochs * num_train_examples / config.batch_size))
+  return None
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

@@ -231,7 +231,7 @@ def resolve_schedule(config: ml_collections.ConfigDict, num_train_examples: Opti
     if not num_train_examples:
       raise UserError("config.num_epochs needs a training set of known size; set "
                       "config.num_train_steps instead")
-    c.num_train_steps = max(1, math.ceil(epochs * num_train_examples / c.batch_size))
+    c.num_train_steps = optim.run_steps(c, num_train_examples)
   if not c.num_train_steps or c.num_train_steps < 0:
     raise UserError("set config.num_train_steps (or config.num_epochs)")
   ratio = c.get("warmup_ratio")

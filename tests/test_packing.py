@@ -219,7 +219,7 @@ def test_row_count_plan_is_the_cheapest_split():
   for _ in range(30):
     needed = rng.choice([3, 4, 5, 6, 8, 10], size=int(rng.integers(1, 60)))
     steps = int(rng.choice([10, 100, 5000]))
-    chosen = packing.plan_row_counts(needed, steps)
+    chosen = packing.plan_packing({1: needed}, steps)[1]
     values, counts = np.unique(needed, return_counts=True)
     weights = counts * max(steps, len(needed)) / len(needed)
     shape_cost = packing.COMPILE_STEPS * np.average(values, weights=weights)
@@ -230,8 +230,8 @@ def test_row_count_plan_is_the_cheapest_split():
     np.testing.assert_allclose(_plan_cost(chosen, values, weights, shape_cost), best)
   # A short run compiles one shape; a long one each common count.
   needed = [4] * 15 + [5] * 33 + [6] * 2
-  assert packing.plan_row_counts(needed, 50) == (6,)
-  assert packing.plan_row_counts(needed, 6000) == (4, 5, 6)
+  assert packing.plan_packing({1: needed}, 50) == (1, (6,))
+  assert packing.plan_packing({1: needed}, 6000) == (1, (4, 5, 6))
 
 
 @pytest.mark.parametrize("num_steps", [None, 100_000])

@@ -24,7 +24,6 @@ Why it looks like this:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -261,10 +260,8 @@ def make_streams(config, train: Encoded, evals: dict[str, Encoded], *, pad_id: i
   eval_sets = {infix: functools.partial(eval_batches, data, global_batch_size=eval_batch,
                                         max_seq_length=length, packing=packing, **where)
                for infix, data in evals.items()}
-  # The run's length, for the packed stream's compiled row counts (train.resolve_schedule's
-  # rule: num_train_steps, else num_epochs of the training set).
-  steps = (config.num_train_steps if (config.num_train_steps or 0) > 0 else
-           max(1, math.ceil((config.get("num_epochs") or 1) * len(train) / config.batch_size)))
+  from bert_jax import optim  # pylint: disable=g-import-not-at-top
+  steps = optim.run_steps(config, len(train))  # the run's length, for the packing plan
   stream = TrainStream(train, global_batch_size=config.batch_size, seed=config.seed,
                        max_seq_length=length, packing=packing, num_steps=steps, **where)
   return stream, eval_sets

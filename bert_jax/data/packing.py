@@ -17,8 +17,9 @@ Why it looks like this:
   group has the same number of rows (the most any group needs, rounded up to a
   few compiled sizes, `ROW_COUNTS`), so each device holds its own examples' rows
   and the gather back to examples never crosses devices. A training run narrows
-  those sizes to the ones worth a compile (`plan_row_counts`, from a sample of its
-  batches): a short run compiles one shape, a long one each common row count. The packing is a pure
+  those sizes (and its row length) to the ones worth a compile (`plan_packing`, from a
+  sample of its batches): a short run compiles one shape, a long one each common row
+  count. The packing is a pure
   function of the examples in the batch (so of (seed, step) in training) and the
   group count: any number of hosts over the same devices packs identically.
 - A multiple-choice example is several sequences (`[C]` lengths); each is its own
@@ -76,7 +77,13 @@ def row_count(n: int, counts: Sequence[int] = ROW_COUNTS) -> int:
 
 def _cheapest_counts(needed: np.ndarray, total_steps: int, row_length: int,
                      shape_cost: float) -> tuple[float, tuple[int, ...]]:
-  """(tokens computed + `shape_cost` per shape, the counts) of the cheapest plan."""
+  """(tokens computed + `shape_cost` per shape, the row counts) of the cheapest plan.
+
+  Each distinct count needed (on the `ROW_COUNTS` grid) either gets its own compiled
+  shape or runs at the next larger one chosen; the cheapest split of the sorted counts
+  into runs of neighbours (each run compiled at its largest) is exact by dynamic
+  programming. The sample's counts are scaled to `total_steps`.
+  """
   values, counts = np.unique(needed, return_counts=True)
   weights = counts * (max(total_steps, needed.size) / needed.size)
   best = [0.0] + [np.inf] * len(values)  # best[j]: values[:j] planned
@@ -93,43 +100,23 @@ def _cheapest_counts(needed: np.ndarray, total_steps: int, row_length: int,
   return best[-1], tuple(sorted(chosen))
 
 
-def plan_row_counts(needed: Sequence[int], total_steps: int,
-                    compile_steps: float = COMPILE_STEPS) -> tuple[int, ...]:
-  """The row counts a run compiles, from the counts a sample of its batches needs.
-
-  Each distinct count needed (already on the `ROW_COUNTS` grid) either gets its own
-  compiled shape or runs at the next larger one chosen: padding rows cost steps x rows,
-  a shape costs `compile_steps` typical steps. The cheapest split of the sorted counts
-  into runs of neighbours (each run compiled at its largest) is exact by dynamic
-  programming. A short run (a benchmark's epoch) then compiles one shape, a long one
-  (GLUE's thousands of steps) each common count. `needed` counts are scaled from the
-  sample to `total_steps`.
-  """
-  return plan_packing({1: needed}, total_steps, compile_steps)[1]
-
-
 def plan_packing(needed_by_length: dict[int, Sequence[int]], total_steps: int,
                  compile_steps: float = COMPILE_STEPS) -> tuple[int, tuple[int, ...]]:
-  """(row length, row counts) of the cheapest plan over candidate row lengths.
+  """(row length, row counts) a run compiles, the cheapest over candidate row lengths.
 
-  `needed_by_length[W]`: the rows a sample of the run's batches needs at row length W.
-  A longer row packs tighter but rounds up by more tokens: with BERT-like short
-  sentences (~560 tokens a batch) 5-6 rows of 128 against 7 rows of 96. The cost is the
-  tokens computed over the run plus `compile_steps` x the typical step's tokens per shape
-  (`plan_row_counts`); ties go to the shorter row.
+  `needed_by_length[W]`: the rows each batch of a (non-empty) sample of the run's batches
+  needs at row length W. The cost is the tokens computed over the run plus, per compiled
+  shape, `compile_steps` x the typical step's tokens. A short run (a benchmark's epoch)
+  then compiles one shape, a long one (GLUE's thousands of steps) each common count; a
+  longer row packs tighter but rounds up by more tokens (BERT-like short sentences, ~560
+  tokens a batch: 5-6 rows of 128 against 7 rows of 96). Ties go to the shorter row.
   """
-  typical = min(float(np.mean(np.asarray(v) * w)) for w, v in needed_by_length.items() if len(v))
-  best = None
-  for width in sorted(needed_by_length):
-    needed = np.asarray(needed_by_length[width], np.int64)
-    if not needed.size:
-      continue
-    cost, counts = _cheapest_counts(needed, total_steps, width, compile_steps * typical)
-    if best is None or cost < best[0]:
-      best = (cost, width, counts)
-  if best is None:
-    return min(needed_by_length), ()
-  return best[1], best[2]
+  needed = {w: np.asarray(v, np.int64) for w, v in sorted(needed_by_length.items())}
+  typical = min(float(np.mean(v * w)) for w, v in needed.items())
+  plans = [(_cheapest_counts(v, total_steps, w, compile_steps * typical), w)
+           for w, v in needed.items()]
+  (_, counts), width = min(plans, key=lambda p: p[0][0])
+  return width, counts
 
 
 def _plans(lengths_S: np.ndarray, groups: int, row_length: int) -> list[list[np.ndarray]]:
@@ -172,7 +159,7 @@ def pack(seq_fields: dict[str, np.ndarray], lengths_S: np.ndarray, *, groups: in
     `unpack_positions` [G, S/G, Lb] (its token positions in that row, clipped to the row);
     with `keep`, only those groups' rows and entries. `rows`: at least this many rows per
     group (one shape for a whole evaluation pass). `counts`: the row counts allowed (a run's
-    `plan_row_counts`; `ROW_COUNTS` beyond its last).
+    `plan_packing`; `ROW_COUNTS` beyond its last).
   """
   lengths_S = np.asarray(lengths_S, np.int64)
   count = len(lengths_S)
