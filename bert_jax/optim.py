@@ -30,6 +30,8 @@ def run_steps(config: ml_collections.ConfigDict,
   `num_train_examples` at `batch_size` (None when neither gives a number)."""
   if config.num_train_steps and config.num_train_steps > 0:
     return int(config.num_train_steps)
+  if config.batch_size < 1:
+    raise UserError(f"config.batch_size={config.batch_size} must be >= 1")
   epochs = config.get("num_epochs")
   if epochs and epochs > 0 and num_train_examples:
     return max(1, math.ceil(epochs * num_train_examples / config.batch_size))

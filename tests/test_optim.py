@@ -92,3 +92,18 @@ def test_unknown_names_are_user_errors():
     optim.make_optimizer(_config(optimizer="sgdd"))
   with pytest.raises(UserError, match="config.schedule"):
     optim.make_schedule(_config(schedule="step"))
+
+
+def test_run_steps_from_steps_or_epochs_and_a_bad_batch_size_is_named():
+  c = ml_collections.ConfigDict(dict(num_train_steps=-1, num_epochs=2.0, batch_size=32))
+  assert optim.run_steps(c, 100) == 7  # ceil(2 * 100 / 32)
+  c.num_train_steps = 5
+  assert optim.run_steps(c, 100) == 5
+  c.num_train_steps, c.num_epochs = -1, None
+  assert optim.run_steps(c, 100) is None
+  c.num_epochs, c.batch_size = 1.0, 0
+  with pytest.raises(UserError, match="config.batch_size=0 must be >= 1"):
+    optim.run_steps(c, 100)
+  from bert_jax.data import stream  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match="config.batch_size=-4 must be >= 1"):
+    stream.GlobalOrder(10, -4, seed=0)

@@ -41,6 +41,8 @@ class GlobalOrder:
                shuffle: bool = True, *, max_stored: int = 1 << 22):
     if num_records <= 0:
       raise UserError("the training data has no records")
+    if global_batch_size < 1:
+      raise UserError(f"config.batch_size={global_batch_size} must be >= 1")
     self.num_records = int(num_records)
     self.global_batch_size = int(global_batch_size)
     self.seed = int(seed)
