@@ -96,7 +96,7 @@ def test_unknown_names_are_user_errors():
 
 def test_run_steps_from_steps_or_epochs_and_a_bad_batch_size_is_named():
   c = ml_collections.ConfigDict(dict(num_train_steps=-1, num_epochs=2.0, batch_size=32))
-  assert optim.run_steps(c, 100) == 7  # ceil(2 * 100 / 32)
+  assert optim.run_steps(c, 100) == -(-2 * 100 // 32)  # 2 epochs of 100 at batch 32, rounded up
   c.num_train_steps = 5
   assert optim.run_steps(c, 100) == 5
   c.num_train_steps, c.num_epochs = -1, None
