@@ -150,11 +150,15 @@ def make_train_step(head, model: nn.Module, tx: optax.GradientTransformation,
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = tx.update(grads, state.opt_state, trainable)
     new_params = partition.combine(optax.apply_updates(trainable, updates), frozen)
-    # A non-finite step leaves params and optimizer state untouched ('skip'; with 'stop' the
-    # host raises before anything of it is saved).
-    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
-    new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
-                           opt_state=keep(new_opt_state, state.opt_state))
+    if nonfinite == "skip":  # a non-finite step leaves params and optimizer state untouched
+      keep = functools.partial(jax.tree_util.tree_map,
+                               lambda new, old: jnp.where(finite, new, old))
+      new_params, new_opt_state = keep(new_params, state.params), keep(new_opt_state,
+                                                                        state.opt_state)
+    # With 'stop' the host raises before such a state is saved or evaluated (loop.Loop), so
+    # no select: it would keep the old state alive beside the new, and XLA would copy every
+    # donated buffer (params, m and v) to update it in place.
+    new_state = TrainState(step=state.step + 1, params=new_params, opt_state=new_opt_state)
     metrics = dict(sums, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
                    nonfinite=1.0 - finite.astype(jnp.float32), **computed(batch, flops_per_row))
     return new_state, metrics
