@@ -16,6 +16,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from bert_jax import platform as platform_lib
+
 
 class UserError(ValueError):
   """Bad input from a user: the message names the culprit and what was expected.
@@ -66,5 +68,8 @@ def run_main(main: Callable[[list[str]], object], quiet: bool = False) -> None:
   except flags.Error as exc:
     print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
     sys.exit(1)
+  # CPU runs reuse freed memory instead of mapping it afresh each step; before jax starts
+  # its threads (platform.keep_cpu_memory says why).
+  platform_lib.keep_cpu_memory()
   # Parsed once only: config_flags defines its --config.KEY flags while parsing.
   app.run(wrapped, flags_parser=lambda argv: remaining)

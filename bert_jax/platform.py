@@ -104,6 +104,63 @@ def set_performance_flags(environ: Optional[MutableMapping[str, str]] = None, *,
   return after[len(before.strip()):].split()
 
 
+# --------------------------------------------------------------------------- CPU memory
+
+# mallopt(3) parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+# Environment settings by which a user chose malloc's behaviour already (theirs win).
+_MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
+               "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "LD_PRELOAD")
+KEEP_MEMORY_ENV = "BERT_JAX_KEEP_CPU_MEMORY"  # "0": leave malloc as it is
+
+
+def accelerator_may_be_used(environ: Optional[Mapping[str, str]] = None) -> bool:
+  """Whether jax could pick a GPU or a TPU, decided without initialising its backends."""
+  environ = os.environ if environ is None else environ
+  platforms = environ.get("JAX_PLATFORMS", environ.get("JAX_PLATFORM_NAME", "")).lower()
+  if platforms and "tpu" in platforms:
+    return True
+  if gpu_may_be_used(environ):
+    return True
+  return not platforms and importlib.util.find_spec("libtpu") is not None
+
+
+def keep_cpu_memory(environ: Optional[Mapping[str, str]] = None) -> bool:
+  """On a CPU run, makes glibc keep freed memory for reuse; True when it did.
+
+  Why: XLA CPU allocates the temporaries of each execution as one block (282 MB for
+  the fine-tuning bench's train step). That is above the 32 MB up to which glibc
+  recycles freed blocks, so every step maps a fresh block and unmaps it at the end,
+  and the kernel zero-fills each page at its first touch: 70,000 page faults a step,
+  about a tenth of that step's time (BENCHMARKS.md, "Where a fine-tuning step
+  goes"). Three mallopt(3) settings keep the block: no mapped blocks (big ones come
+  from the heap), one arena (a thread's own arena is a mapped heap of at most 64 MB,
+  too small for such a block, so without this it maps one anyway), and no trimming of
+  the heap's free top. The cost is that the process keeps its peak memory until it
+  exits, which is what a training or inference run holds anyway.
+
+  Does nothing when a GPU or TPU may be used (their buffers are not malloc's), when
+  the user set malloc's own variables, GLIBC_TUNABLES or LD_PRELOAD (another
+  allocator), when $BERT_JAX_KEEP_CPU_MEMORY is "0", or off glibc. Call it before
+  jax starts its threads: launchers do (errors.run_main).
+  """
+  environ = os.environ if environ is None else environ
+  if environ.get(KEEP_MEMORY_ENV, "1") == "0" or any(k in environ for k in _MALLOC_ENV):
+    return False
+  if accelerator_may_be_used(environ) or py_platform.libc_ver()[0] != "glibc":
+    return False
+  import ctypes  # pylint: disable=g-import-not-at-top
+  try:
+    libc = ctypes.CDLL(None)
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+  done = [mallopt(_M_ARENA_MAX, 1), mallopt(_M_MMAP_MAX, 0),
+          mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)]
+  return all(done)
+
+
 # --------------------------------------------------------------------------- CPU peak
 
 PEAK_CACHE_FILE = "cpu_peak_flops.json"
