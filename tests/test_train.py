@@ -181,6 +181,24 @@ def test_init_checkpoint_loads_params_and_rejects_shape_mismatch(tmp_path):
     np.testing.assert_array_equal(x, y)  # lr 0: the loaded weights come back unchanged
 
 
+def test_fresh_leaves_are_the_whole_inits_leaves():
+  """What a run from a checkpoint initialises afresh (its head) has the values it would have
+  in the whole model's init, with the same sharding."""
+  import flax  # pylint: disable=g-import-not-at-top
+  c = tiny_config()
+  spec = pretraining.spec_of(c, {"vocab_size": 128})
+  setup = train._setup(c, heads.for_spec(spec), spec)  # pylint: disable=protected-access
+  rng = jax.random.PRNGKey(3)
+  whole = flax.traverse_util.flatten_dict(train.fresh_params(setup, rng), sep="/")
+  names = sorted(n for n in whole if not n.startswith("bert/encoder/"))[:3] + [
+      "bert/pooler/kernel", "nsp/kernel"]
+  part = train.fresh_leaves(setup, rng, names)
+  assert sorted(part) == sorted(names)
+  for name in names:
+    np.testing.assert_array_equal(part[name], whole[name])
+    assert part[name].sharding == whole[name].sharding
+
+
 def test_pretraining_eval_is_one_exact_pass_and_a_missing_split_is_named(tmp_path):
   """The eval split is read once, every row (the last batch padded with weight-0 rows); an
   explicitly given eval_data without the split asked for names the splits it has."""

@@ -79,13 +79,15 @@ def run_model_config(config: ml_collections.ConfigDict, vocab_size: int,
 
 
 def load_init_params(path: str, bert_config: BertConfig, abstract_params: Any,
-                     fresh_params: Callable[[], Any], head_info: Optional[dict] = None) -> Any:
+                     fresh_params: Callable[[list[str]], dict[str, Any]],
+                     head_info: Optional[dict] = None) -> Any:
   """Params of any model path in this config's layout, shapes checked by name.
 
   Every encoder tensor must be in the checkpoint. The pooler and the task's head
   are loaded when the checkpoint has them with the same shapes (and, when both
-  name their labels, the same labels); otherwise they keep `fresh_params()`'s
-  random init, and the log says so.
+  name their labels, the same labels); otherwise they get `fresh_params(names)`'s
+  random init (a dict of those flat 'a/b/c' names only, so the caller can initialise just
+  them), and the log says so.
   """
   from bert_jax.formats import convert  # pylint: disable=g-import-not-at-top
 
@@ -114,9 +116,7 @@ def load_init_params(path: str, bert_config: BertConfig, abstract_params: Any,
                       f"the config needs {tuple(want.shape)}")
     out[name] = jax.device_put(np.asarray(have, dtype=want.dtype), want.sharding)
   if fresh:
-    init = flax.traverse_util.flatten_dict(fresh_params(), sep="/")
-    for name in fresh:
-      out[name] = init[name]
+    out.update(fresh_params(fresh))
     heads = sorted({n.split("/")[0] if not n.startswith("bert/") else "pooler" for n in fresh})
     logging.info("init_checkpoint %s: loaded the encoder; fresh %s", path, ", ".join(heads))
   return flax.traverse_util.unflatten_dict(out, sep="/")
