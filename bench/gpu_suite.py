@@ -4,6 +4,7 @@ r"""GPU suite: the GPU correctness tests, then bert_jax vs transformers + torch 
   python bench/gpu_suite.py --smoke    # CPU, tiny sizes, a few steps: the suite's own test
   python bench/gpu_suite.py --skip_tests   # timing only
   python bench/gpu_suite.py --unpacked     # also fine-tuning with --config.pack=False
+  python bench/gpu_suite.py --only=pretrain,embed   # some sections (tests,pretrain,embed,finetune)
 
 Prints one table. First the correctness tests, `pytest -m gpu tests/test_gpu.py` in a
 child process (cuDNN attention equals the XLA kernel with padding and with packed rows
@@ -61,6 +62,7 @@ from bert_jax import platform as platform_lib  # pylint: disable=g-bad-import-or
 REPO = common.REPO
 GPU_TESTS = os.path.join("tests", "test_gpu.py")
 VOCAB = 30522
+SECTIONS = ("tests", "pretrain", "embed", "finetune")  # --only's names, in the order run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,9 +312,17 @@ def main(argv=None) -> int:
                       help=f"timing only: do not run `pytest -m gpu {GPU_TESTS}` first")
   parser.add_argument("--unpacked", action="store_true",
                       help="also the fine-tuning line with --config.pack=False (about 1 min)")
+  parser.add_argument("--only", default=",".join(SECTIONS),
+                      help=f"comma-separated sections to run, of {','.join(SECTIONS)} (the "
+                           "whole suite overran 9 min on an H200: split it across calls)")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   parser.add_argument("--arg", action="append", default=[], help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  only = {x.strip() for x in args.only.split(",") if x.strip()}
+  if not only or only - set(SECTIONS):
+    parser.error(f"--only={args.only}: sections are {','.join(SECTIONS)}")
+  if args.skip_tests:
+    only.discard("tests")
   if args.worker:
     fn = WORKERS[args.worker]
     extra = [int(a) if a.isdigit() else a for a in args.arg]
@@ -327,6 +337,9 @@ def main(argv=None) -> int:
   header = ("row", "status / bert_jax", "transformers", "ratio", "MFU meas.", "MFU sheet",
             "target", "detail")
 
+  def echo(row: tuple) -> None:  # a finished row in full, so a cut-off run keeps its figures
+    print("  " + " | ".join(str(c) for c in row if c != ""), flush=True)
+
   def show():
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header) - 1)]
     for r in [header, *table]:
@@ -339,7 +352,7 @@ def main(argv=None) -> int:
           f"{peak['bf16_peak'] / 1e12:.1f} TFLOP/s; datasheet "
           f"{_fmt(peak['datasheet_peak'] and peak['datasheet_peak'] / 1e12, '.0f')} TFLOP/s"
           f"{'  [--smoke: CPU, tiny sizes]' if args.smoke else ''}", flush=True)
-    if not args.skip_tests:
+    if "tests" in only:
       rows = run_gpu_tests(args.smoke)
       table.extend((r["name"], r["status"], "", "", "", "", "", r["detail"]) for r in rows)
       failed = [r for r in rows if r["status"] == "FAIL"]
@@ -348,7 +361,7 @@ def main(argv=None) -> int:
             f"{r['name']}: {r['detail']}" for r in failed))
       print(f"  pytest -m gpu {GPU_TESTS}: " + ", ".join(
           f"{sum(r['status'] == s for r in rows)} {s}" for s in ("PASS", "SKIP")), flush=True)
-    for index, case in enumerate(sizes["cases"]):
+    for index, case in enumerate(sizes["cases"] if "pretrain" in only else ()):
       ours = _run_worker("jax_pretrain", args.smoke, str(index))
       theirs = _run_worker("torch_pretrain", args.smoke, str(index))
       c = _train_config(case, sizes, 1, "float32")
@@ -365,32 +378,39 @@ def main(argv=None) -> int:
           f">= {case.target:,.0f}" if case.target else "",
           f"transformers MFU {theirs['seq_per_sec'] * flops / peak['bf16_peak']:.1%} meas.; "
           f"loss {ours['loss']:.2f} vs {theirs['loss']:.2f}"))
-      print(f"  {table[-1][0]}: {table[-1][1]} vs {table[-1][2]}", flush=True)
-    with tempfile.TemporaryDirectory() as workdir:
-      _embedding_model_dir(workdir, args.smoke)
-      ours = _run_worker("jax_embed", args.smoke, workdir)
-      theirs = _run_worker("torch_embed", args.smoke, workdir)
-      import numpy as np  # pylint: disable=g-import-not-at-top
-      a = np.load(os.path.join(workdir, "jax_vectors.npy"))
-      b = np.load(os.path.join(workdir, "torch_vectors.npy"))
-      gap = common.compare_vectors(a, b)
-    table.append((f"embed {len(a)} variable-length texts", f"{ours['tokens_per_sec']:,.0f} tok/s",
-                  f"{theirs['tokens_per_sec']:,.0f} tok/s",
-                  f"{ours['tokens_per_sec'] / theirs['tokens_per_sec']:.2f}x", "", "", ">= 2x",
-                  f"{ours['tokens']:,} tokens, second pass timed; timed vectors: min cosine "
-                  f"{gap['min_cosine']:.4f} (bert_jax {ours['dtype']})"))
-    if not gap["min_cosine"] > 0.99:  # timing a wrong answer means nothing
-      raise SuiteFailure(f"the timed embeddings disagree: min cosine {gap['min_cosine']:.4f}")
-    with tempfile.TemporaryDirectory() as workdir:
-      table.extend(gpu_finetune.rows(
-          args.smoke, args.unpacked, workdir, _run_worker,
-          lambda row: print(f"  {row[0]}: {row[1]} vs {row[2]}", flush=True), peak))
+      echo(table[-1])
+    if "embed" in only:
+      _embed_row(args.smoke, table)
+      echo(table[-1])
+    if "finetune" in only:
+      with tempfile.TemporaryDirectory() as workdir:
+        table.extend(gpu_finetune.rows(args.smoke, args.unpacked, workdir, _run_worker, echo,
+                                       peak))
   except (SuiteFailure, subprocess.TimeoutExpired) as e:
     show()
     print(f"FAILED: {e}", file=sys.stderr)
     return 1
   show()
   return 0
+
+
+def _embed_row(smoke: bool, table: list) -> None:
+  """Appends the embedding row to `table`; SuiteFailure if the timed vectors disagree."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as workdir:
+    _embedding_model_dir(workdir, smoke)
+    ours = _run_worker("jax_embed", smoke, workdir)
+    theirs = _run_worker("torch_embed", smoke, workdir)
+    a = np.load(os.path.join(workdir, "jax_vectors.npy"))
+    b = np.load(os.path.join(workdir, "torch_vectors.npy"))
+    gap = common.compare_vectors(a, b)
+  table.append((f"embed {len(a)} variable-length texts", f"{ours['tokens_per_sec']:,.0f} tok/s",
+                f"{theirs['tokens_per_sec']:,.0f} tok/s",
+                f"{ours['tokens_per_sec'] / theirs['tokens_per_sec']:.2f}x", "", "", ">= 2x",
+                f"{ours['tokens']:,} tokens, second pass timed; timed vectors: min cosine "
+                f"{gap['min_cosine']:.4f} (bert_jax {ours['dtype']})"))
+  if not gap["min_cosine"] > 0.99:  # timing a wrong answer means nothing
+    raise SuiteFailure(f"the timed embeddings disagree: min cosine {gap['min_cosine']:.4f}")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,31 @@ def test_finetune_peer_decays_matrices_only(family):
   np.testing.assert_allclose(lrs, [float(ours(k)) for k in range(30)], rtol=1e-6, atol=1e-12)
 
 
+def test_only_runs_the_sections_it_names_and_rejects_others(monkeypatch, capsys):
+  # The whole suite overran a 10-minute call on an H200, so it is split across calls by
+  # --only; each section runs its workers alone, and an unknown name is a usage error.
+  gpu_suite = _gpu_suite()
+  calls = []
+
+  def fake_worker(name, smoke, *args, timeout=900):
+    del smoke, args, timeout
+    calls.append(name)
+    if name == "peak":
+      return dict(device="fake", platform="gpu", bf16_peak=1e15, datasheet_peak=None)
+    return dict(seq_per_sec=10.0, loss=1.0)
+
+  monkeypatch.setattr(gpu_suite, "_run_worker", fake_worker)
+  assert gpu_suite.main(["--smoke", "--only=pretrain"]) == 0
+  assert calls == ["peak"] + ["jax_pretrain", "torch_pretrain"] * 3
+  lines = capsys.readouterr().out.splitlines()
+  echoed = [l for l in lines if l.startswith("  pretrain BERT-") and " | " in l]
+  assert len(echoed) == 3 and all("seq/s | " in l for l in echoed), lines  # each as it ends
+  assert sum(l.startswith("pretrain BERT-") for l in lines) == 3, lines  # then the table
+  with pytest.raises(SystemExit):
+    gpu_suite.main(["--only=pretrain,bogus"])
+  assert "sections are tests,pretrain,embed,finetune" in capsys.readouterr().err
+
+
 def test_finetune_mfu_flops_are_the_models_matmuls(tmp_path):
   # BERT: bert_jax's own training-FLOP count per token; ModernBERT (GeGLU, no biases): 6 x the
   # encoder layers' Linear weights (what transformers' model holds), plus the attention term.
