@@ -5,7 +5,8 @@ Why one function: the encoder layer should not care which kernel runs.
   kernel with dropout on the attention probabilities.
 - `cudnn`: the fused cuDNN flash kernel (GPU, bf16/fp16). Padding goes in as
   key lengths (`key_value_seq_lengths` of `jax.nn.dot_product_attention`), not as
-  a dense mask, so the kernel skips padded keys. Packed rows: JAX 0.10.2's public
+  a dense mask, so the kernel skips padded keys (a mask that is not right-padded has
+  its keys gathered real-first: `real_keys_first`; no branch). Packed rows: JAX 0.10.2's public
   `jax.nn.dot_product_attention` has no segment ids, but its cuDNN layer
   (`jax._src.cudnn.fused_attention_stablehlo.dot_product_attention`) takes
   per-segment `q_offsets`/`kv_offsets` + lengths (cuDNN "packed layout", Hopper or
@@ -239,16 +240,45 @@ def _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL, dropout_rng,
   return (ctx_BxLxHxD, weights_BxHxLxL) if return_weights else ctx_BxLxHxD
 
 
-def key_lengths(key_mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(lengths [B] int32, whether every row is right-padded, a scalar bool).
+def real_keys_first(key_mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(order [B, L], its inverse [B, L], lengths [B] int32): each row's real keys first.
 
-  Lengths describe a padding mask exactly only when the real tokens form a
-  prefix of the row (every bert_jax pipeline pads on the right).
+  Why: cuDNN's fast padding kernel takes key lengths, which describe a mask only when the
+  real keys are a prefix of the row. Attention is a sum over keys, so gathering k and v in
+  `order` (real keys first, each part in its own order) makes any mask a prefix of
+  `lengths` keys, exactly; for the right-padded rows of every bert_jax pipeline the order is
+  the identity. This replaced a `lax.cond` on "is every row right-padded", which on a GPU
+  stopped the host at each layer (forward and backward) to read the predicate.
   """
   key_mask_BxL = key_mask_BxL.astype(bool)
-  lengths_B = jnp.sum(key_mask_BxL, axis=-1, dtype=jnp.int32)
-  prefix_BxL = jnp.arange(key_mask_BxL.shape[-1])[None, :] < lengths_B[:, None]
-  return lengths_B, jnp.all(prefix_BxL == key_mask_BxL)
+  order_BxL = jnp.argsort(~key_mask_BxL, axis=-1, stable=True).astype(jnp.int32)
+  inverse_BxL = jnp.argsort(order_BxL, axis=-1).astype(jnp.int32)
+  return order_BxL, inverse_BxL, jnp.sum(key_mask_BxL, axis=-1, dtype=jnp.int32)
+
+
+@jax.custom_vjp
+def gather_keys(x_BxLxHxD: jax.Array, order_BxL: jax.Array, inverse_BxL: jax.Array
+                ) -> jax.Array:
+  """x[b, order[b, i]] for every row: the keys (or values) in `order`.
+
+  A permutation's gradient is the inverse permutation's gather; written out so that the
+  backward pass is a gather, not the scatter-add XLA would make of take_along_axis."""
+  del inverse_BxL
+  return jnp.take_along_axis(x_BxLxHxD, order_BxL[:, :, None, None], axis=1)
+
+
+def _gather_keys_fwd(x_BxLxHxD, order_BxL, inverse_BxL):
+  return gather_keys(x_BxLxHxD, order_BxL, inverse_BxL), (order_BxL, inverse_BxL)
+
+
+def _gather_keys_bwd(saved, g_BxLxHxD):
+  order_BxL, inverse_BxL = saved
+  return (jnp.take_along_axis(g_BxLxHxD, inverse_BxL[:, :, None, None], axis=1),
+          np.zeros(order_BxL.shape, jax.dtypes.float0),
+          np.zeros(inverse_BxL.shape, jax.dtypes.float0))
+
+
+gather_keys.defvjp(_gather_keys_fwd, _gather_keys_bwd)
 
 
 def packed_segments(segment_ids_BxL: jax.Array, max_segments: int
@@ -319,12 +349,11 @@ def _cudnn_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask: AttentionMask,
     real_BxLx1x1 = (mask.segment_ids_BxL > 0)[:, :, None, None]
     return jnp.where(real_BxLx1x1, out_BxLxHxD, jnp.zeros_like(out_BxLxHxD))
   if mask.key_mask_BxL is not None:
-    lengths_B, right_padded = key_lengths(mask.key_mask_BxL)
+    order_BxL, inverse_BxL, lengths_B = real_keys_first(mask.key_mask_BxL)
+    k_BxLxHxD = gather_keys(k_BxLxHxD, order_BxL, inverse_BxL)
+    v_BxLxHxD = gather_keys(v_BxLxHxD, order_BxL, inverse_BxL)
     # Key lengths only (query lengths default to L): padding queries still attend, as BERT.
-    return jax.lax.cond(
-        right_padded,
-        lambda: public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, key_value_seq_lengths=lengths_B),
-        lambda: public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask=mask.dense(length)))
+    return public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, key_value_seq_lengths=lengths_B)
   return public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD)
 
 

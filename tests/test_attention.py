@@ -100,27 +100,44 @@ def test_key_value_lengths_equal_the_dense_mask_in_jax_xla_kernel():
   by_lengths = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=jnp.asarray(lengths),
                                             implementation="xla")
   np.testing.assert_allclose(by_lengths, dense, atol=1e-6)
-  got_lengths, right_padded = attention.key_lengths(jnp.asarray(key_mask))
+  order, inverse, got_lengths = attention.real_keys_first(jnp.asarray(key_mask))
   np.testing.assert_array_equal(got_lengths, lengths)
-  assert bool(right_padded)
-  _, right_padded = attention.key_lengths(jnp.asarray([[1, 0, 1], [1, 1, 1]]))
-  assert not bool(right_padded)
+  np.testing.assert_array_equal(order, np.broadcast_to(np.arange(12), (3, 12)))  # identity
+  order, inverse, got_lengths = attention.real_keys_first(jnp.asarray([[1, 0, 1, 0],
+                                                                       [0, 0, 1, 1]]))
+  np.testing.assert_array_equal(order, [[0, 2, 1, 3], [2, 3, 0, 1]])  # stable, real first
+  np.testing.assert_array_equal(np.take_along_axis(np.asarray(order), np.asarray(inverse), 1),
+                                np.broadcast_to(np.arange(4), (2, 4)))
+  np.testing.assert_array_equal(got_lengths, [2, 2])
 
 
 @pytest.mark.parametrize("key_mask", [
     [[1] * 12, [1] * 7 + [0] * 5, [1] + [0] * 11],        # right padding: key lengths
-    [[1] * 12, [0, 1] * 6, [1] * 3 + [0] * 2 + [1] * 7],  # holes: the dense fallback
+    [[1] * 12, [0, 1] * 6, [1] * 3 + [0] * 2 + [1] * 7],  # holes: keys gathered real-first
 ])
 def test_cudnn_padding_path_gives_xla_numbers(monkeypatch, key_mask):
-  # Runs _cudnn_attention's mask handling with jax's XLA kernel standing in for cuDNN.
+  # Runs _cudnn_attention's mask handling with jax's XLA kernel standing in for cuDNN:
+  # outputs and gradients equal the dense-mask kernel's, and the program has no branch (a
+  # lax.cond there made the GPU host wait at every layer).
   monkeypatch.setattr(attention, "_CUDNN", "xla")
   q, k, v = _qkv(batch=3, length=12)
   key_mask = jnp.asarray(key_mask)
-  want = attention.dot_product_attention(
+  cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), q.dtype)
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
+
+  dense = lambda q, k, v: attention.dot_product_attention(
       q, k, v, attention.make_attention_mask(key_mask, None, 12), implementation="xla")
-  got = jax.jit(lambda q, k, v, m: attention._cudnn_attention(
-      q, k, v, attention.attention_mask(m, None, 12), None))(q, k, v, key_mask)
-  np.testing.assert_allclose(got, want, atol=1e-6)
+  cudnn_path = lambda q, k, v: attention._cudnn_attention(  # pylint: disable=protected-access
+      q, k, v, attention.attention_mask(key_mask, None, 12), None)
+  np.testing.assert_allclose(jax.jit(cudnn_path)(q, k, v), dense(q, k, v), atol=1e-6)
+  got = jax.jit(jax.grad(loss(cudnn_path), argnums=(0, 1, 2)))(q, k, v)
+  want = jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5)
+  program = str(jax.make_jaxpr(jax.grad(loss(cudnn_path), argnums=(0, 1, 2)))(q, k, v))
+  assert "cond[" not in program and "while[" not in program
 
 
 def test_packed_segments_describe_the_packing_mask():
