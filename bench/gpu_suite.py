@@ -5,6 +5,7 @@ r"""GPU suite: the GPU correctness tests, then bert_jax vs transformers + torch 
   python bench/gpu_suite.py --skip_tests   # timing only
   python bench/gpu_suite.py --unpacked     # also fine-tuning with --config.pack=False
   python bench/gpu_suite.py --only=pretrain,embed   # some sections (tests,pretrain,embed,finetune)
+  python bench/gpu_suite.py --only=pretrain --trace_dir=T  # + a profile of 3 more steps a row
 
 Prints one table. First the correctness tests, `pytest -m gpu tests/test_gpu.py` in a
 child process (cuDNN attention equals the XLA kernel with padding and with packed rows
@@ -63,6 +64,7 @@ REPO = common.REPO
 GPU_TESTS = os.path.join("tests", "test_gpu.py")
 VOCAB = 30522
 SECTIONS = ("tests", "pretrain", "embed", "finetune")  # --only's names, in the order run
+TRACE_ENV = "GPU_SUITE_TRACE_DIR"  # --trace_dir, as the workers see it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +136,10 @@ def worker_jax_pretrain(smoke: bool, index: int) -> dict:
   sizes = _sizes(smoke)
   case = sizes["cases"][index]
   c = _train_config(case, sizes, sizes["steps"], "auto")
+  trace_dir = os.environ.get(TRACE_ENV)
   out = pretrain_peers.run_bert_jax(
-      c, pretrain_peers.synthetic_data(c, vocab_size=sizes["vocab"], packed=case.packed))
+      c, pretrain_peers.synthetic_data(c, vocab_size=sizes["vocab"], packed=case.packed),
+      trace_to=trace_dir and os.path.join(trace_dir, f"pretrain{index}.trace.json.gz"))
   return dict(seq_per_sec=out["seq_per_sec"], loss=out["loss"])
 
 
@@ -315,6 +319,9 @@ def main(argv=None) -> int:
   parser.add_argument("--only", default=",".join(SECTIONS),
                       help=f"comma-separated sections to run, of {','.join(SECTIONS)} (the "
                            "whole suite overran 9 min on an H200: split it across calls)")
+  parser.add_argument("--trace_dir", default="",
+                      help="write a jax.profiler (Perfetto) trace of 3 steps after each bert_jax "
+                           "pretraining row's timed ones here, as pretrain<N>.trace.json.gz")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   parser.add_argument("--arg", action="append", default=[], help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -323,6 +330,9 @@ def main(argv=None) -> int:
     parser.error(f"--only={args.only}: sections are {','.join(SECTIONS)}")
   if args.skip_tests:
     only.discard("tests")
+  if args.trace_dir:
+    os.makedirs(args.trace_dir, exist_ok=True)
+    os.environ[TRACE_ENV] = os.path.abspath(args.trace_dir)  # the workers inherit it
   if args.worker:
     fn = WORKERS[args.worker]
     extra = [int(a) if a.isdigit() else a for a in args.arg]

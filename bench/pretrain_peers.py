@@ -9,6 +9,9 @@ machine's figures (matmul peak, load) and config loading are in bench/common.py.
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import tempfile
 import time
 from typing import Iterator, Optional
@@ -65,12 +68,34 @@ def synthetic_data(config, vocab_size: int, packed: bool = False) -> tuple[train
   return data, spec
 
 
-def run_bert_jax(config, data: tuple[train.Data, train.Spec]) -> dict:
-  """bert_jax's own loop: the `seq_per_sec` of its last metrics.jsonl row (compile excluded)."""
+def run_bert_jax(config, data: tuple[train.Data, train.Spec],
+                 trace_to: Optional[str] = None) -> dict:
+  """bert_jax's own loop: the `seq_per_sec` of its last metrics.jsonl row (compile excluded).
+
+  `trace_to` (a file name): three more steps after the timed ones run under
+  `jax.profiler`, and their Perfetto trace (.json.gz) is moved there; the timed window
+  does not include them."""
+  timed = int(config.num_train_steps)
+  hook = None
+  if trace_to:
+    import jax  # pylint: disable=g-import-not-at-top
+    config = config.copy_and_resolve_references()
+    config.num_train_steps = timed + 3
+    trace_dir = tempfile.mkdtemp()
+
+    def hook(step):  # step `timed` has been read (its row written) before this call
+      if step == timed + 1:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
   with tempfile.TemporaryDirectory() as workdir:
-    train.train_and_evaluate(config, workdir, data=data)
+    train.train_and_evaluate(config, workdir, data=data, step_hook=hook)
     rows = common.read_metrics(workdir)
-  last = [r for r in rows if "seq_per_sec" in r][-1]
+  if trace_to:
+    jax.profiler.stop_trace()
+    found = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    if found:
+      shutil.move(found[0], trace_to)
+    shutil.rmtree(trace_dir, ignore_errors=True)
+  last = [r for r in rows if "seq_per_sec" in r and r["step"] <= timed][-1]
   return {"seq_per_sec": last["seq_per_sec"], "mfu": last.get("mfu"), "loss": last["loss"],
           "losses": [r["loss"] for r in rows if "loss" in r]}
 

@@ -112,6 +112,28 @@ def test_only_runs_the_sections_it_names_and_rejects_others(monkeypatch, capsys)
   assert "sections are tests,pretrain,embed,finetune" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_a_traced_pretraining_row_keeps_its_timed_window_and_writes_a_perfetto_trace(tmp_path):
+  # --trace_dir: three more steps run under jax.profiler after the timed ones; the row the
+  # suite reports is still the timed window's, and the trace is one readable file.
+  import gzip  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  gpu_suite = _gpu_suite()
+  import pretrain_peers  # pylint: disable=g-import-not-at-top
+  sizes = gpu_suite._sizes(True)  # pylint: disable=protected-access
+  case = sizes["cases"][0]
+  c = gpu_suite._train_config(case, sizes, 4, "float32")  # pylint: disable=protected-access
+  c.log_every_steps = 2
+  trace = str(tmp_path / "pretrain0.trace.json.gz")
+  out = pretrain_peers.run_bert_jax(c, pretrain_peers.synthetic_data(c, vocab_size=sizes["vocab"]),
+                                    trace_to=trace)
+  assert len(out["losses"]) == 4  # rows at steps 2 and 4 (timed), then 6 and 7 (traced)
+  assert out["loss"] == out["losses"][1]  # the reported row is step 4's
+  with gzip.open(trace, "rt") as f:
+    events = json.load(f)["traceEvents"]
+  assert any("train_step" in str(e.get("name", "")) for e in events)
+
+
 def test_finetune_mfu_flops_are_the_models_matmuls(tmp_path):
   # BERT: bert_jax's own training-FLOP count per token; ModernBERT (GeGLU, no biases): 6 x the
   # encoder layers' Linear weights (what transformers' model holds), plus the attention term.
