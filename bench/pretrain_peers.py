@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Iterator, Optional
@@ -94,6 +95,9 @@ def run_bert_jax(config, data: tuple[train.Data, train.Spec],
     found = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
     if found:
       shutil.move(found[0], trace_to)
+    else:
+      print(f"warning: jax.profiler wrote no Perfetto trace under {trace_dir}; {trace_to} not "
+            "written", file=sys.stderr)
     shutil.rmtree(trace_dir, ignore_errors=True)
   last = [r for r in rows if "seq_per_sec" in r and r["step"] <= timed][-1]
   return {"seq_per_sec": last["seq_per_sec"], "mfu": last.get("mfu"), "loss": last["loss"],

@@ -240,8 +240,8 @@ def _xla_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_Bx1xLxL, dropout_rng,
   return (ctx_BxLxHxD, weights_BxHxLxL) if return_weights else ctx_BxLxHxD
 
 
-def real_keys_first(key_mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(order [B, L], its inverse [B, L], lengths [B] int32): each row's real keys first.
+def real_keys_first(key_mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(order [B, L], lengths [B] int32): an order of each row's keys with the real ones first.
 
   Why: cuDNN's fast padding kernel takes key lengths, which describe a mask only when the
   real keys are a prefix of the row. Attention is a sum over keys, so gathering k and v in
@@ -252,30 +252,31 @@ def real_keys_first(key_mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array, jax.
   """
   key_mask_BxL = key_mask_BxL.astype(bool)
   order_BxL = jnp.argsort(~key_mask_BxL, axis=-1, stable=True).astype(jnp.int32)
-  inverse_BxL = jnp.argsort(order_BxL, axis=-1).astype(jnp.int32)
-  return order_BxL, inverse_BxL, jnp.sum(key_mask_BxL, axis=-1, dtype=jnp.int32)
+  return order_BxL, jnp.sum(key_mask_BxL, axis=-1, dtype=jnp.int32)
+
+
+def inverse_order(order_BxL: jax.Array) -> jax.Array:
+  """The permutation that undoes `order` in each row: inverse[b, order[b, i]] = i."""
+  return jnp.argsort(order_BxL, axis=-1).astype(jnp.int32)
 
 
 @jax.custom_vjp
-def gather_keys(x_BxLxHxD: jax.Array, order_BxL: jax.Array, inverse_BxL: jax.Array
-                ) -> jax.Array:
+def gather_keys(x_BxLxHxD: jax.Array, order_BxL: jax.Array) -> jax.Array:
   """x[b, order[b, i]] for every row: the keys (or values) in `order`.
 
   A permutation's gradient is the inverse permutation's gather; written out so that the
   backward pass is a gather, not the scatter-add XLA would make of take_along_axis."""
-  del inverse_BxL
   return jnp.take_along_axis(x_BxLxHxD, order_BxL[:, :, None, None], axis=1)
 
 
-def _gather_keys_fwd(x_BxLxHxD, order_BxL, inverse_BxL):
-  return gather_keys(x_BxLxHxD, order_BxL, inverse_BxL), (order_BxL, inverse_BxL)
+def _gather_keys_fwd(x_BxLxHxD, order_BxL):
+  return gather_keys(x_BxLxHxD, order_BxL), order_BxL
 
 
-def _gather_keys_bwd(saved, g_BxLxHxD):
-  order_BxL, inverse_BxL = saved
+def _gather_keys_bwd(order_BxL, g_BxLxHxD):
+  inverse_BxL = inverse_order(order_BxL)
   return (jnp.take_along_axis(g_BxLxHxD, inverse_BxL[:, :, None, None], axis=1),
-          np.zeros(order_BxL.shape, jax.dtypes.float0),
-          np.zeros(inverse_BxL.shape, jax.dtypes.float0))
+          np.zeros(order_BxL.shape, jax.dtypes.float0))
 
 
 gather_keys.defvjp(_gather_keys_fwd, _gather_keys_bwd)
@@ -349,9 +350,9 @@ def _cudnn_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask: AttentionMask,
     real_BxLx1x1 = (mask.segment_ids_BxL > 0)[:, :, None, None]
     return jnp.where(real_BxLx1x1, out_BxLxHxD, jnp.zeros_like(out_BxLxHxD))
   if mask.key_mask_BxL is not None:
-    order_BxL, inverse_BxL, lengths_B = real_keys_first(mask.key_mask_BxL)
-    k_BxLxHxD = gather_keys(k_BxLxHxD, order_BxL, inverse_BxL)
-    v_BxLxHxD = gather_keys(v_BxLxHxD, order_BxL, inverse_BxL)
+    order_BxL, lengths_B = real_keys_first(mask.key_mask_BxL)
+    k_BxLxHxD = gather_keys(k_BxLxHxD, order_BxL)
+    v_BxLxHxD = gather_keys(v_BxLxHxD, order_BxL)
     # Key lengths only (query lengths default to L): padding queries still attend, as BERT.
     return public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, key_value_seq_lengths=lengths_B)
   return public(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD)

@@ -111,7 +111,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 # Environment settings by which a user chose malloc's behaviour already (theirs win).
 _MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
                "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "LD_PRELOAD")
-KEEP_MEMORY_ENV = "BERT_JAX_KEEP_CPU_MEMORY"  # "0": leave malloc as it is
+KEEP_MEMORY_ENV = "BERT_JAX_KEEP_CPU_MEMORY"  # "0" (or false/no/off): leave malloc as it is
 
 
 def accelerator_may_be_used(environ: Optional[Mapping[str, str]] = None) -> bool:
@@ -141,11 +141,12 @@ def keep_cpu_memory(environ: Optional[Mapping[str, str]] = None) -> bool:
 
   Does nothing when a GPU or TPU may be used (their buffers are not malloc's), when
   the user set malloc's own variables, GLIBC_TUNABLES or LD_PRELOAD (another
-  allocator), when $BERT_JAX_KEEP_CPU_MEMORY is "0", or off glibc. Call it before
+  allocator), when $BERT_JAX_KEEP_CPU_MEMORY is "0" (or false/no/off), or off glibc. Call it before
   jax starts its threads: launchers do (errors.run_main).
   """
   environ = os.environ if environ is None else environ
-  if environ.get(KEEP_MEMORY_ENV, "1") == "0" or any(k in environ for k in _MALLOC_ENV):
+  off = environ.get(KEEP_MEMORY_ENV, "1").strip().lower() in ("0", "false", "no", "off")
+  if off or any(k in environ for k in _MALLOC_ENV):
     return False
   if accelerator_may_be_used(environ) or py_platform.libc_ver()[0] != "glibc":
     return False

@@ -303,7 +303,7 @@ def fresh_params(setup: _Setup, rng: jax.Array) -> Any:
 
 
 def fresh_leaves(setup: _Setup, rng: jax.Array, names: list[str]) -> dict[str, jax.Array]:
-  """The leaves `names` ('bert/pooler/dense/kernel', ...) of `fresh_params(setup, rng)`.
+  """The leaves `names` ('bert/pooler/kernel', ...) of `fresh_params(setup, rng)`.
 
   Why: a fine-tuning run from a checkpoint needs only its head fresh. Jitting just those
   outputs lets XLA drop the rest of the init (the embedding tables, every layer), so the

@@ -97,7 +97,8 @@ def test_malloc_is_left_alone_where_it_is_not_ours_to_change():
                   {"JAX_PLATFORMS": "cpu", "MALLOC_ARENA_MAX": "4"},
                   {"JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
                   {"JAX_PLATFORMS": "cpu", "LD_PRELOAD": "libjemalloc.so.2"},
-                  {"JAX_PLATFORMS": "cpu", platform.KEEP_MEMORY_ENV: "0"}):
+                  {"JAX_PLATFORMS": "cpu", platform.KEEP_MEMORY_ENV: "0"},
+                  {"JAX_PLATFORMS": "cpu", platform.KEEP_MEMORY_ENV: " False"}):
     assert not platform.keep_cpu_memory(environ), environ
 
 
