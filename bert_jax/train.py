@@ -41,6 +41,7 @@ from bert_jax import sharding as sharding_lib
 from bert_jax import finalize
 from bert_jax import heads as heads_lib
 from bert_jax import tasks as tasks_lib
+from bert_jax.data import packing as packing_lib
 from bert_jax.data.contract import Batch, Data, Spec
 from bert_jax.errors import UserError
 from bert_jax.formats import initialize
@@ -65,16 +66,30 @@ class TrainState:
 
 def _micro_batches(batch: Batch, num: int, mesh: Optional[jax.sharding.Mesh]) -> Batch:
   """[B, ...] -> [num, B/num, ...]; micro-batch i takes rows i, i+num, ... so that every
-  device holds a slice of every micro-batch (no data movement)."""
+  device holds a slice of every micro-batch (no data movement).
 
-  def split(x):
-    x = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
+  A packed batch's read-back arrays ([G, E/G*C, ...]: per group, its examples' C sequences)
+  split the same way over each group's examples; its rows were laid out for this split by
+  `packing.interleave_micro_batches`, so micro-batch i reads back only its own rows.
+  """
+  spec = jax.sharding.PartitionSpec(None, sharding_lib.BATCH_AXES)
+
+  def constrain(x):
     if mesh is None:
       return x
-    spec = jax.sharding.PartitionSpec(None, sharding_lib.BATCH_AXES)
     return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
 
-  return jax.tree_util.tree_map(split, batch)
+  def split(x):
+    return constrain(x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1))
+
+  def split_groups(x_GxPx):
+    groups, per = x_GxPx.shape[:2]
+    c = per * groups // batch["example_weights"].shape[0]  # sequences per example
+    x = x_GxPx.reshape((groups, per // (num * c), num, c) + x_GxPx.shape[2:])
+    return constrain(jnp.moveaxis(x, 2, 0).reshape((num, groups, per // num) + x.shape[4:]))
+
+  return {k: (split_groups(v) if k in packing_lib.UNPACK_KEYS
+              else jax.tree_util.tree_map(split, v)) for k, v in batch.items()}
 
 
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]
@@ -113,8 +128,8 @@ def make_train_step(head, model: nn.Module, tx: optax.GradientTransformation,
     step_rng = jax.random.fold_in(rng, state.step)
     dens = head.denominators(batch)  # over the whole batch, whatever the accumulation
     rows, length = batch["input_ids"].shape[:2]
-    if "unpack_rows" in batch:  # packed rows are one batch (data.finetune_pipeline.Packing)
-      num_micro = 1
+    if "unpack_rows" in batch:  # packed rows: as the stream laid them out (auto: one)
+      num_micro = max(grad_accum_steps, 1)
     else:
       num_micro = grad_accum_steps or auto_grad_accum_steps(rows // shards, length,
                                                            jax.default_backend())

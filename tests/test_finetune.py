@@ -133,16 +133,22 @@ def test_sigterm_then_resume_is_bit_identical(files, tmp_path):
 
 def test_packed_and_padded_runs_log_the_same_losses_and_metrics(files, tmp_path):
   """A fixed-seed run (dropout off) packed and padded: the same examples each step, so
-  every logged loss and eval metric agrees to float rounding (packing reorders sums)."""
+  every logged loss and eval metric agrees to float rounding (packing reorders sums); a
+  packed run accumulating 2 micro-batches per update logs the same losses too."""
   c = _local(files, num_train_steps=6, eval_every_steps=3,
              **{"model.hidden_dropout_rate": 0.0, "model.attention_dropout_rate": 0.0})
   runs = {}
-  for pack in (True, False):
-    workdir = str(tmp_path / f"pack_{pack}")
-    train.train_and_evaluate(override(c, pack=pack), workdir)
-    runs[pack] = read_rows(workdir)
+  for name, pack, accum in (("packed", True, 1), ("padded", False, 1),
+                            ("packed_accum", True, 2)):
+    workdir = str(tmp_path / name)
+    train.train_and_evaluate(override(c, pack=pack, grad_accum_steps=accum), workdir)
+    runs[pack if accum == 1 else name] = read_rows(workdir)
   losses = {p: [r["loss"] for r in rows if "loss" in r] for p, rows in runs.items()}
   np.testing.assert_allclose(losses[True], losses[False], rtol=2e-4)
+  np.testing.assert_allclose(losses["packed_accum"], losses[False], rtol=2e-4)
+  accumulated = runs.pop("packed_accum")
+  assert [r["eval_accuracy"] for r in accumulated if "eval_accuracy" in r] == [
+      r["eval_accuracy"] for r in runs[False] if "eval_accuracy" in r]
   evals = {p: [r for r in rows if "eval_accuracy" in r] for p, rows in runs.items()}
   assert len(evals[True]) == 2
   for a, b in zip(evals[True], evals[False]):

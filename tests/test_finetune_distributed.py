@@ -2,7 +2,8 @@
 
 The learning rate is 0, so every run evaluates the same (seeded) model; 21 validation rows in
 eval batches of 16 leave a padded last batch whose padding rows must weigh nothing. The
-training stream's batches are checked to be the same global batches too (equal train losses).
+training stream's batches are checked to be the same global batches too (equal train losses),
+also when 4 devices accumulate 2 packed micro-batches per update.
 """
 
 import json
@@ -25,9 +26,10 @@ def test_eval_is_identical_on_devices_and_processes(tmp_path):
   args = [str(tmp_path / "hf"), str(tmp_path / "train.jsonl"), str(tmp_path / "validation.jsonl")]
   one = run_child(__file__, [str(tmp_path / "one"), *args], devices=1)
   eight = run_child(__file__, [str(tmp_path / "eight"), *args], devices=8)
-  two = process_results(start_processes(__file__, [str(tmp_path / "two"), *args]))[0]
+  two = process_results(start_processes(__file__, [str(tmp_path / "two"), *args, "1"]))[0]
+  accumulated = run_child(__file__, [str(tmp_path / "accum"), *args, "2"], devices=4)
   assert one["eval"]["eval_accuracy"] * 21 == round(one["eval"]["eval_accuracy"] * 21)
-  for other in (eight, two):
+  for other in (eight, two, accumulated):
     assert other["devices"] in (8, 4)
     assert other["eval"]["eval_accuracy"] == one["eval"]["eval_accuracy"]
     assert other["eval"]["eval_mcc"] == pytest.approx(one["eval"]["eval_mcc"], abs=1e-12)
@@ -35,7 +37,8 @@ def test_eval_is_identical_on_devices_and_processes(tmp_path):
     assert other["losses"] == pytest.approx(one["losses"], rel=1e-6)
 
 
-def _child(workdir, hf_dir, train_file, validation_file, port=None, process_id=None):
+def _child(workdir, hf_dir, train_file, validation_file, grad_accum_steps="1", port=None,
+           process_id=None):
   import jax  # pylint: disable=g-import-not-at-top
   if port is not None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -45,7 +48,8 @@ def _child(workdir, hf_dir, train_file, validation_file, port=None, process_id=N
 
   c = finetune_config(init_checkpoint=hf_dir, train_file=train_file,
                       validation_file=validation_file, learning_rate=0.0, num_train_steps=3,
-                      eval_every_steps=3, checkpoint_every_steps=3, mesh_shape=(-1, 1, 1))
+                      eval_every_steps=3, checkpoint_every_steps=3, mesh_shape=(-1, 1, 1),
+                      grad_accum_steps=int(grad_accum_steps))
   c.model.hidden_dropout_rate = 0.0
   c.model.attention_dropout_rate = 0.0
   train.train_and_evaluate(c, workdir)

@@ -259,3 +259,97 @@ def test_train_stream_compiles_the_planned_row_counts(num_steps):
     for k, v in whole.items():
       np.testing.assert_array_equal(
           np.concatenate([h.batch_at(s)[k] for h in again]), v, err_msg=k)
+
+
+def _train_step(head, model, grad_accum_steps):
+  import optax  # pylint: disable=g-import-not-at-top
+  from bert_jax import train  # pylint: disable=g-import-not-at-top
+  # SGD at rate 1: the update is minus the gradient, so equal updates mean equal gradients.
+  schedule = optax.constant_schedule(1.0)
+  tx = optax.sgd(schedule)
+  return tx, jax.jit(train.make_train_step(head, model, tx, schedule,
+                                           grad_accum_steps=grad_accum_steps))
+
+
+@pytest.mark.parametrize("name", sorted(_SPECS))
+@pytest.mark.parametrize("groups", [1, 2])
+def test_packed_micro_batches_update_like_the_padded_batch(name, groups):
+  """Gradient accumulation over packed rows: 2 micro-batches, each packed in rows of its
+  own, give the loss and update of the whole padded batch in one piece."""
+  from bert_jax import train  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(11)
+  data = _data(name, 8, rng)
+  head = _head(name)
+  model, params = _init(head, 2)
+  rows, weights = np.arange(8), np.ones(8, np.float32)
+  length = fp.bucket_length(int(data.lengths.max()), L)
+  padded = fp._batch(data, rows, length, weights)
+  packed = fp._packed_batch(data, rows, weights, length,
+                            fp.Packing(groups=groups, row_length=32), 0, 1, micro_batches=2)
+  tx, whole_step = _train_step(head, model, 1)
+  _, accumulating_step = _train_step(head, model, 2)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=tx.init(params))
+  key = jax.random.PRNGKey(0)
+  ref_state, ref = whole_step(state, padded, key)
+  traced = str(jax.make_jaxpr(accumulating_step)(state, packed, key))
+  assert "scan" in traced and "length=2" in traced
+  new_state, out = accumulating_step(state, packed, key)
+  np.testing.assert_allclose(out["loss"], ref["loss"], rtol=1e-5, atol=1e-6)
+  flat_ref = jax.tree_util.tree_leaves_with_path(ref_state.params)
+  flat_new = dict(jax.tree_util.tree_leaves_with_path(new_state.params))
+  for path, p in flat_ref:
+    np.testing.assert_allclose(flat_new[path], p, rtol=1e-5, atol=2e-6,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("name,groups", [("classifier", 2), ("multiple_choice", 1)])
+def test_packed_micro_batches_hold_only_their_own_examples(name, groups):
+  """The train step's split of a batch packed for 3 micro-batches: micro-batch i's rows hold
+  exactly the examples it takes (every 3rd of each group, from the i-th), each whole."""
+  from bert_jax import train  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  n, k = 12, 3
+  data = _data(name, n, rng)
+  length = fp.bucket_length(int(data.lengths.max()), L)
+  packed = fp._packed_batch(data, np.arange(n), np.ones(n, np.float32), length,
+                            fp.Packing(groups=groups, row_length=32), 0, 1, micro_batches=k)
+  micro = jax.tree_util.tree_map(np.asarray, train._micro_batches(  # pylint: disable=protected-access
+      jax.tree_util.tree_map(jnp.asarray, packed), k, None))
+  choices = data.lengths.shape[1] if data.lengths.ndim > 1 else 1
+  per = n // groups
+  for i in range(k):
+    rows = micro["input_ids"][i].shape[0] // groups
+    for g in range(groups):
+      for j in range(per // k):
+        example = g * per + j * k + i  # the i-th micro-batch's j-th example of group g
+        # Per-example fields are split the same way.
+        assert micro["example_weights"][i][g * per // k + j] == 1
+        for c in range(choices):
+          s = j * choices + c
+          row = g * rows + micro["unpack_rows"][i][g, s]
+          start = micro["unpack_positions"][i][g, s, 0]
+          size = int(data.lengths[example] if choices == 1 else data.lengths[example, c])
+          want = data.seq_fields["input_ids"][example]
+          want = want if choices == 1 else want[c]
+          np.testing.assert_array_equal(micro["input_ids"][i][row, start:start + size],
+                                        want[:size])
+          np.testing.assert_array_equal(micro["position_ids"][i][row, start:start + size],
+                                        np.arange(size))
+    # Nothing else in micro-batch i's rows: its real tokens are its examples' tokens.
+    mine = [g * per + j * k + i for g in range(groups) for j in range(per // k)]
+    assert int((micro["packing_ids"][i] > 0).sum()) == int(data.lengths[mine].sum())
+
+
+def test_train_stream_packs_micro_batches_alike_on_any_number_of_hosts():
+  rng = np.random.default_rng(8)
+  data = _data("classifier", 48, rng)
+  p = fp.Packing(groups=2, row_length=32)
+  kw = dict(global_batch_size=16, seed=1, max_seq_length=L, packing=p, micro_batches=2)
+  one = fp.TrainStream(data, **kw)
+  two = [fp.TrainStream(data, process_index=h, process_count=2, **kw) for h in range(2)]
+  for step in range(3):
+    whole = one.batch_at(step)
+    halves = [s.batch_at(step) for s in two]
+    for key, v in whole.items():
+      np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), v, err_msg=key)

@@ -83,6 +83,16 @@ def _packed_lengths(data: Encoded, rows_all: np.ndarray, weights_all: np.ndarray
   return (data.lengths[rows_all] * real).reshape(-1)
 
 
+def micro_batch_order(count: int, groups: int, micro_batches: int) -> np.ndarray:
+  """The order in which a batch of `count` examples is packed for `micro_batches`
+  accumulated micro-batches: block (g, i) = the examples of group g that micro-batch i
+  takes (`train._micro_batches`: every `micro_batches`-th example of the group, from the
+  i-th), so each micro-batch has rows of its own. The identity for one micro-batch."""
+  per = count // groups
+  return (np.arange(count).reshape(groups, per // micro_batches, micro_batches)
+          .transpose(0, 2, 1).reshape(-1))
+
+
 def packed_view_length(data: Encoded, max_seq_length: int) -> int:
   """The padded-view width of every packed batch of `data`: the bucket of its longest
   example, so only the row count varies between batches (fewer compiled shapes)."""
@@ -91,20 +101,31 @@ def packed_view_length(data: Encoded, max_seq_length: int) -> int:
 
 def _packed_batch(data: Encoded, rows_all: np.ndarray, weights_all: np.ndarray, length: int,
                   packing: Packing, process_index: int, process_count: int,
-                  rows: int = 0, counts: Sequence[int] = packing_lib.ROW_COUNTS) -> dict:
-  """This host's block of the global batch `rows_all`, packed (see `Packing`)."""
+                  rows: int = 0, counts: Sequence[int] = packing_lib.ROW_COUNTS,
+                  micro_batches: int = 1) -> dict:
+  """This host's block of the global batch `rows_all`, packed (see `Packing`).
+
+  `micro_batches` > 1 (gradient accumulation): each group's examples are packed as that
+  many blocks of rows, laid out so that `train._micro_batches` hands every micro-batch its
+  own examples' rows (`packing.interleave_micro_batches`); per-example fields keep the
+  batch's order.
+  """
   groups = packing.groups
   mine = slice(process_index * len(rows_all) // process_count,
                (process_index + 1) * len(rows_all) // process_count)
-  lengths = _packed_lengths(data, rows_all, weights_all)
+  order = micro_batch_order(len(rows_all), groups, micro_batches)
+  lengths = _packed_lengths(data, rows_all[order], weights_all[order])
   count = lengths.size
-  seq = {k: data.seq_fields[k][rows_all].reshape(count, -1)
+  seq = {k: data.seq_fields[k][rows_all[order]].reshape(count, -1)
          for k in ("input_ids", "token_type_ids")}
-  per_host = groups // process_count
+  blocks = groups * micro_batches  # packed blocks: (group, micro-batch), group-major
+  per_host = blocks // process_count
   packed = packing_lib.pack(
-      seq, lengths.reshape(-1), groups=groups, row_length=max(packing.row_length, length),
+      seq, lengths.reshape(-1), groups=blocks, row_length=max(packing.row_length, length),
       unpack_length=length, pad_id=packing.pad_id,
       keep=(process_index * per_host, (process_index + 1) * per_host), rows=rows, counts=counts)
+  packed = packing_lib.interleave_micro_batches(packed, micro_batches,
+                                                sequences_per_example=count // len(rows_all))
   out = _batch(data, rows_all[mine], length, weights_all[mine])
   out.update(packed)  # the encoder's rows replace the padded input_ids / token_type_ids
   return out
@@ -116,11 +137,12 @@ class TrainStream:
   def __init__(self, data: Encoded, *, global_batch_size: int, seed: int, max_seq_length: int,
                process_index: int = 0, process_count: int = 1,
                buckets: Sequence[int] = BUCKETS, packing: Optional[Packing] = None,
-               num_steps: Optional[int] = None):
+               num_steps: Optional[int] = None, micro_batches: int = 1):
     if len(data) == 0:
       raise UserError("the training set is empty")
     self.data = data
     self.packing = packing
+    self.micro_batches = micro_batches  # accumulated per update (packed: rows of their own)
     if packing is not None:  # one view width per run: only the row count varies
       self.view_length = packed_view_length(data, max_seq_length)
     self.order = GlobalOrder(len(data), global_batch_size, seed)
@@ -140,10 +162,12 @@ class TrainStream:
     a resumed run and every host plan alike."""
     top = max(self.packing.row_length, self.view_length)
     widths = [self.view_length] + [b for b in BUCKETS if self.view_length < b <= top]
-    batches = [_packed_lengths(self.data, self.order.host_rows(s)[0],
-                               np.ones(self.order.global_batch_size))
+    size = self.order.global_batch_size
+    order = micro_batch_order(size, self.packing.groups, self.micro_batches)
+    batches = [_packed_lengths(self.data, self.order.host_rows(s)[0][order], np.ones(size))
                for s in range(min(num_steps, PLAN_SAMPLE_STEPS))]
-    needed = {w: [packing_lib.rows_needed(lengths, groups=self.packing.groups, row_length=w)
+    blocks = self.packing.groups * self.micro_batches
+    needed = {w: [packing_lib.rows_needed(lengths, groups=blocks, row_length=w)
                   for lengths in batches] for w in widths}
     return packing_lib.plan_packing(needed, num_steps)
 
@@ -158,7 +182,7 @@ class TrainStream:
     if self.packing is not None:
       return _packed_batch(self.data, everyone, np.ones(len(everyone)), self.view_length,
                            self.packing, self.process_index, self.process_count,
-                           counts=self.row_counts)
+                           counts=self.row_counts, micro_batches=self.micro_batches)
     rows, _ = self.order.host_rows(step, self.process_index, self.process_count)
     return _batch(self.data, rows, length, np.ones(len(rows)))
 
@@ -234,9 +258,6 @@ def packing_of(config, pad_id: int = 0) -> Optional[Packing]:
   if groups % jax.process_count():
     raise UserError(f"config.pack: the {groups} batch shards do not split over the "
                     f"{jax.process_count()} processes; set config.pack=False")
-  if config.grad_accum_steps > 1:
-    raise UserError(f"config.pack packs a whole batch at once: set config.grad_accum_steps=1 "
-                    f"(is {config.grad_accum_steps}) or config.pack=False")
   if config.pack_length < 2:
     raise UserError(f"config.pack_length={config.pack_length} must be >= 2")
   # Rows no wider than max_seq_length: a model's position table holds that (and the kernels
@@ -262,6 +283,9 @@ def make_streams(config, train: Encoded, evals: dict[str, Encoded], *, pad_id: i
                for infix, data in evals.items()}
   from bert_jax import optim  # pylint: disable=g-import-not-at-top
   steps = optim.run_steps(config, len(train))  # the run's length, for the packing plan
+  # Packed rows are accumulated only where asked (`grad_accum_steps` 0, auto, is one
+  # micro-batch for them: `train.make_train_step`).
   stream = TrainStream(train, global_batch_size=config.batch_size, seed=config.seed,
-                       max_seq_length=length, packing=packing, num_steps=steps, **where)
+                       max_seq_length=length, packing=packing, num_steps=steps,
+                       micro_batches=max(int(config.grad_accum_steps), 1), **where)
   return stream, eval_sets

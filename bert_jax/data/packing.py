@@ -195,3 +195,33 @@ def pack(seq_fields: dict[str, np.ndarray], lengths_S: np.ndarray, *, groups: in
   return {"input_ids": ids, "token_type_ids": types, "position_ids": positions,
           "packing_ids": packing, "unpack_rows": unpack_rows,
           "unpack_positions": unpack_positions}
+
+
+# The per-group read-back arrays of a packed batch: [G, S/G, ...], not [rows, ...].
+UNPACK_KEYS = ("unpack_rows", "unpack_positions")
+
+
+def interleave_micro_batches(packed: dict[str, np.ndarray], micro_batches: int, *,
+                             sequences_per_example: int = 1) -> dict[str, np.ndarray]:
+  """`pack`'s output for G*K blocks (block g*K + i: micro-batch i of group g) -> the layout
+  of one batch of G groups whose every K-th row, and every K-th example of each group, from
+  the i-th, is micro-batch i (how the train step splits a batch to accumulate it). Rows
+  [G*K*R, L] -> [G*R*K, L] (group g's rows r*K + i); read-back arrays [G*K, E/K*C, ...] ->
+  [G, E*C, ...] (example j*K + i of group g is example j of block g*K + i), C =
+  `sequences_per_example`. The identity for K = 1."""
+  if micro_batches == 1:
+    return packed
+  k, c = micro_batches, sequences_per_example
+  out = {}
+  for name, x in packed.items():
+    if name in UNPACK_KEYS:  # [G*K, (E/K)*C, ...]
+      blocks, per = x.shape[:2]
+      x = x.reshape((blocks // k, k, per // c, c) + x.shape[2:]).swapaxes(1, 2)
+      out[name] = x.reshape((blocks // k, per * k) + x.shape[4:])
+    else:  # rows [G*K*R, L]
+      blocks = packed["unpack_rows"].shape[0]
+      rows = x.shape[0] // blocks
+      x = x.reshape((blocks // k, k, rows) + x.shape[1:]).swapaxes(1, 2)
+      out[name] = x.reshape((-1,) + x.shape[3:])
+  return out
+
