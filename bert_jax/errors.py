@@ -39,13 +39,16 @@ def _one_line(exc: BaseException) -> str:
   return f"error: {message}"
 
 
-def run_main(main: Callable[[list[str]], object], quiet: bool = False) -> None:
+def run_main(main: Callable[[list[str]], object], quiet: bool = False,
+             inference: bool = False) -> None:
   """`absl.app.run(main)` that reports user errors in one line and exits 1.
 
   Args:
     main: the launcher's main.
     quiet: for tools whose stdout is the product (fill-mask, embed, convert): library
       INFO logs (Orbax, JAX backend probing) are hidden unless --verbosity is given.
+    inference: a tool that runs forwards through `inference.runner`: on CPU it gets one
+      jax device per core (`platform.cpu_device_per_core`).
   """
 
   def wrapped(argv):
@@ -71,5 +74,7 @@ def run_main(main: Callable[[list[str]], object], quiet: bool = False) -> None:
   # CPU runs reuse freed memory instead of mapping it afresh each step; before jax starts
   # its threads (platform.keep_cpu_memory says why).
   platform_lib.keep_cpu_memory()
+  if inference:
+    platform_lib.cpu_device_per_core()
   # Parsed once only: config_flags defines its --config.KEY flags while parsing.
   app.run(wrapped, flags_parser=lambda argv: remaining)

@@ -162,6 +162,46 @@ def keep_cpu_memory(environ: Optional[Mapping[str, str]] = None) -> bool:
   return all(done)
 
 
+# --------------------------------------------------------------------------- CPU devices
+
+CPU_DEVICES_ENV = "JAX_NUM_CPU_DEVICES"  # jax's own setting; a user's value wins
+
+
+def cpu_device_per_core(environ: Optional[Mapping[str, str]] = None) -> int:
+  """For inference tools: one jax CPU device per core; returns the count set (0: left alone).
+
+  Why: XLA CPU runs one program's ops across the cores with its intra-op threads, and
+  the matmuls of an inference batch (a few rows of 128 tokens x 384) are too small for
+  that to keep every core busy. With one device per core, the runner shards each batch's
+  rows over them (`inference.runner`: data parallel, parameters replicated) and every
+  core runs its own rows: on the 2-core machine a MiniLM-sized forward went from 169-180
+  to 128-130 microseconds a token, and `launch/embed.py` on 10k lines from 48-50 s to
+  about 40 s (BENCHMARKS.md, "Embedding"). Training keeps one device: there the same
+  split ran the fine-tuning bench at 77 against 97 seq/s (a packed group and its
+  gradient per device, and an all-reduce each step).
+
+  Only the CPU backend changes (a GPU or TPU stays the default device). Leaves a
+  user's `JAX_NUM_CPU_DEVICES` or `--xla_force_host_platform_device_count` alone, and
+  must run before jax initialises its backends (launchers: `errors.run_main`).
+  """
+  environ = os.environ if environ is None else environ
+  if CPU_DEVICES_ENV in environ or "xla_force_host_platform_device_count" in environ.get(
+      "XLA_FLAGS", ""):
+    return 0
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  if cores < 2:
+    return 0
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if xla_bridge.backends_are_initialized():
+    raise RuntimeError("cpu_device_per_core() must run before the first jax computation")
+  jax.config.update("jax_num_cpu_devices", cores)
+  return cores
+
+
 # --------------------------------------------------------------------------- CPU peak
 
 PEAK_CACHE_FILE = "cpu_peak_flops.json"

@@ -72,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  run_main(main, quiet=True)
+  run_main(main, quiet=True, inference=True)

@@ -1,7 +1,8 @@
 """XLA performance flags: merged with the user's, only where a GPU may be used, known to XLA;
-CPU runs keep freed memory; the CPU's matmul peak."""
+CPU runs keep freed memory; inference tools get a CPU device per core; the CPU's matmul peak."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -100,6 +101,40 @@ def test_malloc_is_left_alone_where_it_is_not_ours_to_change():
                   {"JAX_PLATFORMS": "cpu", platform.KEEP_MEMORY_ENV: "0"},
                   {"JAX_PLATFORMS": "cpu", platform.KEEP_MEMORY_ENV: " False"}):
     assert not platform.keep_cpu_memory(environ), environ
+
+
+_DEVICES = """
+from bert_jax import platform
+set_to = platform.cpu_device_per_core()
+import jax
+import jax.numpy as jnp
+jnp.ones(2).block_until_ready()
+print(set_to, len(jax.local_devices()), jax.default_backend())
+"""
+
+
+def test_inference_tools_get_one_cpu_device_per_core_unless_the_user_chose():
+  cores = len(os.sched_getaffinity(0))
+  env = conftest.child_env()
+  env.pop(platform.CPU_DEVICES_ENV, None)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "device_count" not in f)
+  cases = [({}, f"{cores} {cores}" if cores > 1 else "0 1"),
+           ({platform.CPU_DEVICES_ENV: "3"}, "0 3"),
+           ({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, "0 4")]
+  for extra, expect in cases:
+    result = subprocess.run([sys.executable, "-c", _DEVICES], env=dict(env, **extra),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == expect.split() + ["cpu"], (extra, result.stdout)
+
+
+def test_cpu_devices_cannot_change_once_jax_has_started(monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.numpy.ones(1).block_until_ready()  # this process's backend is up
+  monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+  with pytest.raises(RuntimeError, match="before the first jax computation"):
+    platform.cpu_device_per_core({})
 
 
 def test_cpu_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):

@@ -107,8 +107,8 @@ class Embedder:
     devices' platform per device.
 
     `dtype`: compute dtype; "auto" = bfloat16 on GPU/TPU, float32 on CPU (model.resolve_dtype).
-    `devices` (e.g. `jax.local_devices()`) shards each batch's rows over those devices (data
-    parallel, parameters replicated); default: the default device.
+    `devices` shards each batch's rows over those devices (data parallel, parameters
+    replicated); default: this process's devices of the default backend (`runner.run`).
     """
     if pooling not in POOLINGS:
       raise UserError(f"--pooling={pooling!r}: expected one of {list(POOLINGS)}")
@@ -123,7 +123,7 @@ class Embedder:
     self.tokens_per_batch, self.batch_size = tokens_per_batch, batch_size
     self.compile_cost_tokens = compile_cost_tokens
     self.pack_length = pack_length if pooling in PACKED_POOLINGS else 0
-    self.devices = list(devices) if devices else None
+    self.devices = list(devices) if devices else jax.local_devices()
     self.dtype = model_lib.resolve_dtype(dtype)
     params = {k: v for k, v in pre.params["bert"].items() if k != "pooler"}
     self._params = runner.place_params(params, self.devices)

@@ -21,9 +21,11 @@ thousand tokens, so:
   uses block-diagonal attention. The outputs of a row packed with others equal
   those of the row alone up to float rounding.
 - Batch i is fetched only after batch i+1 is dispatched, so the host assembles
-  and reads back while the device computes. With several `devices` each batch's
-  rows are sharded over them (data parallel, parameters replicated); row counts
-  are rounded up to a multiple of the device count.
+  and reads back while the device computes. Each batch's rows are sharded over
+  the process's devices (data parallel, parameters replicated; on CPU the
+  inference launchers make one device per core, which keeps every core busy where
+  one device's intra-op threads do not); row counts are rounded up to a multiple
+  of the device count.
 """
 
 from __future__ import annotations
@@ -213,7 +215,9 @@ def run(forward: Forward, params, ids_rows: Sequence[Sequence[int]],
     tokens_per_batch: token budget of a batch; None (or 0) = `platform.batch_tokens` of
       the devices' platform per device.
     batch_size: fixed largest rows per batch, overriding the token budget.
-    devices: shard each batch's rows over these (data parallel); None = the default device.
+    devices: shard each batch's rows over these (data parallel); None = this process's
+      devices of the default backend (on CPU, inference launchers make one per core:
+      `platform.cpu_device_per_core`).
     progress: called with (inputs done, inputs in all) as batches finish.
     compile_cost_tokens: padding worth paying to avoid one more compiled shape.
     pack_length: row length of packed rows (capped at `max_length`).
@@ -230,10 +234,9 @@ def run(forward: Forward, params, ids_rows: Sequence[Sequence[int]],
     raise ValueError(f"a row of {lengths.max()} tokens is longer than max_length={max_length}")
   if batch_size is not None and batch_size < 1:
     raise ValueError(f"batch_size={batch_size}: must be >= 1")
-  devices = list(devices) if devices else None
+  devices = list(devices) if devices else jax.local_devices()
   if not tokens_per_batch:
-    where = devices or [jax.devices()[0]]
-    tokens_per_batch = platform_lib.batch_tokens(where[0].platform) * len(where)
+    tokens_per_batch = platform_lib.batch_tokens(devices[0].platform) * len(devices)
   batches = plan(lengths, max_length=max_length, tokens_per_batch=tokens_per_batch,
                  batch_size=batch_size, pack=pack, pack_length=pack_length,
                  compile_cost_tokens=compile_cost_tokens,
