@@ -19,9 +19,9 @@ import test_span_inference
 pytestmark = pytest.mark.slow
 
 
-def _run(script, *args, timeout=900):
+def _run(script, *args, timeout=900, devices=1):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
-                        env=child_env(1), capture_output=True, text=True, timeout=timeout)
+                        env=child_env(devices), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,8 @@ def test_tagging_finetune_and_predict_equal_the_pipeline(setup):
     lines = f.read().splitlines()
   assert lines[0] == "index\tprediction" and len(lines) == 17
   text = "Hais Deadrend works for Coostor Works in Revuxmere, and keeps a wethowl."
-  proc = _run("predict.py", f"--model={workdir}/best", f"--text={text}", "--json")
+  # Predicted over 2 CPU devices (what the inference launchers make on a 2-core machine).
+  proc = _run("predict.py", f"--model={workdir}/best", f"--text={text}", "--json", devices=2)
   assert proc.returncode == 0, proc.stderr[-3000:]
   ours = json.loads(proc.stdout.strip().splitlines()[-1])["entities"]
   pipe = transformers.pipeline("token-classification", model=f"{workdir}/best_hf",
@@ -87,7 +88,7 @@ def test_qa_finetune_and_predict_equal_the_classic_postprocessing(setup):
   # Within the fine-tuning lengths (8 question pieces, one 64-piece window), as transformers sees.
   question, context = "is it the city?", "The woman read the text in Paris, the capital city."
   proc = _run("predict.py", f"--model={workdir}/best", f"--question={question}",
-              f"--context={context}", "--top_k=2", "--json")
+              f"--context={context}", "--top_k=2", "--json", devices=2)
   assert proc.returncode == 0, proc.stderr[-3000:]
   ours = json.loads(proc.stdout.strip().splitlines()[-1])
   model = transformers.BertForQuestionAnswering.from_pretrained(f"{workdir}/best_hf").eval()
