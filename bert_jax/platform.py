@@ -180,13 +180,16 @@ def cpu_device_per_core(environ: Optional[Mapping[str, str]] = None) -> int:
   split ran the fine-tuning bench at 77 against 97 seq/s (a packed group and its
   gradient per device, and an all-reduce each step).
 
-  Only the CPU backend changes (a GPU or TPU stays the default device). Leaves a
-  user's `JAX_NUM_CPU_DEVICES` or `--xla_force_host_platform_device_count` alone, and
-  must run before jax initialises its backends (launchers: `errors.run_main`).
+  Does nothing where a GPU or TPU may be used (a TPU VM host has hundreds of cores and
+  no use for their devices), and leaves a user's `JAX_NUM_CPU_DEVICES` or
+  `--xla_force_host_platform_device_count` alone. Must run before jax initialises its
+  backends (launchers: `errors.run_main`).
   """
   environ = os.environ if environ is None else environ
   if CPU_DEVICES_ENV in environ or "xla_force_host_platform_device_count" in environ.get(
       "XLA_FLAGS", ""):
+    return 0
+  if accelerator_may_be_used(environ):
     return 0
   try:
     cores = len(os.sched_getaffinity(0))

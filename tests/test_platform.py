@@ -134,7 +134,9 @@ def test_cpu_devices_cannot_change_once_jax_has_started(monkeypatch):
   jax.numpy.ones(1).block_until_ready()  # this process's backend is up
   monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
   with pytest.raises(RuntimeError, match="before the first jax computation"):
-    platform.cpu_device_per_core({})
+    platform.cpu_device_per_core({"JAX_PLATFORMS": "cpu"})
+  # Left alone where an accelerator may be used.
+  assert platform.cpu_device_per_core({"JAX_PLATFORMS": "tpu"}) == 0
 
 
 def test_cpu_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
