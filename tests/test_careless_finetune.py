@@ -57,6 +57,11 @@ def test_resume_with_a_renamed_label_stops_and_names_the_labels(hf_dir, tmp_path
 @pytest.mark.parametrize("overrides,message", [
     (dict(num_epochs=-1.0, num_train_steps=-1), r"config.num_epochs=-1.0 must be > 0"),
     (dict(num_train_steps=-5), r"config.num_train_steps=-5: give a positive number"),
+    # Accumulated micro-batches must split the batch, packed or padded.
+    (dict(grad_accum_steps=3), r"config.batch_size=8 must be divisible by data\*fsdp=1 "
+     r"devices x grad_accum_steps=3 \(= 3\)"),
+    (dict(grad_accum_steps=3, pack=False), r"config.batch_size=8 must be divisible by "
+     r"data\*fsdp=1 devices x grad_accum_steps=3 \(= 3\)"),
 ])
 def test_negative_steps_or_epochs_are_errors(hf_dir, tmp_path, overrides, message):
   train_file = _write(tmp_path / "train.jsonl", _pairs(7, 16))
