@@ -97,14 +97,20 @@ def num_batch_shards(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh, grad_accum_steps: int = 1,
-                     name: str = "config.batch_size") -> None:
-  """Each micro-batch must split evenly over the batch shards and the processes."""
-  shards = num_batch_shards(mesh)
+def check_batch_split(global_batch_size: int, shards: int, grad_accum_steps: int = 1,
+                      name: str = "config.batch_size") -> None:
+  """Each micro-batch must split evenly over `shards` batch shards (without a mesh: the
+  packed fine-tuning stream checks this while it plans, before the run builds its mesh)."""
   need = shards * grad_accum_steps
   if global_batch_size % need:
     raise UserError(f"{name}={global_batch_size} must be divisible by data*fsdp={shards} "
                     f"devices x grad_accum_steps={grad_accum_steps} (= {need})")
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh, grad_accum_steps: int = 1,
+                     name: str = "config.batch_size") -> None:
+  """Each micro-batch must split evenly over the batch shards and the processes."""
+  check_batch_split(global_batch_size, num_batch_shards(mesh), grad_accum_steps, name)
   if global_batch_size % jax.process_count():
     raise UserError(f"{name}={global_batch_size} must be divisible by the "
                     f"{jax.process_count()} processes")

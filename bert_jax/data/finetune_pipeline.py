@@ -258,10 +258,8 @@ def packing_of(config, pad_id: int = 0) -> Optional[Packing]:
   if groups % jax.process_count():
     raise UserError(f"config.pack: the {groups} batch shards do not split over the "
                     f"{jax.process_count()} processes; set config.pack=False")
-  accum = max(int(config.grad_accum_steps), 1)  # packed blocks per group (see TrainStream)
-  if config.batch_size % (groups * accum):
-    raise UserError(f"config.batch_size={config.batch_size} must be divisible by data*fsdp="
-                    f"{groups} devices x grad_accum_steps={accum} (= {groups * accum})")
+  # Packed blocks per group (TrainStream): the micro-batches must split each group's examples.
+  sharding.check_batch_split(config.batch_size, groups, max(int(config.grad_accum_steps), 1))
   if config.pack_length < 2:
     raise UserError(f"config.pack_length={config.pack_length} must be >= 2")
   # Rows no wider than max_seq_length: a model's position table holds that (and the kernels
