@@ -1,7 +1,7 @@
 r"""BERT-base pretraining as a user runs it: `launch/pretrain.py --config=configs/bert_base.py` on
 prepared real text, against transformers' BertForPreTraining on the same batches.
 
-  python bench/pretrain_launcher_vs_transformers.py [--workdir=DIR] [--steps=3]
+  python bench/pretrain_launcher_vs_transformers.py [--workdir=DIR] [--steps=3] [--runs=1]
       [--batch_size=256] [--peer_micro_batch=8]
 
 What runs:
@@ -23,13 +23,17 @@ What runs:
   whole optimizer steps after the first.
 MFU for both is the same model-FLOPs count (matmuls, the MLM decoder at the 20 masked positions;
 transformers' decoder also runs at the other 108 positions, which this count leaves out) over
-the measured matmul peak. Prints one line per side and the ratio.
+the measured matmul peak. Prints one line per side and the ratio; `--runs=N` alternates the
+sides N times (bert_jax first in odd runs, transformers first in even ones) and ends with the
+spread of the ratios, since either side's speed moves between runs on a shared machine. One run
+of 3 steps takes ~12-15 minutes on 2 cores.
 """
 
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,9 +162,12 @@ def main():
   parser.add_argument("--steps", type=int, default=3, help="optimizer steps per side (1 warm-up)")
   parser.add_argument("--batch_size", type=int, default=0, help="0 = the shipped config's (256)")
   parser.add_argument("--peer_micro_batch", type=int, default=8)
+  parser.add_argument("--runs", type=int, default=1, help="alternating pairs of runs")
   parser.add_argument("--paragraphs", type=int, default=40000, help="docstring paragraphs")
   parser.add_argument("--peer", default="", help=argparse.SUPPRESS)  # child mode: DATA dir
   args = parser.parse_args()
+  if args.runs < 1 or args.steps < 2:
+    parser.error("--runs must be >= 1 and --steps >= 2 (the first step compiles)")
   if args.peer:
     print(json.dumps(run_transformers(args.peer, args.steps, args.batch_size,
                                       args.peer_micro_batch)))
@@ -176,24 +183,42 @@ def main():
   print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; measured fp32 matmul "
         f"peak {peak / 1e9:.1f} GFLOP/s; load {os.getloadavg()[0]:.2f}", flush=True)
   data = prepare(workdir, args.paragraphs)
-  ours = run_bert_jax(workdir, data, args.steps, args.batch_size, peak)
-  ours_load = os.getloadavg()[0]
-  print(f"bert_jax      : {ours['seq_per_sec']:.3f} seq/s  MFU {ours['mfu']:.3f}  per step "
-        f"{ours['per_step']}  (whole command {ours['wall_s']:.0f} s; load {ours_load:.2f})",
-        flush=True)
+  ratios = []
+  for run in range(args.runs):
+    sides = ["bert_jax", "transformers"] if run % 2 == 0 else ["transformers", "bert_jax"]
+    got = {}
+    for side in sides:
+      if side == "bert_jax":
+        got[side] = run_bert_jax(workdir, data, args.steps, args.batch_size, peak)
+      else:
+        got[side] = run_peer(data, args)
+      got[side]["load"] = os.getloadavg()[0]
+    ours, theirs = got["bert_jax"], got["transformers"]
+    if args.runs > 1:
+      print(f"run {run + 1} of {args.runs} ({sides[0]} first)", flush=True)
+    print(f"bert_jax      : {ours['seq_per_sec']:.3f} seq/s  MFU {ours['mfu']:.3f}  per step "
+          f"{ours['per_step']}  (whole command {ours['wall_s']:.0f} s; load {ours['load']:.2f})")
+    print(f"transformers  : {theirs['seq_per_sec']:.3f} seq/s  MFU "
+          f"{theirs['seq_per_sec'] * flops / peak:.3f}  per step {theirs['per_step']}  (torch "
+          f"{theirs['torch']}, micro-batches of {args.peer_micro_batch}, vocab "
+          f"{theirs['vocab_size']}; load {theirs['load']:.2f})")
+    ratios.append(ours["seq_per_sec"] / theirs["seq_per_sec"])
+    print(f"ratio bert_jax / transformers: {ratios[-1]:.2f}x", flush=True)
+  if args.runs > 1:
+    print(f"ratios over {args.runs} alternating runs: "
+          f"{' / '.join(f'{r:.2f}x' for r in ratios)} (min {min(ratios):.2f}x, "
+          f"median {statistics.median(ratios):.2f}x, max {max(ratios):.2f}x)")
+
+
+def run_peer(data: str, args) -> dict:
+  """The transformers side in a child process (torch and jax never share one)."""
   done = subprocess.run([sys.executable, os.path.abspath(__file__), f"--peer={data}",
                          f"--steps={args.steps}", f"--batch_size={args.batch_size}",
                          f"--peer_micro_batch={args.peer_micro_batch}"],
                         capture_output=True, text=True, check=False)
   if done.returncode:
     sys.exit(f"transformers side failed:\n{done.stderr[-3000:]}")
-  theirs = json.loads(done.stdout.strip().splitlines()[-1])
-  theirs_load = os.getloadavg()[0]
-  print(f"transformers  : {theirs['seq_per_sec']:.3f} seq/s  MFU "
-        f"{theirs['seq_per_sec'] * flops / peak:.3f}  per step {theirs['per_step']}  (torch "
-        f"{theirs['torch']}, micro-batches of {args.peer_micro_batch}, vocab "
-        f"{theirs['vocab_size']}; load {theirs_load:.2f})")
-  print(f"ratio bert_jax / transformers: {ours['seq_per_sec'] / theirs['seq_per_sec']:.2f}x")
+  return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
