@@ -4,13 +4,16 @@ Why: a researcher who passes a wrong path should read one sentence naming the
 path, not a 40-frame traceback. Library code turns bad user input into
 `UserError` where it detects it; launchers call `run_main(main)`, which prints
 `error: <message>` and exits 1 for those (and for file-system errors on paths
-the user gave). Anything else is a bug and keeps its traceback.
+the user gave, and for a backend named by JAX_PLATFORMS that jax cannot start).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Callable
+import traceback
+from typing import Callable, Optional
 
 from absl import app
 from absl import flags
@@ -39,6 +42,26 @@ def _one_line(exc: BaseException) -> str:
   return f"error: {message}"
 
 
+def _backend_start_error(exc: BaseException) -> Optional[str]:
+  """One line for jax failing to start the backend that JAX_PLATFORMS names, else None.
+
+  Why: a command copied from a GPU machine (`JAX_PLATFORMS=cuda`) or a typo in the variable
+  is the user's environment, not a bug, but jax reports it from deep in its backend start-up
+  (a RuntimeError, or a bare AssertionError for a platform it knows but cannot load). Only an
+  exception raised inside jax's backend module with JAX_PLATFORMS set counts, so a bug in
+  bert_jax keeps its traceback.
+  """
+  platforms = os.environ.get("JAX_PLATFORMS")
+  if not platforms or not isinstance(exc, (RuntimeError, AssertionError)):
+    return None
+  frames = traceback.extract_tb(exc.__traceback__)
+  if not frames or not frames[-1].filename.endswith(os.path.join("jax", "_src", "xla_bridge.py")):
+    return None
+  detail = " ".join(str(exc).split())
+  return (f"error: JAX_PLATFORMS={platforms!r}: jax could not start that backend on this "
+          f"machine{f' ({detail})' if detail else ''}; unset it to use what is available")
+
+
 def run_main(main: Callable[[list[str]], object], quiet: bool = False,
              inference: bool = False) -> None:
   """`absl.app.run(main)` that reports user errors in one line and exits 1.
@@ -58,6 +81,12 @@ def run_main(main: Callable[[list[str]], object], quiet: bool = False,
       return main(argv)
     except _USER_ERRORS as exc:
       print(_one_line(exc), file=sys.stderr, flush=True)
+      sys.exit(1)
+    except (RuntimeError, AssertionError) as exc:
+      line = _backend_start_error(exc)
+      if line is None:
+        raise
+      print(line, file=sys.stderr, flush=True)
       sys.exit(1)
     except KeyboardInterrupt:
       print("error: interrupted", file=sys.stderr, flush=True)

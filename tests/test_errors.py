@@ -41,3 +41,32 @@ def test_only_user_errors_are_one_line(raised, one_line):
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
   else:
     assert "Traceback" in r.stderr and not lines[-1].startswith("error: "), r.stderr
+
+
+@pytest.mark.parametrize("platforms", ["no_such_backend", "cuda", "tpu"])
+def test_unavailable_jax_platform_is_one_line(platforms):
+  """JAX_PLATFORMS naming a backend this machine cannot start (a typo, or a GPU/TPU command
+  run on another machine) is the user's environment: one line naming it, exit 1."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if platforms == jax.default_backend() or (platforms == "cuda" and jax.default_backend() == "gpu"):
+    pytest.skip(f"this machine has the {platforms} backend")
+  script = ("from bert_jax.errors import run_main\n"
+            "import jax\n"
+            "def main(argv):\n  print(jax.devices())\n"
+            "run_main(main)\n")
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS=platforms))
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 1 and r.stdout == "", r.stderr
+  assert len(lines) == 1 and lines[0].startswith(f"error: JAX_PLATFORMS={platforms!r}"), r.stderr
+
+
+def test_assertion_outside_jax_backend_start_keeps_traceback():
+  """With JAX_PLATFORMS set, a failed assertion in bert_jax's own code is still a bug."""
+  script = ("from bert_jax.errors import run_main\n"
+            "def main(argv):\n  assert False, 'a bug'\n"
+            "run_main(main)\n")
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 1
+  assert "Traceback" in r.stderr and "AssertionError: a bug" in r.stderr, r.stderr
