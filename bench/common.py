@@ -22,7 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -41,6 +41,14 @@ def load_line() -> str:
 
 def load_1m() -> float:
   return round(os.getloadavg()[0], 2)
+
+
+def alternate(run: int, sides: dict[str, Callable[[], dict]]) -> tuple[dict[str, dict], list[str]]:
+  """Runs each side once: in the given order on even runs, reversed on odd ones, so that
+  neither side always meets the machine first (caches, turbo, a neighbour's job). Returns
+  ({side: its result}, the order run)."""
+  order = list(sides) if run % 2 == 0 else list(sides)[::-1]
+  return {side: sides[side]() for side in order}, order
 
 
 def measured_matmul_peak(n: int = 2048, reps: int = 5, dtype: Any = None,

@@ -300,17 +300,13 @@ def main():
   load_before = common.load_1m()
   ratios = []
   for run in range(args.runs):
-    sides = ["ours", "loop"] if run % 2 == 0 else ["loop", "ours"]
-    got = {}
-    for side in sides:
-      if side == "ours":
-        got[side] = run_ours(args, model, os.path.join(workdir, f"bert_jax_{run}"))
-      else:
-        got[side] = run_peer("loop", args, model, workdir)
+    got, order = common.alternate(run, {
+        "ours": lambda: run_ours(args, model, os.path.join(workdir, f"bert_jax_{run}")),
+        "loop": lambda: run_peer("loop", args, model, workdir)})
     ours, loop = got["ours"], got["loop"]
     ratio = ours["train_seq_per_sec"] / loop["train_seq_per_sec"]
     ratios.append(ratio)
-    print(f"run {run + 1} ({sides[0]} first), load {common.load_1m():.2f}")
+    print(f"run {run + 1} ({order[0]} first), load {common.load_1m():.2f}")
     for name, r in (("bert_jax", ours), ("torch loop", loop)):
       print(f"  {name:11}{r['train_seq_per_sec']:8.1f} seq/s {r['real_tokens_per_sec']:8.0f} "
             f"real tok/s ({r['real_tokens_per_sec'] / ceiling:6.1%} of ceiling, padding "

@@ -185,17 +185,13 @@ def main():
   data = prepare(workdir, args.paragraphs)
   ratios = []
   for run in range(args.runs):
-    sides = ["bert_jax", "transformers"] if run % 2 == 0 else ["transformers", "bert_jax"]
-    got = {}
-    for side in sides:
-      if side == "bert_jax":
-        got[side] = run_bert_jax(workdir, data, args.steps, args.batch_size, peak)
-      else:
-        got[side] = run_peer(data, args)
-      got[side]["load"] = os.getloadavg()[0]
+    got, order = common.alternate(run, {  # each side's result with the load just after it
+        "bert_jax": lambda: dict(run_bert_jax(workdir, data, args.steps, args.batch_size, peak),
+                                 load=common.load_1m()),
+        "transformers": lambda: dict(run_peer(data, args), load=common.load_1m())})
     ours, theirs = got["bert_jax"], got["transformers"]
     if args.runs > 1:
-      print(f"run {run + 1} of {args.runs} ({sides[0]} first)", flush=True)
+      print(f"run {run + 1} of {args.runs} ({order[0]} first)", flush=True)
     print(f"bert_jax      : {ours['seq_per_sec']:.3f} seq/s  MFU {ours['mfu']:.3f}  per step "
           f"{ours['per_step']}  (whole command {ours['wall_s']:.0f} s; load {ours['load']:.2f})")
     print(f"transformers  : {theirs['seq_per_sec']:.3f} seq/s  MFU "
