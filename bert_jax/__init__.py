@@ -5,6 +5,11 @@ Google, bert_jax export or training workdir). It is imported lazily so that
 `import bert_jax` stays cheap for tools that only need the tokenizer.
 """
 
+from bert_jax import platform as _platform
+
+# Before any module imports jax, which would fail on a malformed value with a traceback.
+_platform.check_cpu_devices_env()
+
 
 def __getattr__(name):
   if name == "from_pretrained":

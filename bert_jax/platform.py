@@ -167,6 +167,26 @@ def keep_cpu_memory(environ: Optional[Mapping[str, str]] = None) -> bool:
 CPU_DEVICES_ENV = "JAX_NUM_CPU_DEVICES"  # jax's own setting; a user's value wins
 
 
+def check_cpu_devices_env(environ: Optional[Mapping[str, str]] = None) -> None:
+  """Exits with one `error:` line when $JAX_NUM_CPU_DEVICES is set but not an integer.
+
+  Why an exit from an import: jax parses the variable while it is first imported, and a
+  launcher imports jax with its modules, before `errors.run_main` can turn an error into
+  one line, so a typo was jax's ValueError traceback. `bert_jax/__init__.py` calls this
+  before any of the package's modules (and so jax) load; the process could not go on
+  anyway, since jax would not import. The test is jax's own: int() of the value.
+  """
+  environ = os.environ if environ is None else environ
+  value = environ.get(CPU_DEVICES_ENV)
+  if value is None:
+    return
+  try:
+    int(value)
+  except ValueError:
+    raise SystemExit(f"error: {CPU_DEVICES_ENV}={value!r} is not a whole number (jax's count of "
+                     f"CPU devices); set one such as 2, or unset it") from None
+
+
 def cpu_device_per_core(environ: Optional[Mapping[str, str]] = None) -> int:
   """For inference tools: one jax CPU device per core; returns the count set (0: left alone).
 

@@ -70,3 +70,18 @@ def test_assertion_outside_jax_backend_start_keeps_traceback():
                      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
   assert r.returncode == 1
   assert "Traceback" in r.stderr and "AssertionError: a bug" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "2.5", ""])
+def test_malformed_cpu_device_count_is_one_line(value, tmp_path):
+  """jax parses JAX_NUM_CPU_DEVICES while a launcher imports it, before run_main: a typo
+  there is still one line naming it, exit 1, and nothing written."""
+  text = tmp_path / "in.txt"
+  text.write_text("a line\n")
+  out = tmp_path / "out.npy"
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "embed.py"), "--model=m",
+                      f"--input={text}", f"--output={out}"], capture_output=True, text=True,
+                     timeout=120, env=dict(os.environ, JAX_NUM_CPU_DEVICES=value))
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 1 and not out.exists(), r.stderr
+  assert len(lines) == 1 and lines[0].startswith(f"error: JAX_NUM_CPU_DEVICES={value!r}"), r.stderr

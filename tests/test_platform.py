@@ -129,6 +129,15 @@ def test_inference_tools_get_one_cpu_device_per_core_unless_the_user_chose():
     assert result.stdout.split() == expect.split() + ["cpu"], (extra, result.stdout)
 
 
+def test_a_malformed_cpu_device_count_exits_with_one_line_naming_it():
+  for ok in ({}, {platform.CPU_DEVICES_ENV: "3"}, {platform.CPU_DEVICES_ENV: " -1 "}):
+    platform.check_cpu_devices_env(ok)  # what jax's int() accepts passes
+  for bad in ("abc", "2.5", ""):
+    with pytest.raises(SystemExit) as exc:
+      platform.check_cpu_devices_env({platform.CPU_DEVICES_ENV: bad})
+    assert str(exc.value).startswith(f"error: JAX_NUM_CPU_DEVICES={bad!r} is not a whole number")
+
+
 def test_cpu_devices_cannot_change_once_jax_has_started(monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top
   jax.numpy.ones(1).block_until_ready()  # this process's backend is up
