@@ -107,6 +107,14 @@ def auto_grad_accum_steps(rows_per_device: int, length: int, platform: str) -> i
               if rows_per_device % k == 0 and rows_per_device // k <= most_rows)
 
 
+def _grad_accum_steps(config, stream) -> int:
+  """The train step's micro-batches: a packed fine-tuning stream's own (it laid the rows out
+  for them: `finetune_pipeline.packed_micro_batches`), else `config.grad_accum_steps`."""
+  if getattr(stream, "packing", None) is not None:
+    return int(stream.micro_batches)
+  return int(config.grad_accum_steps)
+
+
 def make_train_step(head, model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum_steps: int = 1,
                     nonfinite: str = "stop", mesh: Optional[jax.sharding.Mesh] = None,
@@ -417,7 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       rep = sharding_lib.replicated(mesh)
       p_train_step = jax.jit(
           make_train_step(head, setup.model, setup.tx, setup.schedule,
-                          grad_accum_steps=config.grad_accum_steps,
+                          grad_accum_steps=_grad_accum_steps(config, data.train),
                           nonfinite=config.nonfinite, mesh=mesh,
                           flops_per_row=functools.partial(
                               head.flops_per_sequence, setup.bert_config, config=config,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bert_jax import heads as heads_lib
+from bert_jax import platform
 from bert_jax.data import finetune_pipeline as fp
 from bert_jax.data import packing
 from bert_jax.data.contract import Spec
@@ -353,3 +354,34 @@ def test_train_stream_packs_micro_batches_alike_on_any_number_of_hosts():
     halves = [s.batch_at(step) for s in two]
     for key, v in whole.items():
       np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), v, err_msg=key)
+
+
+def test_auto_packed_micro_batches_keep_short_batches_whole_and_split_long_ones_on_cpu():
+  auto = fp.packed_micro_batches
+  budget = platform.CPU_PACKED_BATCH_TOKENS
+  assert auto(0, 32, 16.0, "cpu") == 1  # GLUE-length: 512 real tokens, one micro-batch
+  assert auto(0, 32, 70.0, "cpu") == 4  # QA windows: 2,240 tokens -> 4 x 560
+  assert auto(0, 32, budget / 32 + 1, "cpu") == 2  # just over the budget whole
+  assert auto(0, 6, 600.0, "cpu") == 6  # 2 x 600 is over: one example a micro-batch
+  assert auto(0, 2, 2000.0, "cpu") == 2  # one example a micro-batch even when over it
+  assert auto(0, 7, 300.0, "cpu") == 7  # only 1-example micro-batches divide 7
+  assert auto(0, 32, 70.0, "gpu") == auto(0, 32, 70.0, "tpu") == 1
+  assert auto(2, 32, 70.0, "cpu") == auto(2, 32, 16.0, "gpu") == 2  # asked for: as given
+
+
+def test_streams_of_a_packed_run_choose_micro_batches_from_the_examples_lengths():
+  """`make_streams` hands the auto choice to the stream, and the train step reads it back
+  there (`train._grad_accum_steps`): long examples split, short ones stay whole."""
+  from bert_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != "cpu":
+    pytest.skip("the auto choice splits on CPU only")
+  config = load_config("finetune.py")
+  config.update(dict(max_seq_length=L, pack_length=L, batch_size=64 * jax.device_count(),
+                     num_train_steps=4, grad_accum_steps=0))
+  for length, expect in ((L, 2), (8, 1)):  # 64 x 32 = 2,048 real tokens a group; 64 x 8 = 512
+    data = _data("classifier", 80 * jax.device_count(), np.random.default_rng(3))
+    data.lengths[:] = length
+    stream, _ = fp.make_streams(config, data, {})
+    assert stream.micro_batches == expect
+    assert train_lib._grad_accum_steps(config, stream) == expect  # pylint: disable=protected-access

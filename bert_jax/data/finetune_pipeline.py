@@ -268,6 +268,27 @@ def packing_of(config, pad_id: int = 0) -> Optional[Packing]:
                  pad_id=pad_id)
 
 
+def packed_micro_batches(grad_accum_steps: int, examples_per_group: int, mean_tokens: float,
+                         platform: str) -> int:
+  """Micro-batches a packed batch is accumulated in: `grad_accum_steps` when given; for 0
+  (auto) 1 on GPU/TPU, and on CPU the fewest that divide a group's examples into micro-batches
+  of at most `platform.CPU_PACKED_BATCH_TOKENS` real tokens (at least one example each).
+
+  Why on CPU: a step's activations for a few thousand tokens fall out of the cores' caches;
+  QA windows (32 x 96 tokens a step) ran 1.3x faster in 4 micro-batches than whole, while
+  GLUE-length batches (32 x ~16 tokens) stay whole (BENCHMARKS.md, "Tagging and QA").
+  """
+  from bert_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+  if grad_accum_steps:
+    return int(grad_accum_steps)
+  if platform != "cpu" or examples_per_group <= 1:
+    return 1
+  budget = platform_lib.CPU_PACKED_BATCH_TOKENS
+  return next(k for k in range(1, examples_per_group + 1)
+              if examples_per_group % k == 0
+              and (examples_per_group // k == 1 or examples_per_group // k * mean_tokens <= budget))
+
+
 def make_streams(config, train: Encoded, evals: dict[str, Encoded], *, pad_id: int = 0,
                  packable: bool = True):
   """(training stream, {eval infix: factory of one exact pass}) of this process for `config`.
@@ -285,9 +306,14 @@ def make_streams(config, train: Encoded, evals: dict[str, Encoded], *, pad_id: i
                for infix, data in evals.items()}
   from bert_jax import optim  # pylint: disable=g-import-not-at-top
   steps = optim.run_steps(config, len(train))  # the run's length, for the packing plan
-  # Packed rows are accumulated only where asked (`grad_accum_steps` 0, auto, is one
-  # micro-batch for them: `train.make_train_step`).
+  # Packed rows: the stream lays out the micro-batches (each its own rows) and the train step
+  # accumulates as many (`train.make_train_step` reads `stream.micro_batches`).
+  micro = max(int(config.grad_accum_steps), 1)
+  if packing is not None:
+    micro = packed_micro_batches(int(config.grad_accum_steps), config.batch_size // packing.groups,
+                                 float(np.mean(train.lengths.reshape(len(train), -1).sum(axis=1))),
+                                 jax.default_backend())
   stream = TrainStream(train, global_batch_size=config.batch_size, seed=config.seed,
                        max_seq_length=length, packing=packing, num_steps=steps,
-                       micro_batches=max(int(config.grad_accum_steps), 1), **where)
+                       micro_batches=micro, **where)
   return stream, eval_sets
