@@ -111,7 +111,8 @@ def training() -> ml_collections.ConfigDict:
   # Micro-batches per step (gradient accumulation); must divide the per-device batch. 0 = per
   # platform: 1 on GPU/TPU; on CPU micro-batches of ~512 tokens per device (4 rows at seq 128),
   # measured ~1.45x faster than whole batches (bert_jax.train.auto_grad_accum_steps); packed
-  # fine-tuning rows: 1 (K > 1 packs each micro-batch's examples in rows of their own).
+  # fine-tuning rows (each micro-batch's examples in rows of their own): 1 on GPU/TPU, on CPU
+  # micro-batches of <= 1,024 real tokens (finetune_pipeline.packed_micro_batches).
   c.grad_accum_steps = 0
   # Clip gradients to this global norm (0 = no clipping).
   c.max_grad_norm = 1.0
