@@ -111,6 +111,6 @@ def test_bad_inputs_are_one_error_line(setup, tmp_path):
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert lines[-1] == f"error: {bad}:2: no label column in 'lives' (expected a token and its " \
                       "label, separated by whitespace)"
-  proc = _run("predict.py", f"--model={root}/qa/best", "--text=hello")
+  proc = _run("predict.py", f"--model={root}/BertForQuestionAnswering", "--text=hello")
   assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(
       "error: a QA model needs --question and --context")
