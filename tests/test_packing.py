@@ -18,6 +18,7 @@ from bert_jax import platform
 from bert_jax.data import finetune_pipeline as fp
 from bert_jax.data import packing
 from bert_jax.data.contract import Spec
+from bert_jax.errors import UserError
 from bert_jax.heads.base import combine_loss
 from bert_jax.model import BertConfig
 
@@ -367,6 +368,8 @@ def test_auto_packed_micro_batches_keep_short_batches_whole_and_split_long_ones_
   assert auto(0, 7, 300.0, "cpu") == 7  # only 1-example micro-batches divide 7
   assert auto(0, 32, 70.0, "gpu") == auto(0, 32, 70.0, "tpu") == 1
   assert auto(2, 32, 70.0, "cpu") == auto(2, 32, 16.0, "gpu") == 2  # asked for: as given
+  with pytest.raises(UserError, match=r"grad_accum_steps=-1 must be >= 1"):
+    auto(-1, 32, 16.0, "cpu")
 
 
 def test_streams_of_a_packed_run_choose_micro_batches_from_the_examples_lengths():

@@ -279,6 +279,9 @@ def packed_micro_batches(grad_accum_steps: int, examples_per_group: int, mean_to
   GLUE-length batches (32 x ~16 tokens) stay whole (BENCHMARKS.md, "Tagging and QA").
   """
   from bert_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+  if grad_accum_steps < 0:  # the stream is built before the trainer checks the config
+    raise UserError(f"config.grad_accum_steps={grad_accum_steps} must be >= 1 (or 0: per "
+                    "platform)")
   if grad_accum_steps:
     return int(grad_accum_steps)
   if platform != "cpu" or examples_per_group <= 1:
