@@ -78,11 +78,17 @@ def pretraining_flops_per_sequence(config: BertConfig, seq_len: int, num_predict
     global one to all `seq_len` (the XLA kernel computes the masked rest too);
   - backward is 2x forward for every matmul, except that LoRA (`lora_rank` > 0) computes no
     weight gradients for the frozen encoder kernels (1x instead of 2x) and adds its
-    adapters (`lora_modules`: [in -> rank -> out] per adapted module, trained: 3x).
+    adapters (`lora_modules`: [in -> rank -> out] per adapted module, trained: 3x);
+  - with MLM predictions (`num_predictions` > 0) the last layer's attention output and
+    feed-forward serve only the predicted positions and [CLS] (for NSP): they are counted
+    there alone (`model.BertLayer`'s `keep_BxP`), not at every position.
   """
   e, m, n = config.hidden_size, config.intermediate_size, config.num_layers
   ffn = 3 if config.feed_forward == "glu" else 2
   kernels = n * 2 * seq_len * (4 * e * e + ffn * e * m)  # q, k, v, out + the FFN matmuls
+  if num_predictions:
+    read = min(seq_len, num_predictions + int(with_nsp))
+    kernels -= 2 * (seq_len - read) * (e * e + ffn * e * m)
   keys = [min(seq_len, 2 * (w // 2) + 1) if w else seq_len for w in config.layer_windows]
   scores = sum(2 * 2 * seq_len * k * e for k in keys)  # q.k^T and probs.v
   head = 2 * num_predictions * (e * e + e * config.vocab_size)  # MLM transform + decoder

@@ -112,3 +112,25 @@ def test_local_windows_count_their_keys():
   cfg = _config(local_window=8, global_every=2)  # layer 1 of 2 is local: 9 keys of 32
   local = metrics.pretraining_flops_per_sequence(cfg, L, 0, with_nsp=False)
   assert base - local == 3 * 2 * 2 * L * (L - 9) * cfg.hidden_size
+
+
+@pytest.mark.parametrize("with_nsp", [True, False])
+def test_pretraining_count_equals_the_gradients_matmuls(with_nsp):
+  """MLM (+ NSP): the decoder at the masked positions, and the last layer's attention output
+  and feed-forward only there (and at [CLS]): the count is the matmuls JAX runs."""
+  from bert_jax.heads import pretraining  # pylint: disable=g-import-not-at-top
+  cfg = _config(vocab_pad_multiple=1)
+  model = pretraining.BertForPreTraining(cfg, with_nsp=with_nsp)
+  ids = jnp.ones((1, L), jnp.int32)
+  positions = jnp.asarray([[1, 4, 9, 16, 30]], jnp.int32)
+  params = nn.unbox(model.init(jax.random.key(0), ids, masked_positions_BxP=positions)["params"])
+
+  def loss(p):
+    out = model.apply({"params": p}, ids, masked_positions_BxP=positions)
+    return jnp.sum(out["mlm_logits"]) + (jnp.sum(out["nsp_logits"]) if with_nsp else 0.0)
+
+  jaxpr = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+  ours = metrics.pretraining_flops_per_sequence(cfg, L, positions.shape[1], with_nsp=with_nsp)
+  assert ours == pytest.approx(jaxpr, rel=1e-9)
+  every = metrics.pretraining_flops_per_sequence(cfg, L, 0, with_nsp=False)
+  assert ours < every  # 5 of 32 positions in the last layer outweigh the small decoder

@@ -125,17 +125,49 @@ def test_padding_does_not_change_real_token_outputs():
   np.testing.assert_allclose(padded.pooled_output, short.pooled_output, atol=1e-6)
 
 
-def test_masked_positions_gather_matches_full_logits():
-  module = pretraining.BertForPreTraining(TINY)
+PRE_LN_MEAN = TINY.replace(norm_placement="pre", first_layer_attn_norm=False, pooler="head",
+                           pooling="mean", feed_forward="glu", position_embedding="rope")
+
+
+@pytest.mark.parametrize("config,with_nsp", [
+    (TINY, True), (TINY, False), (TINY.replace(scan_layers=True), True),
+    (TINY.replace(remat_policy="full"), True), (PRE_LN_MEAN, True), (PRE_LN_MEAN, False)])
+def test_masked_positions_gather_matches_full_logits_and_gradients(config, with_nsp):
+  """With masked positions the last layer computes only them (and [CLS]); logits, NSP and
+  every gradient equal the full forward's, read at the same positions."""
+  module = pretraining.BertForPreTraining(config, with_nsp=with_nsp)
   params, _ = _init(module)
   ids, types, mask = _inputs()
   positions = np.array([[0, 3, 5], [1, 1, 9], [15, 2, 4]], np.int32)
-  full = module.apply({"params": params}, ids, types, mask)["mlm_logits"]
-  gathered = module.apply({"params": params}, ids, types, mask, None, None,
-                          positions)["mlm_logits"]
-  assert gathered.shape == (3, 3, TINY.vocab_size)
-  np.testing.assert_allclose(gathered, np.take_along_axis(np.asarray(full), positions[..., None], 1),
-                             atol=1e-6)
+
+  def run(p, positions, full):
+    return module.apply({"params": p}, ids, types, mask, None, None, positions,
+                        output_hidden_states=full)  # hidden states: every position computed
+
+  def loss(p, full):
+    out = run(p, positions, full)
+    nsp = jnp.mean(out["nsp_logits"] ** 2) if with_nsp else 0.0
+    return jnp.mean(out["mlm_logits"] ** 2) + nsp
+
+  flops = [jax.jit(lambda p, full=full: run(p, positions, full)["mlm_logits"]).lower(params)
+           .compile().cost_analysis()["flops"] for full in (False, True)]
+  # A scanned stack gathers after its last layer; mean pooling needs every position.
+  fallback = config.scan_layers or (with_nsp and config.pooling == "mean")
+  assert (flops[0] == flops[1]) if fallback else (flops[0] < 0.9 * flops[1]), flops
+  every = np.asarray(run(params, None, False)["mlm_logits"])
+  sparse, full = run(params, positions, False), run(params, positions, True)
+  assert sparse["mlm_logits"].shape == (3, 3, config.vocab_size)
+  assert sparse["sequence_output"].shape == (3, 3, config.hidden_size)
+  np.testing.assert_allclose(sparse["mlm_logits"], np.take_along_axis(every, positions[..., None], 1),
+                             atol=1e-5)
+  for key in ("mlm_logits", "sequence_output") + (("nsp_logits",) if with_nsp else ()):
+    np.testing.assert_allclose(sparse[key], full[key], atol=1e-5)
+  sparse_grads = jax.grad(loss)(params, False)
+  full_grads = jax.grad(loss)(params, True)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(full_grads),
+                          jax.tree_util.tree_leaves(sparse_grads)):
+    assert np.abs(a).max() > 0 or "pooler" in jax.tree_util.keystr(path), path
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
 def test_mlm_decoder_is_tied_to_word_embeddings():

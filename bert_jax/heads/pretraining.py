@@ -3,7 +3,9 @@
 - The MLM head is dense + GELU + LayerNorm, then the decoder tied to the word
   embeddings, plus a bias. It gathers the masked positions before the
   vocabulary projection: with 20 predictions in a 128-token row that is 6x
-  less decoder work. The decoder multiplies by the word table padded with zero
+  less decoder work. The encoder's last layer is already computed only there (and at
+  [CLS] for NSP): its other positions feed nothing (`model.BertLayer`'s `keep_BxP`).
+  The decoder multiplies by the word table padded with zero
   rows to a multiple of `vocab_pad_multiple` (128: whole tensor-core/MXU tiles)
   and slices the logits back to the vocabulary, so stored tables, checkpoints
   and conversions keep the true vocabulary size and the logits are unchanged.
@@ -48,16 +50,12 @@ class MaskedLMHead(nn.Module):
     return logits_BxPxW[..., :vocab].astype(jnp.float32) + bias_V.astype(jnp.float32)
 
 
-def gather_positions(x_BxLxE: jax.Array, positions_BxP: jax.Array) -> jax.Array:
-  """x[b, positions[b, p]] -> [B, P, E]."""
-  return jnp.take_along_axis(x_BxLxE, positions_BxP[:, :, None].astype(jnp.int32), axis=1)
-
-
 class BertForPreTraining(nn.Module):
   """Encoder + MLM head (+ NSP head unless `with_nsp=False`, i.e. a masked-LM model).
 
   Returns a dict: `mlm_logits` [B, P, V] at `masked_positions` (all L positions
-  when none are given), `nsp_logits` [B, 2], `sequence_output`, `pooled_output`.
+  when none are given), `nsp_logits` [B, 2], `sequence_output` (at the masked
+  positions too, [B, P, E], when they are given), `pooled_output`.
   """
 
   config: model_lib.BertConfig
@@ -68,14 +66,19 @@ class BertForPreTraining(nn.Module):
                position_ids_BxL=None, packing_ids_BxL=None, masked_positions_BxP=None, *,
                deterministic: bool = True, output_hidden_states: bool = False):
     cfg = self.config
+    # With masked positions (training, evaluation) the encoder's last layer computes only
+    # them and [CLS] (`BertModel`'s output_positions_BxP); with hidden states asked for,
+    # every position, then the gather.
+    sparse = masked_positions_BxP is not None and not output_hidden_states
     out = model_lib.BertModel(cfg, add_pooling_layer=self.with_nsp, name="bert")(
         input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
-        packing_ids_BxL, deterministic=deterministic, output_hidden_states=output_hidden_states)
+        packing_ids_BxL, deterministic=deterministic, output_hidden_states=output_hidden_states,
+        output_positions_BxP=masked_positions_BxP if sparse else None)
     x_BxPxE = out.sequence_output
-    if masked_positions_BxP is not None:
-      x_BxPxE = gather_positions(x_BxPxE, masked_positions_BxP)
+    if masked_positions_BxP is not None and not sparse:
+      x_BxPxE = model_lib.gather_positions(x_BxPxE, masked_positions_BxP)
     result = dict(mlm_logits=MaskedLMHead(cfg, name="mlm")(x_BxPxE, out.word_embeddings),
-                  sequence_output=out.sequence_output, pooled_output=out.pooled_output,
+                  sequence_output=x_BxPxE, pooled_output=out.pooled_output,
                   hidden_states=out.hidden_states)
     if self.with_nsp:
       result["nsp_logits"] = model_lib.dense(2, ("embed", None), cfg, "nsp")(
