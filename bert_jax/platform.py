@@ -50,8 +50,9 @@ CPU_BATCH_TOKENS = 512
 # Real tokens per device in one micro-batch of packed fine-tuning on CPU (`config.grad_accum_steps`
 # 0). Measured, not derived, on 2 cores with a MiniLM-sized model (6 x 384), QA at 32 windows of
 # 96 tokens a step: 16.5 seq/s whole, 21.6 in 4 micro-batches (~560 real tokens each), 19.5 in 8
-# (BENCHMARKS.md, "Tagging and QA"). Each micro-batch packs its examples in rows of its own, so
-# smaller ones also round up to more rows.
+# over 30 steps; over whole 188-step runs later, 20.2-20.4 whole against 20.5-20.7 in 4, i.e. a
+# 1-2% gain within the noise (BENCHMARKS.md, "Tagging and QA"). Each micro-batch packs its
+# examples in rows of its own, so smaller ones also round up to more rows.
 CPU_PACKED_BATCH_TOKENS = 1024
 # Inference token budget per device on GPU/TPU (not tuned on hardware yet).
 ACCELERATOR_BATCH_TOKENS = 2048

@@ -274,9 +274,11 @@ def packed_micro_batches(grad_accum_steps: int, examples_per_group: int, mean_to
   (auto) 1 on GPU/TPU, and on CPU the fewest that divide a group's examples into micro-batches
   of at most `platform.CPU_PACKED_BATCH_TOKENS` real tokens (at least one example each).
 
-  Why on CPU: a step's activations for a few thousand tokens fall out of the cores' caches;
-  QA windows (32 x 96 tokens a step) ran 1.3x faster in 4 micro-batches than whole, while
-  GLUE-length batches (32 x ~16 tokens) stay whole (BENCHMARKS.md, "Tagging and QA").
+  Why on CPU: a step's activations for a few thousand tokens fall out of the cores' caches
+  (BERT-base pretraining: ~1.45x in micro-batches of 512 tokens). For QA windows (32 x 96
+  tokens a step, MiniLM-sized) 4 micro-batches measured 1.3x over 30 steps but only 1-2%
+  over whole runs; GLUE-length batches (32 x ~16 tokens) stay whole (BENCHMARKS.md,
+  "Tagging and QA").
   """
   from bert_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   if grad_accum_steps < 0:  # the stream is built before the trainer checks the config
