@@ -81,7 +81,8 @@ def pretraining_flops_per_sequence(config: BertConfig, seq_len: int, num_predict
     adapters (`lora_modules`: [in -> rank -> out] per adapted module, trained: 3x);
   - with MLM predictions (`num_predictions` > 0) the last layer's attention output and
     feed-forward serve only the predicted positions and [CLS] (for NSP): they are counted
-    there alone (`model.BertLayer`'s `keep_BxP`), not at every position.
+    there alone (`model.BertLayer`'s `keep_BxP`), not at every position (a scanned stack
+    computes them all; the count is what the model needs).
   """
   e, m, n = config.hidden_size, config.intermediate_size, config.num_layers
   ffn = 3 if config.feed_forward == "glu" else 2

@@ -633,8 +633,8 @@ class BertModel(nn.Module):
 
     `output_positions_BxP` (MLM pretraining: the masked positions): `sequence_output`
     is [B, P, E] at those positions only, and the last layer computes no others
-    (`BertLayer`'s `keep_BxP`); the pooler still reads [CLS]. Not with unpacking or
-    `output_hidden_states`.
+    (`BertLayer`'s `keep_BxP`); the pooler still reads [CLS]. With `output_hidden_states`
+    or mean pooling every position is computed, then gathered. Not with unpacking.
     """
     cfg = self.config
     batch, length = input_ids_BxL.shape
@@ -661,16 +661,19 @@ class BertModel(nn.Module):
     if cfg.position_embedding == "rope":
       rope = {"global": rope_tables(position_ids_BxL, cfg.head_dim, cfg.rope_theta),
               "local": rope_tables(position_ids_BxL, cfg.head_dim, cfg.rope_local_theta)}
+    # The last layer at the output positions only, unless something reads every position
+    # (hidden states, mean pooling): then all are computed and gathered at the end.
     keep_BxP = None
     if output_positions_BxP is not None:
-      if unpack_rows_GxS is not None or output_hidden_states:
-        raise ValueError("output_positions_BxP goes with neither unpacking nor hidden states")
-      keep_BxP = output_positions_BxP
-      if self.add_pooling_layer:  # [CLS] first: the pooler reads it
+      if unpack_rows_GxS is not None:
+        raise ValueError("output_positions_BxP does not go with unpacking")
+      if output_hidden_states or (self.add_pooling_layer and cfg.pooling != "cls"):
+        pass
+      elif self.add_pooling_layer:  # [CLS] first: the pooler reads it
         keep_BxP = jnp.concatenate(
             [jnp.zeros((batch, 1), output_positions_BxP.dtype), output_positions_BxP], axis=1)
-      if self.add_pooling_layer and cfg.pooling != "cls":
-        keep_BxP = None  # mean pooling reads every token: gathered after the pooler
+      else:
+        keep_BxP = output_positions_BxP
     x_BxLxE, layers = BertEncoder(cfg.replace(attention_impl=impl), name="encoder")(
         x_BxLxE, mask, deterministic, output_hidden_states, rope, keep_BxP)
     if cfg.norm_placement == "pre":

@@ -58,6 +58,16 @@ CPU_PACKED_BATCH_TOKENS = 1024
 ACCELERATOR_BATCH_TOKENS = 2048
 
 
+def fewest_micro_batches(items: int, tokens_per_item: float, budget: int, platform: str) -> int:
+  """On CPU the fewest micro-batches, dividing `items`, of at most `budget` tokens each (at
+  least one item each); 1 on GPU/TPU. The training rule behind `config.grad_accum_steps=0`
+  (`train.auto_grad_accum_steps`, `finetune_pipeline.packed_micro_batches`)."""
+  if platform != "cpu" or items <= 1:
+    return 1
+  most = max(1, int(budget // max(tokens_per_item, 1)))
+  return next(k for k in range(1, items + 1) if items % k == 0 and items // k <= most)
+
+
 def batch_tokens(platform: str) -> int:
   """The per-device token budget of one forward on `platform` ('cpu', 'gpu', 'tpu', ...)."""
   return CPU_BATCH_TOKENS if platform == "cpu" else ACCELERATOR_BATCH_TOKENS

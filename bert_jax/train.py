@@ -100,11 +100,8 @@ def auto_grad_accum_steps(rows_per_device: int, length: int, platform: str) -> i
   per-device rows, of at most `platform.CPU_BATCH_TOKENS` tokens each (at least one row):
   activations stay in cache and the per-update work (AdamW, clipping) is paid once per
   accumulated batch (BENCHMARKS.md, "CPU")."""
-  if platform != "cpu" or rows_per_device <= 1:
-    return 1
-  most_rows = max(1, platform_lib.CPU_BATCH_TOKENS // max(length, 1))
-  return next(k for k in range(1, rows_per_device + 1)
-              if rows_per_device % k == 0 and rows_per_device // k <= most_rows)
+  return platform_lib.fewest_micro_batches(rows_per_device, length, platform_lib.CPU_BATCH_TOKENS,
+                                          platform)
 
 
 def _grad_accum_steps(config, stream) -> int:

@@ -286,12 +286,8 @@ def packed_micro_batches(grad_accum_steps: int, examples_per_group: int, mean_to
                     "platform)")
   if grad_accum_steps:
     return int(grad_accum_steps)
-  if platform != "cpu" or examples_per_group <= 1:
-    return 1
-  budget = platform_lib.CPU_PACKED_BATCH_TOKENS
-  return next(k for k in range(1, examples_per_group + 1)
-              if examples_per_group % k == 0
-              and (examples_per_group // k == 1 or examples_per_group // k * mean_tokens <= budget))
+  return platform_lib.fewest_micro_batches(examples_per_group, mean_tokens,
+                                          platform_lib.CPU_PACKED_BATCH_TOKENS, platform)
 
 
 def make_streams(config, train: Encoded, evals: dict[str, Encoded], *, pad_id: int = 0,

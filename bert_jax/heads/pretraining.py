@@ -67,16 +67,12 @@ class BertForPreTraining(nn.Module):
                deterministic: bool = True, output_hidden_states: bool = False):
     cfg = self.config
     # With masked positions (training, evaluation) the encoder's last layer computes only
-    # them and [CLS] (`BertModel`'s output_positions_BxP); with hidden states asked for,
-    # every position, then the gather.
-    sparse = masked_positions_BxP is not None and not output_hidden_states
+    # them and [CLS] (`BertModel`'s output_positions_BxP).
     out = model_lib.BertModel(cfg, add_pooling_layer=self.with_nsp, name="bert")(
         input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, position_ids_BxL,
         packing_ids_BxL, deterministic=deterministic, output_hidden_states=output_hidden_states,
-        output_positions_BxP=masked_positions_BxP if sparse else None)
+        output_positions_BxP=masked_positions_BxP)
     x_BxPxE = out.sequence_output
-    if masked_positions_BxP is not None and not sparse:
-      x_BxPxE = model_lib.gather_positions(x_BxPxE, masked_positions_BxP)
     result = dict(mlm_logits=MaskedLMHead(cfg, name="mlm")(x_BxPxE, out.word_embeddings),
                   sequence_output=x_BxPxE, pooled_output=out.pooled_output,
                   hidden_states=out.hidden_states)
