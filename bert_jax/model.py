@@ -667,13 +667,12 @@ class BertModel(nn.Module):
     if output_positions_BxP is not None:
       if unpack_rows_GxS is not None:
         raise ValueError("output_positions_BxP does not go with unpacking")
-      if output_hidden_states or (self.add_pooling_layer and cfg.pooling != "cls"):
-        pass
-      elif self.add_pooling_layer:  # [CLS] first: the pooler reads it
-        keep_BxP = jnp.concatenate(
-            [jnp.zeros((batch, 1), output_positions_BxP.dtype), output_positions_BxP], axis=1)
-      else:
+      reads_every_position = output_hidden_states or (self.add_pooling_layer
+                                                      and cfg.pooling != "cls")
+      if not reads_every_position:
         keep_BxP = output_positions_BxP
+        if self.add_pooling_layer:  # [CLS] first: the pooler reads it
+          keep_BxP = jnp.concatenate([jnp.zeros((batch, 1), keep_BxP.dtype), keep_BxP], axis=1)
     x_BxLxE, layers = BertEncoder(cfg.replace(attention_impl=impl), name="encoder")(
         x_BxLxE, mask, deterministic, output_hidden_states, rope, keep_BxP)
     if cfg.norm_placement == "pre":
